@@ -1,0 +1,83 @@
+"""``edge-smw``: parse, dispatch, and turn the package's errors into one clear line.
+
+Each subcommand module defines ``HELP`` (one line), ``EXAMPLES``, ``add_arguments(parser)``
+and ``run(args) -> int``, and imports nothing heavy at module level (``--help`` stays fast
+and torch-free).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from edge_smw import __version__
+from edge_smw.errors import EdgeSmwError
+
+# name -> module under edge_smw.cli, in the order --help lists them
+COMMANDS: dict[str, str] = {
+    "demo": "demo",
+    "train": "train",
+    "evaluate": "evaluate",
+    "export": "export",
+    "quant-report": "quant_report",
+    "score": "score",
+    "rank": "rank",
+    "bench": "bench",
+    "explain": "explain",
+    "fool": "fool",
+    "serve": "serve",
+    "label": "label",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-smw",
+        description="Score face photos for social-media worthiness: train in torch, export to "
+        "ONNX/INT8/TensorRT, run on a camera.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-smw {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"edge_smw.cli.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"edge_smw.cli.{module_name}":
+                continue  # subcommand not built yet
+            raise
+        cmd = sub.add_parser(
+            name, help=module.HELP, description=module.HELP,
+            epilog="examples:\n" + module.EXAMPLES.strip("\n"),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except EdgeSmwError as exc:
+        print(f"edge-smw {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"edge-smw {args.command}: interrupted; no partial files were kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

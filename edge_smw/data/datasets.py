@@ -1,0 +1,212 @@
+"""Labelled data sets: a folder of level sub-folders, or a CSV of ``path,score``.
+
+Levels are ordered. A folder's levels are its sub-folder names (numeric names sorted as
+numbers, others alphabetically) unless ``levels`` gives the order explicitly.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_smw.errors import DataError
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: Path
+    level: int  # 0-based index into the data set's levels
+
+
+@dataclass
+class LabelledDataset:
+    items: list[LabelledImage]
+    levels: tuple[str, ...]
+    source: Path
+
+    def counts(self) -> dict[str, int]:
+        counter = Counter(item.level for item in self.items)
+        return {name: counter.get(i, 0) for i, name in enumerate(self.levels)}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def parse_levels(text: str | None) -> tuple[str, ...] | None:
+    """``"a,b,c"`` -> ("a", "b", "c"); a bare number K -> ("1", ..., "K")."""
+    if text is None or text == "":
+        return None
+    text = text.strip()
+    if text.isdigit():
+        k = int(text)
+        if k < 2:
+            raise DataError(f"--levels {text}: need at least 2 levels")
+        return tuple(str(i) for i in range(1, k + 1))
+    levels = tuple(part.strip() for part in text.split(",") if part.strip())
+    if len(levels) < 2:
+        raise DataError(f"--levels {text!r}: give at least 2 comma-separated level names")
+    if len(set(levels)) != len(levels):
+        raise DataError(f"--levels {text!r}: level names repeat")
+    return levels
+
+
+def sort_level_names(names: Sequence[str]) -> tuple[str, ...]:
+    """Numeric names sort as numbers (2 < 10); otherwise alphabetically."""
+    names = list(names)
+    try:
+        return tuple(sorted(names, key=float))
+    except ValueError:
+        return tuple(sorted(names))
+
+
+def load_dataset(source: str | Path, *, levels: Sequence[str] | None = None) -> LabelledDataset:
+    """Load a folder of level sub-folders or a ``path,score`` CSV; validate it."""
+    source = Path(source)
+    if not source.exists():
+        raise DataError(f"data set {source} not found; give a folder with one sub-folder per "
+                        "level, or a CSV with path,score rows")
+    if source.is_dir():
+        dataset = _load_folder(source, levels)
+    elif source.suffix.lower() == ".csv":
+        dataset = _load_csv(source, levels)
+    else:
+        raise DataError(f"{source}: a data set is a folder of level sub-folders or a .csv file")
+    _validate(dataset)
+    return dataset
+
+
+def _load_folder(root: Path, levels: Sequence[str] | None) -> LabelledDataset:
+    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if levels is None:
+        order = sort_level_names(subdirs)
+    else:
+        order = tuple(levels)
+        missing = [name for name in order if name not in subdirs]
+        if missing:
+            raise DataError(
+                f"{root}: no sub-folder for level(s) {missing}; found {subdirs}. Each level "
+                "needs a sub-folder of its images"
+            )
+    items: list[LabelledImage] = []
+    for index, name in enumerate(order):
+        for path in sorted((root / name).rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                items.append(LabelledImage(path, index))
+    return LabelledDataset(items, order, root)
+
+
+def _load_csv(csv_path: Path, levels: Sequence[str] | None) -> LabelledDataset:
+    rows: list[tuple[str, str]] = []
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            for line_no, row in enumerate(csv.reader(handle), start=1):
+                if not row or all(not cell.strip() for cell in row):
+                    continue
+                if len(row) < 2:
+                    raise DataError(f"{csv_path}:{line_no}: expected 'path,score', got {row}")
+                path, score = row[0].strip(), row[1].strip()
+                if line_no == 1 and (path.lower(), score.lower()) in {("path", "score"),
+                                                                      ("path", "level")}:
+                    continue
+                if not score:
+                    continue  # unlabelled row (e.g. skipped in the labelling tool)
+                rows.append((path, score))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{csv_path}: not a UTF-8 text CSV ({exc})") from exc
+    seen = {score for _, score in rows}
+    if levels is None:
+        order = sort_level_names(sorted(seen))
+    else:
+        order = tuple(levels)
+        unknown = sorted(seen - set(order))
+        if unknown:
+            raise DataError(f"{csv_path}: scores {unknown} are not among --levels {list(order)}")
+    index = {name: i for i, name in enumerate(order)}
+    base = csv_path.parent
+    items = [
+        LabelledImage(Path(p) if Path(p).is_absolute() else base / p, index[s]) for p, s in rows
+    ]
+    return LabelledDataset(items, order, csv_path)
+
+
+def _validate(dataset: LabelledDataset) -> None:
+    if len(dataset.levels) < 2:
+        raise DataError(
+            f"{dataset.source}: found {len(dataset.levels)} level(s) {list(dataset.levels)}; "
+            "a data set needs at least 2 ordered levels"
+        )
+    empty = [name for name, n in dataset.counts().items() if n == 0]
+    if empty:
+        raise DataError(
+            f"{dataset.source}: level(s) {empty} have no images; add images or drop the level"
+        )
+
+
+# -- the split manifest -------------------------------------------------------------------
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SplitManifest:
+    """Which image is in which split; saved beside a run so every later step reuses it."""
+
+    levels: tuple[str, ...]
+    seed: int
+    entries: list[dict]  # {"path": str, "level": int, "split": str}
+
+    def items(self, split: str) -> list[LabelledImage]:
+        return [LabelledImage(Path(e["path"]), e["level"]) for e in self.entries
+                if e["split"] == split]
+
+    def to_dict(self) -> dict:
+        return {"levels": list(self.levels), "seed": self.seed, "entries": self.entries}
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def save(self, path: str | Path) -> Path:
+        from edge_smw.atomic import write_json
+
+        return write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> SplitManifest:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls(tuple(data["levels"]), int(data["seed"]), list(data["entries"]))
+        except FileNotFoundError:
+            raise DataError(f"split manifest {path} not found") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"split manifest {path} is corrupt ({exc})") from exc
+
+
+def make_split(
+    dataset: LabelledDataset,
+    *,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+) -> SplitManifest:
+    """Deterministic stratified split: each level is shuffled with ``seed`` and cut by fraction.
+
+    Every level with at least 3 images puts at least one in each split.
+    """
+    entries: list[dict] = []
+    for level in range(len(dataset.levels)):
+        paths = sorted(str(item.path) for item in dataset.items if item.level == level)
+        random.Random(f"{seed}-{level}").shuffle(paths)
+        n = len(paths)
+        n_val = max(1, round(n * fractions[1])) if n >= 3 else 0
+        n_test = max(1, round(n * fractions[2])) if n >= 3 else 0
+        n_train = n - n_val - n_test
+        for i, path in enumerate(paths):
+            split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+            entries.append({"path": path, "level": level, "split": split})
+    entries.sort(key=lambda e: (e["split"], e["level"], e["path"]))
+    return SplitManifest(dataset.levels, seed, entries)

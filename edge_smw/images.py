@@ -1,0 +1,162 @@
+"""Safe image reading: EXIF orientation, odd formats and broken files, with clear errors.
+
+Every place that reads a photo goes through ``read_image`` so phone photos are always shown
+upright and a bad file always names itself. Decoding is Pillow's; we only normalise the
+result to 8-bit BGR (OpenCV's order) and guard against decompression bombs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from edge_smw.errors import ImageReadError, InputError
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+# Larger images are decoded at reduced size (JPEG draft) or refused, never exhaust memory.
+MAX_PIXELS = 80_000_000
+# Photos are shrunk to at most this long side after decoding: faces need no more.
+MAX_SIDE = 4096
+
+
+def is_image_path(path: str | os.PathLike[str]) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_image(path: str | os.PathLike[str], *, max_side: int = MAX_SIDE) -> np.ndarray:
+    """Read a photo as an upright 8-bit BGR array, or raise ``ImageReadError`` naming it."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if path.is_dir():
+        raise ImageReadError(path, "is a folder, not an image")
+    if size == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    img.draft("RGB", (max_side, max_side))  # JPEG decodes at 1/2..1/8 scale
+                    if img.width * img.height > MAX_PIXELS:
+                        raise ImageReadError(
+                            path,
+                            f"too large ({img.width}x{img.height} pixels, limit {MAX_PIXELS}); "
+                            "downscale it first",
+                        )
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                array = _to_bgr8(img)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not an image file Pillow can decode") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageReadError(path, "too large to decode safely; downscale it first") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(path, f"truncated or corrupt image ({exc})") from None
+    return _limit_side(array, max_side)
+
+
+def decode_image_bytes(data: bytes, *, name: str = "upload", max_side: int = MAX_SIDE) -> np.ndarray:
+    """Decode an in-memory image (an upload) with the same rules as ``read_image``."""
+    import io
+
+    if not data:
+        raise ImageReadError(name, "empty upload (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise ImageReadError(name, f"too large ({img.width}x{img.height} pixels)")
+                img.load()
+                array = _to_bgr8(ImageOps.exif_transpose(img))
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(name, "not an image Pillow can decode") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageReadError(name, "too large to decode safely") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(name, f"truncated or corrupt image ({exc})") from None
+    return _limit_side(array, max_side)
+
+
+def to_bgr(frame: np.ndarray, color: str = "bgr") -> np.ndarray:
+    """Validate a caller's uint8 frame and return it as HxWx3 BGR (no copy when already BGR)."""
+    if not isinstance(frame, np.ndarray):
+        raise InputError(f"expected a numpy uint8 image, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise InputError(
+            f"expected a uint8 image, got dtype {frame.dtype}; convert with "
+            "np.clip(x, 0, 255).astype(np.uint8)"
+        )
+    if frame.size == 0 or frame.ndim not in (2, 3) or min(frame.shape[:2]) == 0:
+        raise InputError(f"empty or malformed frame of shape {frame.shape}")
+    color = color.lower()
+    if color == "gray":
+        if frame.ndim == 3 and frame.shape[2] != 1:
+            raise InputError(f"color='gray' needs an HxW frame, got shape {frame.shape}")
+        return cv2.cvtColor(frame.reshape(frame.shape[:2]), cv2.COLOR_GRAY2BGR)
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise InputError(
+            f"color={color!r} needs an HxWx3 frame, got shape {frame.shape}; pass color='gray' "
+            "for single-channel frames"
+        )
+    if color == "bgr":
+        return frame
+    if color == "rgb":
+        return cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+    raise InputError(f"color must be 'bgr', 'rgb' or 'gray', got {color!r}")
+
+
+def write_image(path: str | os.PathLike[str], image_bgr: np.ndarray) -> Path:
+    """Encode with OpenCV (PNG is lossless) and write atomically."""
+    from edge_smw.atomic import write_bytes
+
+    path = Path(path)
+    ok, buf = cv2.imencode(path.suffix or ".png", image_bgr)
+    if not ok:
+        raise InputError(f"cannot encode an image as {path.suffix!r} for {path}")
+    return write_bytes(path, buf.tobytes())
+
+
+def _to_bgr8(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        gray = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    if mode == "F":
+        array = np.asarray(img, dtype=np.float64)
+        lo, hi = float(array.min()), float(array.max())
+        gray = ((array - lo) / (hi - lo or 1.0) * 255.0).astype(np.uint8)
+        return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    rgb = np.asarray(img.convert("RGB"))
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+def _limit_side(array: np.ndarray, max_side: int) -> np.ndarray:
+    h, w = array.shape[:2]
+    if max(h, w) <= max_side:
+        return np.ascontiguousarray(array)
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(array, size, interpolation=cv2.INTER_AREA)

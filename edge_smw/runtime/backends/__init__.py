@@ -1,0 +1,69 @@
+"""Inference backends behind one small interface (like Polygraphy's runners).
+
+A backend module defines a ``Runner`` subclass; ``open_runner`` picks it by name and imports
+its library only then, so a missing optional library (TensorRT, CUDA) costs nothing until
+asked for, and then fails with a clear ``BackendUnavailableError``.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+
+import numpy as np
+
+BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+
+
+class Runner(abc.ABC):
+    """load (``__init__`` + ``activate``), ``infer``, ``deactivate``."""
+
+    name: str = "runner"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.active = False
+
+    @abc.abstractmethod
+    def activate(self) -> None:
+        """Load the model onto its device; after this ``infer`` may be called."""
+
+    @abc.abstractmethod
+    def infer(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """Network input NCHW float32 -> named outputs. Safe to call from several threads."""
+
+    @abc.abstractmethod
+    def deactivate(self) -> None:
+        """Release the model and its device memory."""
+
+    @abc.abstractmethod
+    def metadata(self) -> dict[str, str]:
+        """The model's edge-smw metadata properties (ONNX metadata or engine sidecar)."""
+
+    @property
+    @abc.abstractmethod
+    def output_names(self) -> tuple[str, ...]:
+        """Names of the outputs ``infer`` returns."""
+
+    @property
+    def max_batch(self) -> int | None:
+        """Largest batch the model accepts (None: unbounded)."""
+        return None
+
+
+def open_runner(backend: str, path: str | Path, *, device: int = 0,
+                threads: int | None = None, options: dict | None = None) -> Runner:
+    """Create (not yet activate) the runner for ``backend``."""
+    from edge_smw.errors import InputError
+
+    options = options or {}
+    if backend.startswith("onnxruntime-"):
+        from edge_smw.runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+        return OnnxRuntimeRunner(path, provider=backend.split("-", 1)[1], device=device,
+                                 threads=threads, **options)
+    if backend == "tensorrt":
+        from edge_smw.runtime.backends.tensorrt import TensorRTRunner
+
+        return TensorRTRunner(path, device=device, **options)
+    raise InputError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)} or 'auto'")

@@ -1,0 +1,1 @@
+"""Torch-side training. Importing this package imports torch; the runtime never does."""
