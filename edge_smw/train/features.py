@@ -170,8 +170,10 @@ def _prefetch(
         return out
 
     chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+    if not chunks:
+        return
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(prepare, chunks[0]) if chunks else None
+        pending = pool.submit(prepare, chunks[0])
         for nxt in chunks[1:] + [None]:
             batch = pending.result()
             pending = pool.submit(prepare, nxt) if nxt is not None else None

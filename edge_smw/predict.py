@@ -1,0 +1,125 @@
+"""Score a labelled data set with any model: a run/checkpoint, or an exported model.
+
+Checkpoints are scored through the same cached feature pass as training (fast, and what the
+head was fit on); exported models (.onnx / .engine / export folder) through
+``edge_smw.Runtime``, with no torch. Either way the crops follow the model's own contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from edge_smw.contract import PreprocessContract
+from edge_smw.data.crops import SkipReport, load_crop
+from edge_smw.data.datasets import LabelledImage
+from edge_smw.evaluate import compute_metrics
+
+
+@dataclass
+class Predictions:
+    paths: list[str]
+    true_levels: np.ndarray
+    probs: np.ndarray
+    levels: tuple[str, ...]
+    skipped: SkipReport
+
+    def metrics(self) -> dict[str, Any]:
+        return compute_metrics(self.true_levels, self.probs, self.levels)
+
+
+def is_exported_model(model: str | Path) -> bool:
+    path = Path(model)
+    if path.is_dir():
+        return not (path / "checkpoint.pt").is_file()
+    return path.suffix in (".onnx", ".engine", ".plan")
+
+
+def model_contract(model: str | Path) -> tuple[PreprocessContract, bool]:
+    """The model's contract and whether it was trained on detected faces."""
+    if is_exported_model(model):
+        from edge_smw.metadata import ModelInfo, sidecar_path
+        from edge_smw.runtime import resolve_model_path
+
+        path = resolve_model_path(model)
+        if path.suffix == ".onnx":
+            import onnxruntime as ort
+
+            from edge_smw.errors import ModelError
+
+            try:
+                meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            except Exception as exc:
+                raise ModelError(f"{path} cannot be loaded ({str(exc).splitlines()[0]})") from None
+            info = ModelInfo.from_props(dict(meta.get_modelmeta().custom_metadata_map), path)
+        else:
+            info = ModelInfo.from_sidecar(sidecar_path(path))
+        return info.contract, bool(info.extra.get("detect", True))
+    from edge_smw.train.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(model)
+    return checkpoint.contract, checkpoint.detect
+
+
+def predict_items(
+    model: str | Path, items: Sequence[LabelledImage], *, detect: bool,
+    backend: str = "auto", progress: bool = True, batch_size: int = 32,
+) -> Predictions:
+    if is_exported_model(model):
+        return _predict_runtime(model, items, detect=detect, backend=backend, progress=progress,
+                                batch_size=batch_size)
+    return _predict_checkpoint(model, items, detect=detect, progress=progress)
+
+
+def _predict_checkpoint(model: str | Path, items: Sequence[LabelledImage], *, detect: bool,
+                        progress: bool) -> Predictions:
+    from edge_smw.train.backbones import get_backbone
+    from edge_smw.train.checkpoint import load_checkpoint
+    from edge_smw.train.features import FeaturePass, compute_features
+    from edge_smw.train.heads import predict_proba
+
+    checkpoint = load_checkpoint(model)
+    feature_pass = FeaturePass(get_backbone(checkpoint.backbone),
+                               weights=checkpoint.backbone_weights)
+    feats = compute_features(items, checkpoint.contract, feature_pass, detect=detect,
+                             progress=progress, desc="features")
+    probs = predict_proba(checkpoint.head(), feats.features)
+    return Predictions(feats.paths, feats.levels, probs, checkpoint.levels, feats.skipped)
+
+
+def _predict_runtime(model: str | Path, items: Sequence[LabelledImage], *, detect: bool,
+                     backend: str, progress: bool, batch_size: int) -> Predictions:
+    from edge_smw.runtime import Runtime
+
+    report = SkipReport()
+    paths: list[str] = []
+    true: list[int] = []
+    probs: list[np.ndarray] = []
+    with Runtime(model, backend=backend, detect_faces=detect, warmup=False) as rt:
+        contract = rt.contract
+        for start in tqdm(range(0, len(items), batch_size), desc="scoring", unit="batch",
+                          disable=not progress):
+            chunk = items[start : start + batch_size]
+            pixels, kept = [], []
+            for item in chunk:
+                crop = load_crop(item.path, contract, detect=detect, report=report)
+                if crop is not None:
+                    pixels.append(crop)
+                    kept.append(item)
+            if not pixels:
+                continue
+            outputs = rt.infer(contract.normalize(np.stack(pixels)))
+            probs.append(outputs["probabilities"].astype(np.float64))
+            paths += [str(i.path) for i in kept]
+            true += [i.level for i in kept]
+        levels = rt.levels
+    if not probs:
+        from edge_smw.errors import DataError
+
+        raise DataError(f"no usable images among {len(items)} ({report.summary()})")
+    return Predictions(paths, np.asarray(true), np.concatenate(probs), levels, report)

@@ -1,0 +1,105 @@
+"""Reading photos: odd formats decode, broken ones name themselves, EXIF is honoured."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge_smw import images
+from edge_smw.errors import ImageReadError, InputError
+
+
+def save(img: Image.Image, path, **kw):
+    img.save(path, **kw)
+    return path
+
+
+def test_plain_rgb_jpeg_is_bgr(tmp_path):
+    path = save(Image.new("RGB", (20, 10), (255, 0, 0)), tmp_path / "red.png")
+    out = images.read_image(path)
+    assert out.shape == (10, 20, 3) and out.dtype == np.uint8
+    assert out[0, 0].tolist() == [0, 0, 255]
+
+
+def test_grayscale_rgba_16bit_and_palette_decode(tmp_path):
+    gray = images.read_image(save(Image.new("L", (8, 8), 100), tmp_path / "g.png"))
+    assert gray.shape == (8, 8, 3) and gray[0, 0].tolist() == [100, 100, 100]
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 255, 0))  # fully transparent -> white background
+    assert images.read_image(save(rgba, tmp_path / "a.png"))[0, 0].tolist() == [255, 255, 255]
+    deep = Image.fromarray(np.full((8, 8), 65535, np.uint16))
+    out16 = images.read_image(save(deep, tmp_path / "d.png"))
+    assert out16.dtype == np.uint8 and out16[0, 0].tolist() == [255, 255, 255]
+    pal = Image.new("P", (8, 8), 3)
+    assert images.read_image(save(pal, tmp_path / "p.png")).shape == (8, 8, 3)
+
+
+def test_exif_orientation_is_honoured(tmp_path):
+    img = Image.new("RGB", (40, 20), (0, 255, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    path = tmp_path / "phone.jpg"
+    img.save(path, exif=exif)
+    assert images.read_image(path).shape == (40, 20, 3)  # shown upright: portrait
+
+
+@pytest.mark.parametrize(
+    "content, name, words",
+    [
+        (b"", "zero.jpg", "0 bytes"),
+        (b"just some text, not pixels", "fake.jpg", "not an image"),
+    ],
+)
+def test_broken_files_name_themselves(tmp_path, content, name, words):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError, match=words) as info:
+        images.read_image(path)
+    assert name in str(info.value)
+
+
+def test_truncated_jpeg(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
+        buf, format="JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ImageReadError, match="truncated|corrupt") as info:
+        images.read_image(path)
+    assert "cut.jpg" in str(info.value)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(ImageReadError, match="not found"):
+        images.read_image(tmp_path / "nope.jpg")
+    with pytest.raises(ImageReadError, match="folder"):
+        images.read_image(tmp_path)
+
+
+def test_very_large_images_are_refused_or_shrunk(tmp_path, monkeypatch):
+    path = save(Image.new("RGB", (300, 200), (1, 2, 3)), tmp_path / "big.png")
+    monkeypatch.setattr(images, "MAX_PIXELS", 10_000)  # a PNG has no reduced-size decode
+    with pytest.raises(ImageReadError, match="too large"):
+        images.read_image(path)
+    monkeypatch.undo()
+    assert images.read_image(path, max_side=100).shape == (67, 100, 3)
+
+
+def test_to_bgr_validates_frames():
+    frame = np.zeros((4, 5, 3), np.uint8)
+    assert images.to_bgr(frame) is frame
+    assert images.to_bgr(np.zeros((4, 5), np.uint8), "gray").shape == (4, 5, 3)
+    for bad, color in [(frame.astype(np.float32), "bgr"), (np.zeros((0, 3, 3), np.uint8), "bgr"),
+                       (np.zeros((4, 5), np.uint8), "bgr"), (frame, "hsv")]:
+        with pytest.raises(InputError):
+            images.to_bgr(bad, color)
+
+
+def test_decode_upload_bytes():
+    buf = io.BytesIO()
+    Image.new("RGB", (6, 4), (0, 0, 0)).save(buf, format="PNG")
+    assert images.decode_image_bytes(buf.getvalue()).shape == (4, 6, 3)
+    with pytest.raises(ImageReadError):
+        images.decode_image_bytes(b"GIF89a broken")

@@ -1,0 +1,144 @@
+"""Training: deterministic, both losses, checkpoints that refuse to be misread, real accuracy."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+
+from tests.conftest import SMILES_LEVELS, has_torch
+
+pytestmark = pytest.mark.skipif(not has_torch(), reason="torch not installed (edge-smw[train])")
+
+
+def _train(smiles_dir, out, **kw):
+    from edge_smw.data.datasets import load_dataset
+    from edge_smw.data.sources import DataSource
+    from edge_smw.train.pipeline import TrainOptions, train_run
+
+    opts = dict(max_per_level=120, compare_losses=False, progress=False, lrs=(0.01,),
+                momenta=(0.9,), epochs=10)
+    opts.update(kw)
+    ds = load_dataset(smiles_dir, levels=SMILES_LEVELS)
+    return train_run(DataSource(ds, True, "smiles-share"), out, TrainOptions(**opts))
+
+
+def test_same_seed_gives_identical_weights(smiles_dir, tmp_path):
+    from edge_smw.train.checkpoint import load_checkpoint
+
+    a = load_checkpoint(_train(smiles_dir, tmp_path / "a", seed=7).checkpoint)
+    b = load_checkpoint(_train(smiles_dir, tmp_path / "b", seed=7).checkpoint)
+    c = load_checkpoint(_train(smiles_dir, tmp_path / "c", seed=8).checkpoint)
+    np.testing.assert_array_equal(a.head_weight, b.head_weight)
+    np.testing.assert_array_equal(a.head_bias, b.head_bias)
+    assert not np.array_equal(a.head_weight, c.head_weight)
+    assert (tmp_path / "a" / "split.json").read_text() == (tmp_path / "b" / "split.json").read_text()
+
+
+def test_run_folder_and_checkpoint_contents(smiles_run):
+    from edge_smw.data.datasets import SplitManifest
+    from edge_smw.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(smiles_run)
+    assert ckpt.levels == SMILES_LEVELS
+    assert ckpt.backbone == "efficientnet_lite0" and ckpt.detect is False
+    assert ckpt.split_sha256 == SplitManifest.load(smiles_run / "split.json").sha256
+    assert ckpt.contract.mean == (0.5, 0.5, 0.5) and ckpt.contract.input_size == 224
+    assert ckpt.head_weight.shape == (2, 1280)
+    for name in ("report.md", "report.json", "report_confusion.png", "skipped.json", "train.json"):
+        assert (smiles_run / name).is_file(), name
+    assert "| Accuracy |" in (smiles_run / "report.md").read_text()
+    assert not list(smiles_run.glob(".*.tmp"))  # no temporary leftovers
+
+
+def test_checkpoint_errors_are_clear(smiles_run, tmp_path):
+    import torch
+
+    from edge_smw.errors import ModelError
+    from edge_smw.train.checkpoint import load_checkpoint
+
+    with pytest.raises(ModelError, match="no checkpoint"):
+        load_checkpoint(tmp_path)
+    data = (smiles_run / "checkpoint.pt").read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="truncated or corrupt"):
+        load_checkpoint(cut)
+    payload = torch.load(smiles_run / "checkpoint.pt", weights_only=True)
+    payload["format_version"] = 99
+    newer = tmp_path / "newer.pt"
+    torch.save(payload, newer)
+    with pytest.raises(ModelError, match="newer edge-smw"):
+        load_checkpoint(newer)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(ModelError, match="not an edge-smw checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_both_losses_reported_side_by_side(smiles_dir, tmp_path):
+    result = _train(smiles_dir, tmp_path / "r", compare_losses=True, loss="emd",
+                    class_weight="balanced")
+    assert set(result.losses) == {"emd", "ce"}
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "| emd (saved) |" in report and "| ce |" in report
+    for r in result.losses.values():
+        assert 0.5 < r["test"]["accuracy"] <= 1.0
+
+
+def test_emd_loss_is_zero_only_for_a_perfect_distribution():
+    import torch
+
+    from edge_smw.train.heads import loss_fn
+
+    target = torch.tensor([0, 2])
+    perfect = torch.tensor([[50.0, 0, 0], [0, 0, 50.0]])
+    off_by_two = torch.tensor([[0, 0, 50.0], [50.0, 0, 0]])
+    off_by_one = torch.tensor([[0, 50.0, 0], [0, 50.0, 0]])
+    assert loss_fn("emd", perfect, target, None) < 1e-6
+    # ordinal: predicting two levels away costs more than one level away
+    assert loss_fn("emd", off_by_two, target, None) > loss_fn("emd", off_by_one, target, None)
+    # cross-entropy does not care how far off a wrong level is
+    ce2, ce1 = loss_fn("ce", off_by_two, target, None), loss_fn("ce", off_by_one, target, None)
+    assert abs(float(ce2 - ce1)) < 1e-4
+
+
+def test_class_weights_balance_rare_levels():
+    from edge_smw.errors import InputError
+    from edge_smw.train.heads import class_weights
+
+    w = class_weights(np.array([0, 0, 0, 1]), 2, "balanced")
+    assert w[1] == pytest.approx(3 * w[0])
+    assert class_weights(np.array([0, 1]), 2, "none") is None
+    with pytest.raises(InputError):
+        class_weights(np.array([0, 1]), 2, "median")
+
+
+def test_resnet18_offline_fails_clearly_and_local_file_works(tmp_path, monkeypatch):
+    import torch
+    import torchvision
+
+    from edge_smw.errors import OfflineError
+    from edge_smw.train.backbones import build_feature_maps, get_backbone
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached weights
+
+    def offline(*_a, **_k):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(OfflineError, match="--backbone-weights"):
+        build_feature_maps(get_backbone("resnet18"))
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    maps = build_feature_maps(get_backbone("resnet18"), weights)
+    assert maps(torch.zeros(1, 3, 64, 64)).shape == (1, 512, 2, 2)
+
+
+@pytest.mark.slow
+def test_default_backbone_reaches_87_percent_on_real_crops(smiles_dir, tmp_path):
+    """The issue's bar, on the whole shared set (features are cached after the first run)."""
+    result = _train(smiles_dir, tmp_path / "full", max_per_level=None, epochs=40,
+                    lrs=(0.001, 0.003, 0.01), momenta=(0.0, 0.9))
+    assert result.test_metrics["n"] > 1400
+    assert result.test_metrics["accuracy"] >= 0.87, result.test_metrics
