@@ -51,7 +51,9 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_open(target: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+def atomic_open(
+    target: str | os.PathLike[str], mode: str = "w", **kwargs: Any
+) -> Iterator[IO[Any]]:
     """Open a temporary file for writing; it replaces ``target`` only if the block succeeds."""
     if "b" not in mode:
         kwargs.setdefault("encoding", "utf-8")

@@ -30,7 +30,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
 def compute_metrics(
     true_levels: np.ndarray, probs: np.ndarray, levels: Sequence[str]
 ) -> dict[str, Any]:
-    """``accuracy`` (0-1), ``mae`` (in levels), ``per_level``, ``confusion``, ``spearman``, ``n``."""
+    """``accuracy`` (0-1), ``mae`` (levels), ``per_level``, ``confusion``, ``spearman``, ``n``."""
     true_levels = np.asarray(true_levels, dtype=np.int64)
     pred = probs.argmax(1)
     k = len(levels)

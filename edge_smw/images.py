@@ -69,7 +69,9 @@ def read_image(path: str | os.PathLike[str], *, max_side: int = MAX_SIDE) -> np.
     return _limit_side(array, max_side)
 
 
-def decode_image_bytes(data: bytes, *, name: str = "upload", max_side: int = MAX_SIDE) -> np.ndarray:
+def decode_image_bytes(
+    data: bytes, *, name: str = "upload", max_side: int = MAX_SIDE
+) -> np.ndarray:
     """Decode an in-memory image (an upload) with the same rules as ``read_image``."""
     import io
 

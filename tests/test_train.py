@@ -33,7 +33,8 @@ def test_same_seed_gives_identical_weights(smiles_dir, tmp_path):
     np.testing.assert_array_equal(a.head_weight, b.head_weight)
     np.testing.assert_array_equal(a.head_bias, b.head_bias)
     assert not np.array_equal(a.head_weight, c.head_weight)
-    assert (tmp_path / "a" / "split.json").read_text() == (tmp_path / "b" / "split.json").read_text()
+    split_a, split_b = (tmp_path / x / "split.json" for x in "ab")
+    assert split_a.read_text() == split_b.read_text()
 
 
 def test_run_folder_and_checkpoint_contents(smiles_run):

@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="from_dir", help="local copy of the 'smiles' data set")
     add_no_detect(p)
     add_json(p)
-    p.add_argument("--predictions", help="write a CSV: path,true_level,predicted_level,p_<level>...")
+    p.add_argument("--predictions",
+                   help="write a CSV: path,true_level,predicted_level,p_<level>...")
     p.add_argument("--out", help="folder for the Markdown + JSON report and confusion PNG")
     p.add_argument("--backend", default="auto", help="runtime backend for exported models")
 

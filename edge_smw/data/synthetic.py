@@ -33,13 +33,15 @@ Sampling probabilities (``PROBABILITIES``) were tuned so the five levels are nea
 eyes open .45 / half .20 / closed .35, gaze camera .70, mouth smile .30 / neutral .45 /
 frown .25, blur none .45 / mild .35 / strong .20, exposure normal .60 / dark .20 / bright .20.
 Exact expected level shares (``expected_level_shares``): 1: 19.3%, 2: 18.9%, 3: 21.1%,
-4: 21.2%, 5: 19.5%. Measured on the default 3000 crops (seed 0): 1: 19.6%, 2: 18.5%,
-3: 21.7%, 4: 20.6%, 5: 19.6%.
+4: 21.2%, 5: 19.5%. Measured on the default 3000 crops (seed 0): 1: 19.2%, 2: 19.3%,
+3: 20.4%, 4: 22.1%, 5: 18.9%.
 
 Layout written by ``generate_synthetic``: ``<out>/<level>/<index:05d>.png`` (levels "1".."5"),
 ``<out>/attributes.csv`` (path, level, every attribute, region boxes) and, last, the completion
 marker ``<out>/synthetic.json``. Sample ``i`` uses ``np.random.default_rng([seed, i])`` for both
-its attributes and its drawing, so it is the same image whatever ``count`` is.
+its attributes and its drawing, so it is the same image whatever ``count`` is. Cost: about
+3.5 ms of CPU per 128 px crop (drawing ~2, PNG ~1, atomic write with fsync the rest), spread
+over threads; 3000 crops took 13-20 s on a busy shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import json
 import math
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -323,8 +326,8 @@ def _background(kind: str, size: int, j: _Jitter) -> np.ndarray:
         if kind == "studio":
             r = np.hypot(xs - size * j("bg2_b", 0.35, 0.65), ys - size * j("bg2_g", 0.3, 0.5))
             t = np.clip(r / (0.85 * size), 0.0, 1.0) ** 1.5
-        else:
-            t = ys / max(size - 1, 1)
+        else:  # a vertical gradient: one column, broadcast by the caller
+            t = ys[:, :1] / max(size - 1, 1)
     return c1 + (c2 - c1) * t[..., None]
 
 
@@ -342,7 +345,7 @@ def _eye_geometry(cx: float, cy: float, ew: float, hu: float, hl: float, opennes
 
 def _mouth_geometry(mcx: float, my: float, mw: float, bend: float, tu: float, tl: float,
                     oh: float):  # fmt: skip
-    """Upper lip, opening and lower lip polygons for one curve shape (bend > 0: smile)."""
+    """Upper lip, opening, lower lip and teeth polygons for one curve (bend > 0: smile)."""
     t = np.linspace(-1.0, 1.0, 21)
     xs = mcx + mw * t
     mid = my - bend / 2 + bend * (1 - t * t)
@@ -352,11 +355,13 @@ def _mouth_geometry(mcx: float, my: float, mw: float, bend: float, tu: float, tl
     gap_top = mid - 0.1 * oh * shape
     gap_bottom = mid + oh * shape
     bottom = gap_bottom + tl * shape
+    teeth_bottom = mid + 0.5 * oh * shape
 
     def band(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.concatenate([np.stack([xs, a], 1), np.stack([xs, b], 1)[::-1]])
 
-    return band(top, gap_top), band(gap_top, gap_bottom), band(gap_bottom, bottom), xs, mid
+    upper, gap, lower = band(top, gap_top), band(gap_top, gap_bottom), band(gap_bottom, bottom)
+    return upper, gap, lower, band(gap_top, teeth_bottom), xs, mid
 
 
 def _box_of(points: np.ndarray, margin: float) -> tuple[float, float, float, float]:
@@ -378,7 +383,8 @@ def render_face(
         raise InputError(f"size must be at least {MIN_SIZE} pixels, got {size}")
     j = _Jitter(rng.random(len(_JITTER_NAMES)))
     curls = rng.random((_N_CURLS, 3))
-    noise = rng.standard_normal((size, size, 3), dtype=np.float32)
+    # Unit-variance uniform sensor noise: looks the same as Gaussian here at a quarter the cost.
+    noise = (rng.random((size, size, 3), dtype=np.float32) - 0.5) * math.sqrt(12.0)
 
     s = float(size)
     pad = size // 4
@@ -396,10 +402,10 @@ def render_face(
     b = s * fb * j("face_h", 0.96, 1.04)
     ey = fcy - b * j("eye_y", 0.08, 0.16)
     sep = a * j("eye_sep", 0.38, 0.44)
-    ew = a * j("eye_w", 0.22, 0.26)
+    ew = a * j("eye_w", 0.24, 0.28)
     hu = ew * j("eye_hu", 0.46, 0.56)
     hl = ew * j("eye_hl", 0.28, 0.36)
-    openness = {"open": j("open_full", 0.92, 1.0), "half": j("open_half", 0.38, 0.5)}.get(
+    openness = {"open": j("open_full", 0.92, 1.0), "half": j("open_half", 0.5, 0.6)}.get(
         attrs.eyes, 0.0
     )
     iris_r = ew * j("iris_r", 0.40, 0.47)
@@ -414,13 +420,13 @@ def render_face(
     nose_w = a * j("nose_w", 0.15, 0.2)
     my = fcy + b * j("mouth_y", 0.52, 0.6)
     mcx = fcx + a * j("mouth_x", -0.02, 0.02)
-    mw = a * j("mouth_w", 0.32, 0.40)
+    mw = a * j("mouth_w", 0.36, 0.44)
     bends = {
         "smile": mw * j("smile", 0.28, 0.38),
         "neutral": mw * j("neutral", -0.03, 0.04),
         "frown": -mw * j("frown", 0.2, 0.28),
     }
-    tu, tl = mw * j("lip_u", 0.10, 0.15), mw * j("lip_l", 0.14, 0.22)
+    tu, tl = mw * j("lip_u", 0.13, 0.18), mw * j("lip_l", 0.18, 0.26)
     smile_open = mw * j("mouth_open", 0.14, 0.22) if j("teeth") < 0.5 else 0.0
 
     # -- colours --------------------------------------------------------------------------------
@@ -471,13 +477,12 @@ def render_face(
 
     # -- mouth ------------------------------------------------------------------------------------
     oh = smile_open if attrs.mouth == "smile" else 0.0
-    upper_lip, gap, lower_lip, mxs, mid = _mouth_geometry(
+    upper_lip, gap, lower_lip, teeth, mxs, mid = _mouth_geometry(
         mcx, my, mw, bends[attrs.mouth], tu, tl, oh
     )
     if oh > 0:
         _fill(face, gap, (45, 35, 80))
-        teeth = _mouth_geometry(mcx, my, mw * 0.8, bends["smile"] * 0.8, 0.0, 0.0, oh * 0.5)[1]
-        _fill(face, teeth, (228, 234, 236))
+        _fill(face, teeth, (226, 232, 236))
     _fill(face, upper_lip, lip * 0.92)
     _fill(face, lower_lip, lip)
     if oh == 0:
@@ -517,7 +522,7 @@ def render_face(
         _line(face, crease, skin * 0.75, thick(1))
         # Box: crease to lashes below the lower lid, whatever the openness or gaze.
         pts = np.concatenate([crease, np.stack([xs, lower + 0.25 * ew], 1)])
-        boxes[name] = _box_of(pts, max(1.5 * px, 0.12 * ew))
+        boxes[name] = _box_of(pts, max(2.0 * px, 0.15 * ew))
         # Brow: a tapered arch, inner end toward the nose.
         bt = np.linspace(-1.0, 1.0, 13)
         arch = ew * j("brow_arch", 0.15, 0.3) * (1 - bt * bt)
@@ -556,16 +561,14 @@ def render_face(
                 ry = fcy + big_b * (0.9 + 0.15 * cv) * math.sin(angle)
                 _oval(face, rx, ry, a * (0.12 + 0.1 * cr), a * (0.12 + 0.1 * cr),
                       hair * (0.8 + 0.3 * cr), alpha)  # fmt: skip
-    else:
-        for sign in (-1.0, 1.0):
-            _oval(face, fcx + sign * 0.98 * a, ey - 0.05 * b, 0.1 * a, 0.25 * b, hair, alpha)
 
     # -- shading, pose, composite --------------------------------------------------------------
-    ys, xs_grid = _grid(canvas_n)
-    u = (xs_grid - fcx) / a
-    v = (ys - fcy) / (1.1 * b)
+    axis = np.arange(canvas_n, dtype=np.float32)
+    u = ((axis - fcx) / a)[None, :]
+    v = ((axis - fcy) / (1.1 * b))[:, None]
     shade = 1.0 - 0.14 * np.minimum(u * u + v * v, 1.6) + 0.08 * light * np.clip(u, -1.3, 1.3)
-    layer = face.astype(np.float32) * shade[..., None]
+    shade = shade.astype(np.float32)
+    layer = cv2.multiply(face, cv2.merge([shade, shade, shade]), dtype=cv2.CV_32F)
 
     scale = j("scale", 0.94, 1.06)
     matrix = cv2.getRotationMatrix2D((fcx, fcy), float(attrs.roll_deg), scale)
@@ -575,7 +578,11 @@ def render_face(
     layer = cv2.warpAffine(layer, matrix, dsize, flags=cv2.INTER_LINEAR)
     cover = cv2.warpAffine(alpha.astype(np.float32) * (1.0 / 255.0), matrix, dsize,
                            flags=cv2.INTER_LINEAR)  # fmt: skip
-    image = _background(attrs.background, size, j) * (1.0 - cover[..., None]) + layer
+    background = np.ascontiguousarray(
+        np.broadcast_to(_background(attrs.background, size, j), (size, size, 3)), np.float32
+    )
+    uncovered = 1.0 - cover
+    image = cv2.add(cv2.multiply(background, cv2.merge([uncovered, uncovered, uncovered])), layer)
 
     # -- camera: blur, exposure, sensor noise -------------------------------------------------
     sigma = {"none": 0.0, "mild": j("blur_mild", 1.0, 1.5), "strong": j("blur_strong", 2.6, 3.6)}
@@ -585,10 +592,10 @@ def render_face(
         image = 255.0 * np.power(np.clip(image, 0, 255) / 255.0, j("gamma_dark", 1.1, 1.4))
         image = image * j("gain_dark", 0.28, 0.42)
     elif attrs.exposure == "bright":
-        image = image * j("gain_bright", 1.5, 1.9) + j("offset_bright", 30.0, 60.0)
+        image = image * j("gain_bright", 1.35, 1.7) + j("offset_bright", 20.0, 50.0)
     else:
         image = image * j("gain_normal", 0.93, 1.07) + j("offset_normal", -8.0, 8.0)
-    image = image + noise * j("noise", 1.5, 4.0)
+    image = image + noise * j("noise", 1.0, 3.0)
     out = np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
     regions: dict[str, Box] = {}
@@ -638,16 +645,22 @@ def _marker_matches(marker: Path, params: dict[str, Any]) -> bool:
     return isinstance(data, dict) and all(data.get(k) == v for k, v in params.items())
 
 
-def _check_params(count: int, size: int, seed: int) -> None:
-    if not isinstance(count, int) or count < MIN_COUNT:
+def _check_params(count: Any, size: Any, seed: Any) -> tuple[int, int, int]:
+    def whole(value: Any) -> int | None:
+        ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
+        return int(value) if ok else None
+
+    n, s, r = whole(count), whole(size), whole(seed)
+    if n is None or n < MIN_COUNT:
         raise InputError(
             f"synthetic count must be an integer of at least {MIN_COUNT} images (so every level "
             f"can appear), got {count!r}"
         )
-    if not isinstance(size, int) or size < MIN_SIZE:
+    if s is None or s < MIN_SIZE:
         raise InputError(f"synthetic size must be an integer of at least {MIN_SIZE}, got {size!r}")
-    if not isinstance(seed, int) or seed < 0:
+    if r is None or r < 0:
         raise InputError(f"synthetic seed must be a non-negative integer, got {seed!r}")
+    return n, s, r
 
 
 def generate_synthetic(
@@ -663,7 +676,7 @@ def generate_synthetic(
     A folder whose marker has the same parameters is returned untouched (a cache). Otherwise
     the old marker is removed first, so an interrupted run never looks complete.
     """
-    _check_params(count, size, seed)
+    count, size, seed = _check_params(count, size, seed)
     out = Path(out_dir)
     params = _params(count, size, seed)
     marker = out / MARKER_NAME
@@ -673,24 +686,34 @@ def generate_synthetic(
         raise InputError(f"{out} is a file; give a folder for the synthetic data set")
     marker.unlink(missing_ok=True)
 
-    counts = dict.fromkeys(LEVELS, 0)
-    rows: list[list[Any]] = []
-    written: set[str] = set()
-    png_params = [cv2.IMWRITE_PNG_COMPRESSION, 3]
-    for index in tqdm(range(count), desc="synthetic faces", unit="img", disable=not progress):
+    def make(index: int) -> tuple[str, list[Any]]:
         rng = np.random.default_rng([seed, index])
         attrs = sample_attributes(rng)
         image, regions = render_face(attrs, rng, size)
         level = str(level_for(attrs))
         rel = f"{level}/{index:05d}.png"
-        ok, encoded = cv2.imencode(".png", image, png_params)
+        ok, encoded = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         if not ok:
             raise EdgeSmwError(f"OpenCV could not encode synthetic image {rel} as PNG")
         write_bytes(out / rel, encoded.tobytes())
-        written.add(rel)
-        counts[level] += 1
         box_values = [v for name in REGION_NAMES for v in regions[name]]
-        rows.append([rel, level, *(getattr(attrs, f) for f in _ATTR_FIELDS), *box_values])
+        return level, [rel, level, *(getattr(attrs, f) for f in _ATTR_FIELDS), *box_values]
+
+    # Threads: OpenCV drawing, PNG encoding and each atomic write's fsync release the GIL, and
+    # every sample has its own generator, so the output does not depend on the scheduling.
+    counts = dict.fromkeys(LEVELS, 0)
+    rows: list[list[Any]] = []
+    workers = min(8, (os.cpu_count() or 1) + 4)
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        results = pool.map(make, range(count))
+        for level, row in tqdm(results, total=count, desc="synthetic faces", unit="img",
+                               disable=not progress):  # fmt: skip
+            counts[level] += 1
+            rows.append(row)
+    finally:  # on an error or Ctrl-C, drop the queued images instead of drawing them all
+        pool.shutdown(wait=True, cancel_futures=True)
+    written = {row[0] for row in rows}
 
     for level in LEVELS:  # images of an earlier, different generation would mislabel the set
         folder = out / level

@@ -67,7 +67,9 @@ def _efficientnet_lite0(weights: Path | None) -> nn.Module:
     source = _load_state_dict(weights)
     target = model.state_dict()
     if len(source) != len(target):
-        raise ModelError(f"{weights}: {len(source)} tensors, tf_efficientnet_lite0 has {len(target)}")
+        raise ModelError(
+            f"{weights}: {len(source)} tensors, tf_efficientnet_lite0 has {len(target)}"
+        )
     mapped = {}
     # The package's tensors follow the reference implementation's names; they map one-to-one,
     # in order, onto timm's (checked shape by shape).

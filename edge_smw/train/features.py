@@ -80,7 +80,8 @@ def cache_key(feature_pass: FeaturePass, contract: PreprocessContract, detect: b
     geometry = contract.to_dict()
     geometry.pop("levels")
     geo = hashlib.sha256(json.dumps(geometry, sort_keys=True).encode()).hexdigest()[:12]
-    return f"{feature_pass.spec.name}-{feature_pass.fingerprint}-{geo}-{'det' if detect else 'whole'}"
+    mode = "det" if detect else "whole"
+    return f"{feature_pass.spec.name}-{feature_pass.fingerprint}-{geo}-{mode}"
 
 
 def compute_features(

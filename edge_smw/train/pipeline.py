@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_smw.atomic import write_json, write_text
+from edge_smw.atomic import write_json
 from edge_smw.data.crops import SkipReport
 from edge_smw.data.datasets import LabelledImage, SplitManifest, make_split
 from edge_smw.data.sources import DataSource
