@@ -110,6 +110,13 @@ class PreprocessContract:
     def sha256(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
+    @property
+    def geometry_sha256(self) -> str:
+        """Hash of everything that shapes the crop (not the level names): cache keys use it."""
+        data = self.to_dict()
+        data.pop("levels")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
     # -- geometry: source image -> square crop in model pixels ----------------------------
     def face_square(self, box: Box, image_shape: Sequence[int]) -> Box:
         """The square region (x, y, side, side) that a face box maps to, with the margin."""

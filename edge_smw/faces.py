@@ -39,21 +39,22 @@ def detect_faces(
     max_faces: int | None = None,
     min_size_fraction: float = 0.08,
     detect_side: int = 640,
+    min_neighbors: int = 4,
 ) -> list[Box]:
     """Return face boxes (x, y, w, h) in ``image_bgr``'s pixels, largest first.
 
     The frame is downscaled so its long side is at most ``detect_side`` for speed; boxes are
-    mapped back to the original resolution.
+    mapped back to the original resolution. No histogram equalisation: measured on real
+    face crops pasted into frames, it dropped recall from 97% to 57% (flat backgrounds).
     """
     gray = image_bgr if image_bgr.ndim == 2 else cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
     h, w = gray.shape[:2]
     scale = min(1.0, detect_side / max(h, w))
     if scale < 1.0:
         gray = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-    gray = cv2.equalizeHist(gray)
     min_side = max(20, int(min(gray.shape[:2]) * min_size_fraction))
     found = _cascade().detectMultiScale(
-        gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side)
+        gray, scaleFactor=1.1, minNeighbors=min_neighbors, minSize=(min_side, min_side)
     )
     boxes = [tuple(int(round(v / scale)) for v in box) for box in np.asarray(found).reshape(-1, 4)]
     boxes.sort(key=lambda b: b[2] * b[3], reverse=True)

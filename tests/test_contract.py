@@ -106,7 +106,8 @@ def test_torch_normalize_equals_numpy_normalize():
     np.testing.assert_allclose(theirs, ours, atol=1e-6)
 
 
-def test_training_and_runtime_feed_the_network_the_same_tensor(smiles_dir, smiles_onnx):
+def test_training_and_runtime_feed_the_network_the_same_tensor(smiles_dir, smiles_onnx, tmp_path,
+                                                               monkeypatch):
     """The tensor the training feature pass computes on == the tensor Runtime infers on."""
     from edge_smw.data.datasets import LabelledImage
     from edge_smw.runtime import Runtime
@@ -114,17 +115,18 @@ def test_training_and_runtime_feed_the_network_the_same_tensor(smiles_dir, smile
     from edge_smw.train.features import FeaturePass, compute_features
 
     path = sorted((smiles_dir / "smiling").glob("*.jpg"))[5]
+    feature_pass = FeaturePass(get_backbone("efficientnet_lite0"))
+    monkeypatch.setenv("EDGE_SMW_CACHE", str(tmp_path))  # no cached features: really compute
     rt = Runtime(smiles_onnx, detect_faces=False, warmup=False)
     seen: dict[str, np.ndarray] = {}
     real_infer = rt.runner.infer
     rt.runner.infer = lambda x: (seen.setdefault("runtime", x.copy()), real_infer(x))[1]
     rt.score(cv2.imread(str(path)))
 
-    feature_pass = FeaturePass(get_backbone("efficientnet_lite0"))
     real_call = feature_pass.__call__
 
     class Recording:
-        spec, fingerprint = feature_pass.spec, feature_pass.fingerprint + "-nocache-probe"
+        spec, fingerprint = feature_pass.spec, feature_pass.fingerprint
 
         def __call__(self, x):
             seen["training"] = x.copy()

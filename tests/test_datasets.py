@@ -103,3 +103,25 @@ def test_unusable_files_are_skipped_and_named(tmp_path):
     Image.fromarray(flat).save(root / "a" / "flat.png")
     assert load_crop(root / "a" / "flat.png", contract, detect=True, report=report) is None
     assert report.no_face == [str(root / "a" / "flat.png")]
+
+
+def test_detected_crops_are_cached_by_file_hash(smiles_dir, tmp_path, monkeypatch):
+    """A detected crop is computed once; the cache returns the same pixels without detection."""
+    import cv2
+
+    from edge_smw.contract import PreprocessContract
+    from edge_smw.data import crops as crops_module
+    from edge_smw.data.crops import SkipReport, load_crop
+
+    monkeypatch.setenv("EDGE_SMW_CACHE", str(tmp_path / "cache"))
+    face = cv2.imread(str(sorted((smiles_dir / "smiling").glob("*.jpg"))[0]))
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    frame[160:320, 240:400] = cv2.resize(face, (160, 160), interpolation=cv2.INTER_CUBIC)
+    path = tmp_path / "photo.png"
+    cv2.imwrite(str(path), frame)
+    contract = PreprocessContract(levels=("a", "b"), input_size=64)
+    first = load_crop(path, contract, detect=True, report=SkipReport())
+    assert first is not None and first.shape == (64, 64, 3)
+    monkeypatch.setattr(crops_module, "largest_face", lambda _img: pytest.fail("not cached"))
+    again = load_crop(path, contract, detect=True, report=SkipReport())
+    np.testing.assert_array_equal(first, again)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edge_smw.cli.common import add_no_detect
+from edge_smw.cli.common import add_json, add_no_detect, print_json
 
 HELP = "train a linear head on a frozen backbone from labelled face photos"
 EXAMPLES = """
@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-per-level", type=int, help="use at most N images per level (quick runs)")
     p.add_argument("--synthetic-count", type=int, default=3000)
+    add_json(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,9 +50,15 @@ def run(args: argparse.Namespace) -> int:
         backbone=args.backbone, backbone_weights=args.backbone_weights, loss=args.loss,
         compare_losses=not args.no_compare, seed=args.seed, detect=not args.no_detect,
         class_weight=args.class_weight, flip=args.flip, epochs=args.epochs,
-        max_per_level=args.max_per_level,
+        max_per_level=args.max_per_level, progress=not args.json,
     )
     result = train_run(source, args.out, options)
+    if args.json:
+        print_json({"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint),
+                    "test": result.test_metrics,
+                    "losses": {k: {"lr": v["lr"], "momentum": v["momentum"], "test": v["test"]}
+                               for k, v in result.losses.items()}})
+        return 0
     print(poster_table(result.test_metrics))
     for loss, r in result.losses.items():
         t = r["test"]

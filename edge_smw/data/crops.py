@@ -2,7 +2,8 @@
 
 Crops are what the backbone sees, so they follow the preprocessing contract exactly:
 read (EXIF upright) -> largest Haar face + margin (or the whole image with ``detect=False``)
--> ``contract.to_model_pixels``.
+-> ``contract.to_model_pixels``. Detected crops are cached by file hash (detection on a
+full-size photo costs far more than reading a small PNG back).
 """
 
 from __future__ import annotations
@@ -10,12 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from edge_smw.atomic import atomic_path, write_text
+from edge_smw.cache import cache_root, file_sha256
 from edge_smw.contract import PreprocessContract
-from edge_smw.errors import ImageReadError
+from edge_smw.errors import ImageReadError, InputError
 from edge_smw.faces import largest_face
 from edge_smw.images import read_image
+
+_NO_FACE = "no-face"
 
 
 @dataclass
@@ -40,9 +46,18 @@ class SkipReport:
 
 
 def load_crop(
-    path: str | Path, contract: PreprocessContract, *, detect: bool, report: SkipReport
+    path: str | Path, contract: PreprocessContract, *, detect: bool, report: SkipReport,
+    cache: bool = True,
 ) -> np.ndarray | None:
     """Model pixels (uint8 HxWx3) for one photo, or None (and a line in ``report``)."""
+    cached = _crop_cache_file(path, contract) if detect and cache else None
+    if cached is not None:
+        if cached.with_suffix(".noface").is_file():
+            report.no_face.append(str(path))
+            return None
+        pixels = cv2.imread(str(cached), cv2.IMREAD_UNCHANGED) if cached.is_file() else None
+        if pixels is not None and pixels.shape == (contract.input_size, contract.input_size, 3):
+            return pixels
     try:
         image = read_image(path)
     except ImageReadError as exc:
@@ -52,6 +67,33 @@ def load_crop(
         box = largest_face(image)
         if box is None:
             report.no_face.append(str(path))
+            if cached is not None:
+                _quietly(lambda: write_text(cached.with_suffix(".noface"), _NO_FACE))
             return None
         image = contract.crop_face(image, box)
-    return contract.to_model_pixels(image)
+    pixels = contract.to_model_pixels(image)
+    if cached is not None:
+        _quietly(lambda: _write_png(cached, pixels))
+    return pixels
+
+
+def _crop_cache_file(path: str | Path, contract: PreprocessContract) -> Path | None:
+    try:
+        digest = file_sha256(path)
+    except OSError:
+        return None  # read_image will name the problem
+    return cache_root() / "crops" / contract.geometry_sha256[:12] / digest[:2] / f"{digest}.png"
+
+
+def _write_png(target: Path, pixels: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", pixels)  # raw channel order kept: read back as written
+    if ok:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(buf.tobytes())
+
+
+def _quietly(write) -> None:  # noqa: ANN001 - a thunk
+    try:
+        write()
+    except (OSError, InputError):
+        pass  # a read-only cache only costs speed

@@ -8,8 +8,6 @@ thread decodes and crops the next batch, and caches each crop's features by
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 import time
@@ -77,9 +75,7 @@ class FeatureSet:
 
 
 def cache_key(feature_pass: FeaturePass, contract: PreprocessContract, detect: bool) -> str:
-    geometry = contract.to_dict()
-    geometry.pop("levels")
-    geo = hashlib.sha256(json.dumps(geometry, sort_keys=True).encode()).hexdigest()[:12]
+    geo = contract.geometry_sha256[:12]
     mode = "det" if detect else "whole"
     return f"{feature_pass.spec.name}-{feature_pass.fingerprint}-{geo}-{mode}"
 
