@@ -143,3 +143,21 @@ def test_default_backbone_reaches_87_percent_on_real_crops(smiles_dir, tmp_path)
                     lrs=(0.001, 0.003, 0.01), momenta=(0.0, 0.9))
     assert result.test_metrics["n"] > 1400
     assert result.test_metrics["accuracy"] >= 0.87, result.test_metrics
+
+
+def test_synthetic_set_trains_both_losses_side_by_side(tmp_path, monkeypatch):
+    """The built-in demo data trains offline with both losses, reported side by side."""
+    monkeypatch.setenv("EDGE_SMW_CACHE", str(tmp_path / "cache"))
+    from edge_smw.data.sources import resolve_data
+    from edge_smw.train.pipeline import TrainOptions, train_run
+
+    source = resolve_data("synthetic", synthetic_count=250, progress=False)
+    assert source.precropped and source.dataset.levels == ("1", "2", "3", "4", "5")
+    result = train_run(source, tmp_path / "run", TrainOptions(
+        compare_losses=True, progress=False, lrs=(0.01,), momenta=(0.9,), epochs=15))
+    assert set(result.losses) == {"ce", "emd"}
+    chance = 1 / 5
+    for loss, r in result.losses.items():
+        assert r["test"]["accuracy"] > chance, (loss, r["test"]["accuracy"])
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| ce (saved) |" in report and "| emd |" in report
