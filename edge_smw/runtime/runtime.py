@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,10 @@ class Runtime:
 
     ``backend``: ``onnxruntime-cpu``, ``onnxruntime-cuda``, ``onnxruntime-tensorrt``,
     ``tensorrt`` or ``auto`` (fastest available; the choice and why is logged).
-    One instance may be shared by threads.
+    ``backend_options`` go to the backend (onnxruntime: ``trt_fp16``, ``trt_int8``,
+    ``trt_cache_dir``, ``trt_workspace_bytes``; tensorrt: ``profile``).
+    One instance may be shared by threads: input buffers are per thread, the backends are
+    thread-safe (onnxruntime's ``run``; TensorRT behind a lock).
     """
 
     def __init__(
@@ -107,21 +111,37 @@ class Runtime:
         warmup: bool = True,
         backend_options: dict[str, Any] | None = None,
     ) -> None:
+        if not isinstance(backend, str):
+            raise InputError(f"backend must be a name such as 'auto', got {backend!r}")
+        if threads is not None and (not isinstance(threads, Integral) or threads < 1):
+            raise InputError(f"threads must be a whole number >= 1 (or None), got {threads!r}")
+        if not isinstance(max_faces, Integral) or max_faces < 1:
+            raise InputError(f"max_faces must be a whole number >= 1, got {max_faces!r}")
+        if not isinstance(device, Integral) or device < 0:
+            raise InputError(f"device must be a GPU index >= 0, got {device!r}")
         self.path = resolve_model_path(model_path)
         self.detect = detect_faces
-        self.max_faces = max_faces
+        self.max_faces = int(max_faces)
+        threads = None if threads is None else int(threads)
+        device = int(device)
         self._local = threading.local()
+        # An engine's metadata is read first: a missing sidecar is reported even where
+        # TensorRT itself is not installed.
+        sidecar = None if self.path.suffix == ".onnx" else ModelInfo.from_sidecar(
+            sidecar_path(self.path))
         self.runner = self._open(backend, device, threads, backend_options or {})
-        if self.path.suffix == ".onnx":
-            self.info = ModelInfo.from_props(self.runner.metadata(), source=self.path)
-        else:
-            self.info = ModelInfo.from_sidecar(sidecar_path(self.path))
-        self.contract = self.info.contract
-        self.levels = self.contract.levels
-        self._scores = np.arange(1, len(self.levels) + 1, dtype=np.float64)
-        if warmup:
-            size = self.contract.input_size
-            self.runner.infer(np.zeros((1, 3, size, size), np.float32))
+        try:
+            self.info = sidecar or ModelInfo.from_props(self.runner.metadata(), source=self.path)
+            self.contract = self.info.contract
+            self.levels = self.contract.levels
+            self._scores = np.arange(1, len(self.levels) + 1, dtype=np.float64)
+            self._check_io()
+            if warmup:  # also proves the network's outputs fit its metadata
+                size = self.contract.input_size
+                self._probabilities(self._run(np.zeros((1, 3, size, size), np.float32)), 1)
+        except BaseException:
+            self.close()
+            raise
 
     # -- lifecycle -------------------------------------------------------------------------
     def _open(self, backend: str, device: int, threads: int | None,
@@ -130,6 +150,7 @@ class Runtime:
             runner = open_runner(backend, self.path, device=device, threads=threads,
                                  options=options)
             runner.activate()
+            log.debug("backend %s for %s", backend, self.path)
             return runner
         candidates = ("tensorrt",) if self.path.suffix != ".onnx" else _AUTO_ORDER
         reasons = []
@@ -141,22 +162,48 @@ class Runtime:
             except BackendUnavailableError as exc:
                 reasons.append(f"{name}: {exc}")
                 continue
-            if reasons:
+            if reasons:  # the first clause of each reason; the whole of it with -v
                 log.info("backend auto -> %s (faster ones unavailable: %s)", name,
-                         "; ".join(reasons))
+                         "; ".join(r.split(";")[0] for r in reasons))
+                log.debug("backend auto: %s", " | ".join(reasons))
             else:
                 log.info("backend auto -> %s", name)
             return runner
         raise BackendUnavailableError("no backend can run " + str(self.path) + ": "
                                       + "; ".join(reasons))
 
+    def _check_io(self) -> None:
+        """The network's declared inputs/outputs must agree with its own metadata."""
+        outputs = self.runner.output_names
+        if OUTPUT_PROBABILITIES not in outputs:
+            raise ModelError(f"{self.path} has outputs {list(outputs)}, no "
+                             f"'{OUTPUT_PROBABILITIES}': it is not an edge-smw model; export "
+                             "one with `edge-smw export RUN_DIR`")
+        size = self.contract.input_size
+        declared = self.runner.input_shape
+        if declared is not None and tuple(declared) != (3, size, size):
+            raise ModelError(f"{self.path} takes input {tuple(declared)} but its metadata says "
+                             f"(3, {size}, {size}): the metadata belongs to another model; "
+                             "re-export it")
+
     @property
     def backend(self) -> str:
         return self.runner.name
 
+    @property
+    def max_batch(self) -> int | None:
+        """Largest batch one backend call takes (None: any); larger batches are split."""
+        return self.runner.max_batch
+
+    @property
+    def closed(self) -> bool:
+        return not self.runner.active
+
     def close(self) -> None:
-        if self.runner.active:
-            self.runner.deactivate()
+        """Release the model and its device memory; idempotent."""
+        runner = getattr(self, "runner", None)
+        if runner is not None and runner.active:
+            runner.deactivate()
 
     def __enter__(self) -> Runtime:
         return self
@@ -164,9 +211,17 @@ class Runtime:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else self.backend
+        return f"Runtime({str(self.path)!r}, {state}, levels={list(self.levels)})"
+
     # -- scoring ---------------------------------------------------------------------------
     def score(self, frame: np.ndarray, *, color: str = "bgr") -> ScoreResult:
-        """Every detected face in ``frame`` (uint8, any size), best-first by size."""
+        """Every detected face in ``frame`` (uint8, any size), largest first.
+
+        With ``detect_faces=False`` the whole frame is one face (already-cropped photos).
+        A frame without faces gives a result with no faces, not an error.
+        """
         t0 = time.perf_counter()
         image = to_bgr(frame, color)
         if self.detect:
@@ -191,49 +246,100 @@ class Runtime:
     def score_batch(self, crops: Sequence[np.ndarray], *, color: str = "bgr",
                     feature_map: bool = False) -> list[FaceScore]:
         """Many crops in one inference call (split only where the model's batch limit says)."""
+        if isinstance(crops, np.ndarray):  # a stacked batch: N x H x W (x C)
+            if crops.ndim == 4 or (crops.ndim == 3 and color == "gray"):
+                crops = list(crops)
+            else:
+                raise InputError(f"score_batch takes a list of crops or an N x H x W x C array, "
+                                 f"got an array of shape {crops.shape}; use score_crop for one")
         if len(crops) == 0:
             return []
-        faces, _, _ = self._score_crops([to_bgr(c, color) for c in crops], [None] * len(crops),
-                                        feature_map)
+        bgr = []
+        for i, crop in enumerate(crops):
+            try:
+                bgr.append(to_bgr(crop, color))
+            except InputError as exc:
+                raise InputError(f"crop {i}: {exc}") from None
+        faces, _, _ = self._score_crops(bgr, [None] * len(bgr), feature_map)
         return faces
 
     def infer(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw network call on preprocessed NCHW float32 input (bench, parity, calibration)."""
-        if inputs.dtype != np.float32 or inputs.ndim != 4:
-            raise InputError(f"expected float32 NCHW input, got {inputs.dtype} {inputs.shape}")
-        return self.runner.infer(inputs)
+        """Raw network call on preprocessed NCHW float32 input (bench, parity, calibration).
 
-    def _buffer(self, n: int) -> np.ndarray:
-        """A per-thread input buffer, reused across frames of the same batch size."""
+        Checked fully (dtype, shape, finite values) because nothing downstream would notice
+        a NaN: the network would just return confident nonsense.
+        """
         size = self.contract.input_size
-        buf = getattr(self._local, "buf", None)
-        if buf is None or buf.shape[0] != n:
-            buf = np.empty((n, 3, size, size), np.float32)
-            self._local.buf = buf
-        return buf
+        want = f"float32 (N, 3, {size}, {size})"
+        if not isinstance(inputs, np.ndarray):
+            raise InputError(f"expected a numpy {want} array, got {type(inputs).__name__}")
+        if inputs.dtype != np.float32:
+            raise InputError(f"expected {want} input, got dtype {inputs.dtype}; preprocess with "
+                             "runtime.contract.apply_batch(crops) or .astype(np.float32)")
+        if inputs.ndim != 4 or tuple(inputs.shape[1:]) != (3, size, size):
+            raise InputError(f"expected {want} input, got shape {inputs.shape}; preprocess with "
+                             "runtime.contract.apply_batch(crops)")
+        if inputs.shape[0] == 0:
+            raise InputError("empty batch (0 images); pass at least one")
+        # A finite float64 sum means every value is finite: one pass, no temporary array.
+        if not np.isfinite(inputs.sum(dtype=np.float64)):
+            bad = int(np.count_nonzero(~np.isfinite(inputs)))
+            raise InputError(f"input holds {bad} NaN/infinite value(s); fix the preprocessing "
+                             "(runtime.contract.apply_batch gives finite values)")
+        return self._run(np.ascontiguousarray(inputs))
+
+    def _run(self, inputs: np.ndarray) -> dict[str, np.ndarray]:
+        """One backend call, or several where the model's batch limit says."""
+        limit = self.runner.max_batch or inputs.shape[0]
+        if inputs.shape[0] <= limit:
+            return self.runner.infer(inputs)
+        parts = [self.runner.infer(inputs[i : i + limit])
+                 for i in range(0, inputs.shape[0], limit)]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _probabilities(self, outputs: dict[str, np.ndarray], n: int) -> np.ndarray:
+        """The checked (n, K) probabilities: a network that disagrees with its metadata, or
+        yields NaN (a bad quantization), must not produce scores."""
+        probs = np.asarray(outputs[OUTPUT_PROBABILITIES], dtype=np.float64)
+        if probs.shape != (n, len(self.levels)):
+            raise ModelError(f"{self.path} returned probabilities of shape {probs.shape} for "
+                             f"{n} input(s) and {len(self.levels)} levels; its metadata does not "
+                             "match the network: re-export it")
+        if not np.all(np.isfinite(probs)):
+            raise ModelError(f"{self.path} produced non-finite probabilities; the model is "
+                             "broken or was quantized badly: re-export it")
+        return probs
+
+    def _buffers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-thread pixel and input buffers, grown when needed, reused across frames."""
+        local = self._local
+        if getattr(local, "capacity", 0) < n:
+            size = self.contract.input_size
+            local.pixels = np.empty((n, size, size, 3), np.uint8)
+            local.inputs = np.empty((n, 3, size, size), np.float32)
+            local.capacity = n
+        return local.pixels[:n], local.inputs[:n]
 
     def _score_crops(self, crops: list[np.ndarray], boxes: Sequence[Box | None],
                      feature_map: bool = False) -> tuple[list[FaceScore], float, float]:
         t0 = time.perf_counter()
-        pixels = np.stack([self.contract.to_model_pixels(c) for c in crops])
-        inputs = self.contract.normalize(pixels, out=self._buffer(len(crops)))
+        pixels, buffer = self._buffers(len(crops))
+        for i, crop in enumerate(crops):
+            pixels[i] = self.contract.to_model_pixels(crop)
+        inputs = self.contract.normalize(pixels, out=buffer)
         t1 = time.perf_counter()
-        limit = self.runner.max_batch or len(crops)
-        parts = [self.runner.infer(inputs[i : i + limit]) for i in range(0, len(crops), limit)]
-        outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        outputs = self._run(inputs)
         t2 = time.perf_counter()
-        probs = outputs[OUTPUT_PROBABILITIES].astype(np.float64)
-        if not np.all(np.isfinite(probs)):
-            raise ModelError(f"{self.path} produced non-finite probabilities; the model is "
-                             "broken or was quantized badly: re-export it")
+        probs = self._probabilities(outputs, len(crops))
         maps = outputs.get(OUTPUT_FEATURE_MAP) if feature_map else None
         if feature_map and maps is None:
             raise ModelError(f"{self.path} has no feature_map output; export it with "
                              "`edge-smw export --feature-map` for heat maps on the device")
         expected = probs @ self._scores
+        top = probs.argmax(axis=1)
         faces = [
-            FaceScore(box, p, int(p.argmax()), self.levels[int(p.argmax())], float(e),
+            FaceScore(box, p, int(k), self.levels[int(k)], float(e),
                       None if maps is None else maps[i])
-            for i, (box, p, e) in enumerate(zip(boxes, probs, expected, strict=True))
+            for i, (box, p, k, e) in enumerate(zip(boxes, probs, top, expected, strict=True))
         ]
         return faces, (t1 - t0) * 1000, (t2 - t1) * 1000

@@ -50,6 +50,11 @@ class Runner(abc.ABC):
         """Largest batch the model accepts (None: unbounded)."""
         return None
 
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        """Per-sample input shape (C, H, W) the model declares, where it declares one."""
+        return None
+
 
 def open_runner(backend: str, path: str | Path, *, device: int = 0,
                 threads: int | None = None, options: dict | None = None) -> Runner:
@@ -60,10 +65,27 @@ def open_runner(backend: str, path: str | Path, *, device: int = 0,
     if backend.startswith("onnxruntime-"):
         from edge_smw.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
+        _check_options(OnnxRuntimeRunner, backend, options)
         return OnnxRuntimeRunner(path, provider=backend.split("-", 1)[1], device=device,
                                  threads=threads, **options)
     if backend == "tensorrt":
         from edge_smw.runtime.backends.tensorrt import TensorRTRunner
 
+        _check_options(TensorRTRunner, backend, options)
         return TensorRTRunner(path, device=device, **options)
     raise InputError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)} or 'auto'")
+
+
+def _check_options(cls: type[Runner], backend: str, options: dict) -> None:
+    """Name an unknown ``backend_options`` key instead of failing with a bare TypeError."""
+    import inspect
+
+    from edge_smw.errors import InputError
+
+    params = inspect.signature(cls.__init__).parameters
+    allowed = sorted(n for n, p in params.items()
+                     if p.kind is p.KEYWORD_ONLY and n not in ("device", "threads", "provider"))
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise InputError(f"backend {backend!r} does not take option(s) {unknown}; it takes "
+                         f"{allowed}")

@@ -1,0 +1,186 @@
+"""`edge-smw score` and `edge-smw rank` on an album that mixes good and bad files.
+
+Good photos are real SMILEsmileD crops (as they are, and given a border, enlarged and pasted
+into a larger frame so the Haar detector finds them); the bad ones are a corrupt JPEG, a
+zero-byte file, a text file named .jpg and a gradient with no face.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_smw.cli.main import main
+from edge_smw.images import read_image, write_image
+from edge_smw.runtime import Runtime
+from tests.runtime_helpers import detectable_frames, gradient
+
+ODD_NAME = 'a<b>&"c.jpg'  # HTML must escape it
+
+
+@pytest.fixture(scope="module")
+def album(smiles_test_items, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("album")
+    by_level: dict[int, list[Path]] = {}
+    for item in smiles_test_items:
+        by_level.setdefault(item.level, []).append(item.path)
+    pasted = detectable_frames(by_level[0][:10], 1) + detectable_frames(by_level[1][:10], 2)
+    files = {
+        "face_a": write_image(root / "face_a.jpg", pasted[0][1]),
+        "face_b": write_image(root / "sub" / "face_b.png", pasted[1][1]),
+        "face_odd": write_image(root / ODD_NAME, pasted[2][1]),
+        "crop": write_image(root / "crop.png", read_image(by_level[1][-1])),
+        "gradient": write_image(root / "gradient.png", gradient()),
+    }
+    jpeg = cv2.imencode(".jpg", pasted[0][1])[1].tobytes()
+    files["corrupt"] = root / "corrupt.jpg"
+    files["corrupt"].write_bytes(jpeg[:200] + bytes(range(256)) * 4)
+    files["empty"] = root / "empty.jpg"
+    files["empty"].write_bytes(b"")
+    files["text"] = root / "notes.jpg"
+    files["text"].write_text("not a photo\n")
+    (root / ".hidden.jpg").write_bytes(jpeg)  # dot-files are skipped
+    (root / "readme.txt").write_text("not an image suffix: skipped\n")
+    return files
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_score_json_reports_every_file(smiles_onnx: Path, album, capsys) -> None:
+    root = album["face_a"].parent
+    code, out, _ = _run(capsys, "score", smiles_onnx, root, "--json", "--threads", "1",
+                        "--backend", "onnxruntime-cpu")
+    assert code == 0
+    entries = {Path(e["path"]).name: e for e in json.loads(out)}
+    assert set(entries) == {p.name for p in album.values()}  # no .hidden.jpg, no readme.txt
+    for key in ("corrupt", "empty", "text"):
+        entry = entries[album[key].name]
+        assert entry["faces"] == [] and entry["error"]
+    assert "0 bytes" in entries["empty.jpg"]["error"]
+    assert entries["gradient.png"] == {"path": str(album["gradient"]), "faces": [],
+                                       "error": None}
+    assert entries["crop.png"]["faces"] == []  # a tight 64x64 crop is too small for Haar
+    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1) as rt:
+        for key in ("face_a", "face_b", "face_odd"):
+            entry = entries[album[key].name]
+            assert entry["error"] is None and len(entry["faces"]) >= 1
+            want = rt.score(read_image(album[key])).faces[0]
+            got = entry["faces"][0]
+            assert got["box"] == list(want.box)
+            assert got["probabilities"] == pytest.approx(list(want.probabilities), abs=1e-5)
+            assert sum(got["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_score_table_for_humans_and_no_detect(smiles_onnx: Path, album, capsys) -> None:
+    code, out, _ = _run(capsys, "score", smiles_onnx, album["crop"], album["empty"],
+                        album["gradient"], "--threads", "1", "--backend", "onnxruntime-cpu")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["image", "face", "score", "level"]
+    assert any("crop.png" in ln and "no face found" in ln for ln in lines)
+    assert any("empty.jpg" in ln and "unreadable" in ln for ln in lines)
+    assert "3 image(s): 0 face(s) scored, 2 without a face, 1 unreadable" in out
+    code, out, _ = _run(capsys, "score", smiles_onnx, album["crop"], "--no-detect", "--json",
+                        "--threads", "1")
+    faces = json.loads(out)[0]["faces"]
+    assert code == 0 and len(faces) == 1 and faces[0]["box"] == [0, 0, 64, 64]
+
+
+def test_score_errors_are_one_line_exit_2(smiles_onnx: Path, smiles_run: Path, album,
+                                          capsys, tmp_path: Path) -> None:
+    for argv, words in [
+        (["score", smiles_onnx, tmp_path / "nope.jpg"], "does not exist"),
+        (["score", smiles_run, album["crop"]], "no exported model"),
+        (["score", tmp_path / "missing.onnx", album["crop"]], "not found"),
+        (["rank", smiles_onnx, album["crop"]], "is not a folder"),
+        (["rank", smiles_onnx, album["crop"].parent, "--top", "0"], "--top"),
+    ]:
+        code, _, err = _run(capsys, *argv)
+        assert code == 2
+        assert err.count("\n") == 1 and words in err and "Traceback" not in err
+
+
+def test_rank_writes_csv_html_png_and_lists_bad_files(smiles_onnx: Path, album, capsys,
+                                                      tmp_path: Path) -> None:
+    root = album["face_a"].parent
+    out_dir = tmp_path / "report"
+    code, out, _ = _run(capsys, "rank", smiles_onnx, root, "--top", "2", "--out", out_dir,
+                        "--threads", "1", "--backend", "onnxruntime-cpu")
+    assert code == 0
+    assert "3 ranked, 2 without a face, 3 unreadable" in out
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "contact_sheet.html", "contact_sheet.png", "ranking.csv", "thumbs"]  # no temp files
+
+    rows = list(csv.DictReader((out_dir / "ranking.csv").open(encoding="utf-8")))
+    assert len(rows) == len(album)
+    ranked = [r for r in rows if r["status"] == "ok"]
+    assert [r["rank"] for r in ranked] == ["1", "2", "3"]
+    scores = [float(r["expected_score"]) for r in ranked]
+    assert scores == sorted(scores, reverse=True)
+    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1) as rt:
+        for row in ranked:
+            best = rt.score(read_image(row["path"])).best
+            assert float(row["expected_score"]) == pytest.approx(best.expected_score, abs=1e-4)
+            assert row["level"] == best.level_name
+            assert float(row["p_smiling"]) == pytest.approx(best.probabilities[1], abs=1e-5)
+    status = {Path(r["path"]).name: r["status"] for r in rows}
+    assert {k for k, v in status.items() if v == "unreadable"} == {
+        "corrupt.jpg", "empty.jpg", "notes.jpg"}
+    assert {k for k, v in status.items() if v == "no face"} == {"crop.png", "gradient.png"}
+
+    page = (out_dir / "contact_sheet.html").read_text(encoding="utf-8")
+    assert page.count("<figure>") == 2
+    assert "a&lt;b&gt;&amp;&quot;c.jpg" in page and ODD_NAME not in page
+    for name in ("corrupt.jpg", "empty.jpg", "notes.jpg", "gradient.png", "crop.png"):
+        assert name in page.split("Left out")[1]
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == 2
+    for src in sources:
+        thumb = cv2.imread(str(out_dir / src))
+        assert thumb is not None and max(thumb.shape[:2]) == 200
+    sheet = cv2.imread(str(out_dir / "contact_sheet.png"))
+    assert sheet is not None and sheet.shape[0] >= 200 and sheet.shape[1] >= 2 * 200
+    assert sheet.std() > 10  # thumbnails were drawn, not a blank page
+
+
+def test_rank_no_detect_and_default_out_folder(smiles_onnx: Path, album, capsys,
+                                               tmp_path: Path) -> None:
+    root = album["face_a"].parent
+    code, out, _ = _run(capsys, "rank", smiles_onnx, root, "--no-detect", "--threads", "1",
+                        "--backend", "onnxruntime-cpu")
+    assert code == 0
+    report = root.with_name(root.name + "-ranking")
+    rows = list(csv.DictReader((report / "ranking.csv").open(encoding="utf-8")))
+    # whole images are scored: every readable file is ranked, the gradient too
+    assert sum(r["status"] == "ok" for r in rows) == 5
+    assert "5 ranked, 0 without a face, 3 unreadable" in out
+    html_page = (report / "contact_sheet.html").read_text(encoding="utf-8")
+    assert html_page.count("<figure>") == 5
+    assert len(list((report / "thumbs").iterdir())) == 5
+    code, _, _ = _run(capsys, "rank", smiles_onnx, root, "--no-detect", "--top", "2", "--out",
+                      report, "--threads", "1", "--backend", "onnxruntime-cpu")
+    assert code == 0 and len(list((report / "thumbs").iterdir())) == 2  # stale ones removed
+    # a report folder inside the album is not ranked on the next run (on a copy of the album)
+    root = Path(shutil.copytree(root, tmp_path / "album"))
+    inner = root / "report"
+    code, _, _ = _run(capsys, "rank", smiles_onnx, root, "--no-detect", "--out", inner,
+                      "--threads", "1", "--backend", "onnxruntime-cpu")
+    code, _, _ = _run(capsys, "rank", smiles_onnx, root, "--no-detect", "--out", inner,
+                      "--threads", "1", "--backend", "onnxruntime-cpu")
+    rows = list(csv.DictReader((inner / "ranking.csv").open(encoding="utf-8")))
+    assert code == 0 and len(rows) == len(album)
+    assert np.isclose(sorted(float(r["expected_score"]) for r in rows if r["expected_score"]),
+                      sorted(float(r["expected_score"]) for r in
+                             csv.DictReader((report / "ranking.csv").open(encoding="utf-8"))
+                             if r["expected_score"])).all()
