@@ -66,12 +66,15 @@ def train_head(
     x = torch.from_numpy(features.astype(np.float32))
     y = torch.from_numpy(levels.astype(np.int64))
     mean = x.mean(0)
-    std = x.std(0).clamp_min(1e-6)
+    std = x.std(0)
+    # Floor the scale: a feature (nearly) constant in training must not be amplified, or
+    # the folded weight w/std turns a tiny activation at test time (or a quantization
+    # error) into a huge logit.
+    std = std.clamp_min(max(0.1 * float(std.median()), 1e-6))
     xs = (x - mean) / std
     head = nn.Linear(x.shape[1], k)
-    with torch.no_grad():
-        bound = 1.0 / np.sqrt(x.shape[1])
-        head.weight.uniform_(-bound, bound, generator=generator)
+    with torch.no_grad():  # a linear head is convex: zero init, no dead-feature weights left
+        head.weight.zero_()
         head.bias.zero_()
     weights = class_weights(levels, k, config.class_weight)
     w = torch.from_numpy(weights) if weights is not None else None
