@@ -161,3 +161,21 @@ def test_synthetic_set_trains_both_losses_side_by_side(tmp_path, monkeypatch):
         assert r["test"]["accuracy"] > chance, (loss, r["test"]["accuracy"])
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| ce (saved) |" in report and "| emd |" in report
+
+
+def test_features_constant_in_training_cannot_blow_up_the_head():
+    """A feature that never varied in training must not turn a small activation into a huge
+    logit at test time (nor a small quantization error into a flipped level)."""
+    from edge_smw.train.heads import HeadConfig, predict_proba, train_head
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 16)).astype(np.float32)
+    x[:, 3] = 0.0  # a dead channel during training
+    x[:, 4] = 1e-7 * rng.normal(size=200)  # a nearly dead one
+    y = (x[:, 0] > 0).astype(np.int64)
+    head = train_head(x, y, 2, HeadConfig(lr=0.01, momentum=0.9, epochs=20), seed=0)
+    assert float(np.abs(head.weight.detach().numpy()).max()) < 50
+    probe = x[:5].copy()
+    before = predict_proba(head, probe)
+    probe[:, 3] = probe[:, 4] = 0.05  # the dead channels wake up a little at test time
+    np.testing.assert_allclose(predict_proba(head, probe), before, atol=0.05)
