@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh train,serve,dev
 scripts/install-test-deps.sh || echo "warning: Chromium could not be installed; browser tests will skip" >&2
-.venv/bin/ruff check edge_smw tests benchmarks
+.venv/bin/ruff check .
 set +e
 .venv/bin/python -m pytest -q "$@"
 status=$?
