@@ -115,7 +115,8 @@ def test_rank_writes_csv_html_png_and_lists_bad_files(smiles_onnx: Path, album, 
                                                       tmp_path: Path) -> None:
     root = album["face_a"].parent
     out_dir = tmp_path / "report"
-    code, out, _ = _run(capsys, "rank", smiles_onnx, root, "--top", "2", "--out", out_dir,
+    # --top 3 shows every ranked photo, so the odd name is on the page whatever its score
+    code, out, _ = _run(capsys, "rank", smiles_onnx, root, "--top", "3", "--out", out_dir,
                         "--threads", "1", "--backend", "onnxruntime-cpu")
     assert code == 0
     assert "3 ranked, 2 without a face, 3 unreadable" in out
@@ -140,12 +141,12 @@ def test_rank_writes_csv_html_png_and_lists_bad_files(smiles_onnx: Path, album, 
     assert {k for k, v in status.items() if v == "no face"} == {"crop.png", "gradient.png"}
 
     page = (out_dir / "contact_sheet.html").read_text(encoding="utf-8")
-    assert page.count("<figure>") == 2
+    assert page.count("<figure>") == 3
     assert "a&lt;b&gt;&amp;&quot;c.jpg" in page and ODD_NAME not in page
     for name in ("corrupt.jpg", "empty.jpg", "notes.jpg", "gradient.png", "crop.png"):
         assert name in page.split("Left out")[1]
     sources = re.findall(r'<img src="([^"]+)"', page)
-    assert len(sources) == 2
+    assert len(sources) == 3
     for src in sources:
         thumb = cv2.imread(str(out_dir / src))
         assert thumb is not None and max(thumb.shape[:2]) == 200
