@@ -1,0 +1,121 @@
+"""Write benchmarks/RESULTS.md from a bench.json (and the export's export.json).
+
+    .venv/bin/python benchmarks/render_results.py BENCH_DIR [--export EXPORT_DIR]
+
+The figures come straight from bench.json (rendered by the same code as bench.md); the INT8
+steps the export took (agreement, accuracy and latency of each) from export.json, and the full
+technique-by-technique trade-off table from ``python -m edge_smw.export.tradeoff``'s
+tradeoff.md when ``--tradeoff`` names it. The plots are copied to benchmarks/figures/.
+Hand-written notes between the ``<!-- notes -->`` and ``<!-- /notes -->`` markers of the
+existing RESULTS.md are kept, and so is a trade-off section between ``<!-- tradeoff -->``
+markers when no ``--tradeoff`` file is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edge_smw.atomic import write_text
+from edge_smw.bench.report import gates_lines, markdown
+
+HERE = Path(__file__).resolve().parent
+NOTES = re.compile(r"<!-- notes -->.*?<!-- /notes -->", re.S)
+TRADEOFF = re.compile(r"<!-- tradeoff -->.*?<!-- /tradeoff -->", re.S)
+
+
+def tradeoff(export: dict[str, Any]) -> str:
+    """Issue 10's table: naive int8, each technique, mixed precision, per flavour."""
+    flavours = (export.get("int8") or {}).get("flavours") or {}
+    if not flavours:
+        return "No INT8 steps recorded in export.json.\n"
+    lines = []
+    for name, info in flavours.items():
+        lines += [f"**{name} flavour** (`{info.get('file')}`; settings "
+                  f"`{json.dumps(info.get('settings', {}), sort_keys=True)}`)", "",
+                  "| Step | Kept | Top-1 agreement | Accuracy | int8 ms p50 | fp32 ms p50 | Note |",
+                  "|---|---|---|---|---|---|---|"]
+        for s in info.get("steps", []):
+            def pct(v: Any) -> str:
+                return "-" if v is None else f"{100 * v:.1f}%"
+
+            def ms(v: Any) -> str:
+                return "-" if v is None else f"{v:.2f}"
+
+            lines.append(f"| {s.get('step')} | {'yes' if s.get('kept') else 'no'} | "
+                         f"{pct(s.get('agreement'))} | {pct(s.get('accuracy'))} | "
+                         f"{ms(s.get('latency_ms_p50'))} | {ms(s.get('fp32_latency_ms_p50'))} | "
+                         f"{s.get('note') or ''} |")
+        lines.append("")
+    data = export.get("parity_data") or {}
+    lines.append(f"Measured by `edge-smw export` on {data.get('count', '?')} validation crops "
+                 "(the bench's parity below uses the test split).")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bench_dir", type=Path, help="folder with bench.json and the plots")
+    parser.add_argument("--export", type=Path, help="export folder with export.json")
+    parser.add_argument("--tradeoff", type=Path,
+                        help="tradeoff.md from `python -m edge_smw.export.tradeoff`")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--reproduce", default="benchmarks/reproduce.sh",
+                        help="the command that made these figures")
+    args = parser.parse_args()
+    report = json.loads((args.bench_dir / "bench.json").read_text(encoding="utf-8"))
+    figures = args.out.parent / "figures"
+    figures.mkdir(exist_ok=True)
+    plots = []
+    for name in report.get("plots", []):
+        shutil.copyfile(args.bench_dir / name, figures / name)
+        plots.append(f"figures/{name}")
+    export = None
+    if args.export and (args.export / "export.json").is_file():
+        export = json.loads((args.export / "export.json").read_text(encoding="utf-8"))
+    old = args.out.read_text(encoding="utf-8") if args.out.is_file() else ""
+    found = NOTES.search(old)
+    notes = found.group(0) if found else "<!-- notes -->\n<!-- /notes -->"
+    if args.tradeoff:
+        table = args.tradeoff.read_text(encoding="utf-8").strip()
+        trade = f"<!-- tradeoff -->\n{table}\n<!-- /tradeoff -->"
+    else:
+        kept = TRADEOFF.search(old)
+        trade = kept.group(0) if kept else ""
+    m = report["machine"]
+    body = markdown(report, plots).split("\n", 1)[1]  # drop bench.md's own title
+    parts = [
+        "# Benchmark results",
+        "",
+        f"Latest figures on this kind of machine: {m['cpu']}, {m['cores_usable']} usable "
+        f"cores, load average {m.get('load_average_1_5_15')} at the start and "
+        f"{m.get('load_average_end')} at the end (1, 5, 15 min), measured "
+        f"{m.get('time_utc')}. Reproduce with `{args.reproduce}`.",
+        "",
+        notes,
+        "",
+        "## Targets",
+        "",
+        "```",
+        *gates_lines(report),
+        "```",
+        "",
+    ]
+    if export is not None:
+        settings = json.dumps(export.get("settings", {}), sort_keys=True)
+        parts += ["## INT8: what each step bought (export)", "",
+                  f"Export settings: `{settings}`", "", tradeoff(export)]
+    if trade:
+        parts += ["## INT8 accuracy/speed trade-off, technique by technique", "", trade, ""]
+    parts.append(body)
+    write_text(args.out, "\n".join(parts))
+    print(f"wrote {args.out} ({len(plots)} figures in {figures})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

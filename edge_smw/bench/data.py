@@ -1,0 +1,118 @@
+"""The labelled crops the bench judges models on: by default the run's own test split.
+
+Crops go through the same path as training and the runtime (read, EXIF upright, optional
+Haar face, ``contract.to_model_pixels``), so parity measures the models, not a second
+preprocessing. Subsampling is stratified by level and seeded: two benches of one export
+see the same crops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_smw.contract import PreprocessContract
+from edge_smw.data.crops import SkipReport, load_crop
+from edge_smw.data.datasets import LabelledImage, SplitManifest
+from edge_smw.errors import DataError
+
+
+@dataclass
+class BenchData:
+    """uint8 NHWC model pixels with their true levels."""
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    levels: tuple[str, ...]
+    source: str
+    skipped: SkipReport = field(default_factory=SkipReport)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def summary(self) -> dict:
+        counts = {name: int((self.labels == i).sum()) for i, name in enumerate(self.levels)}
+        return {"source": self.source, "n": len(self), "counts": counts,
+                "skipped": self.skipped.to_dict()}
+
+
+def stratified_sample(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    """Indices of at most ``limit`` items, levels in proportion (each level at least one)."""
+    n = len(labels)
+    if limit <= 0 or limit >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    levels = np.unique(labels)
+    chosen: list[np.ndarray] = []
+    for level in levels:
+        idx = np.flatnonzero(labels == level)
+        take = max(1, int(round(limit * len(idx) / n)))
+        chosen.append(rng.permutation(idx)[:take])
+    out = np.sort(np.concatenate(chosen))
+    return out[:limit] if len(out) > limit else out
+
+
+def _resolve(path: Path, run_dir: Path | None) -> Path:
+    """Split manifests store paths as given at training time (often relative)."""
+    if path.is_absolute() or path.exists() or run_dir is None:
+        return path
+    beside = run_dir / path
+    return beside if beside.exists() else path
+
+
+def load_items(items: list[LabelledImage], contract: PreprocessContract, *, detect: bool,
+               source: str, limit: int = 0, run_dir: Path | None = None,
+               seed: int = 0) -> BenchData:
+    """Read (a stratified sample of) ``items`` into model pixels."""
+    if not items:
+        raise DataError(f"{source}: no labelled images")
+    labels = np.array([item.level for item in items], dtype=np.int64)
+    if labels.max() >= contract.num_levels:
+        raise DataError(f"{source} has level index {labels.max()} but the model has "
+                        f"{contract.num_levels} levels {list(contract.levels)}")
+    keep = stratified_sample(labels, limit, seed)
+    report = SkipReport()
+    pixels, kept_labels, paths = [], [], []
+    for i in keep:
+        path = _resolve(Path(items[i].path), run_dir)
+        crop = load_crop(path, contract, detect=detect, report=report)
+        if crop is None:
+            continue
+        pixels.append(crop)
+        kept_labels.append(items[i].level)
+        paths.append(str(path))
+    if not pixels:
+        missing = report.unreadable[0] if report.unreadable else ("?", "no face found")
+        raise DataError(f"{source}: none of {len(keep)} images could be used (first: "
+                        f"{missing[0]}: {missing[1]}); run from the folder the model was "
+                        "trained in, or pass --data")
+    return BenchData(np.stack(pixels), np.array(kept_labels, dtype=np.int64), paths,
+                     contract.levels, source, report)
+
+
+def load_bench_data(spec: str | None, contract: PreprocessContract, *,
+                    run_dir: Path | None, trained_detect: bool, limit: int,
+                    seed: int = 0) -> BenchData:
+    """``--data`` (folder, CSV, ``synthetic``, ``smiles``) or, by default, the run's test split."""
+    if spec is None:
+        if run_dir is None or not (run_dir / "split.json").is_file():
+            raise DataError("no labelled data: pass --data DIR|synthetic|smiles (the default, "
+                            "the run's test split, needs the run folder with split.json)")
+        manifest = SplitManifest.load(run_dir / "split.json")
+        if tuple(manifest.levels) != contract.levels:
+            raise DataError(f"{run_dir / 'split.json'} has levels {list(manifest.levels)}, the "
+                            f"model {list(contract.levels)}")
+        return load_items(manifest.items("test"), contract, detect=trained_detect,
+                          source=f"{run_dir / 'split.json'} (test split)", limit=limit,
+                          run_dir=run_dir, seed=seed)
+    from edge_smw.data.sources import resolve_data
+
+    data = resolve_data(spec, levels=contract.levels, progress=False)
+    if tuple(data.dataset.levels) != contract.levels:
+        raise DataError(f"--data {spec} has levels {list(data.dataset.levels)}, the model "
+                        f"{list(contract.levels)}")
+    return load_items(data.dataset.items, contract, detect=not data.precropped, source=spec,
+                      limit=limit, seed=seed)

@@ -1,0 +1,233 @@
+"""Latency, measured side by side: every candidate in one process, interleaved round-robin.
+
+On a shared machine the load drifts by the second. Timing model A for a minute and then
+model B for a minute folds that drift into the A/B ratio; timing them in turn, one call
+each per round, exposes both to the same drift, so their ratio holds even when the absolute
+figures wobble. Each candidate is warmed up first (first calls pay for allocation, thread
+start-up and kernel selection), and the number of rounds is chosen from the warm-up so a
+batch size takes about the suite's time budget.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("edge_smw.bench")
+
+
+@dataclass
+class Candidate:
+    """One thing to time: ``fn(x)`` where ``x`` is what ``make_input(batch)`` returns."""
+
+    model: str
+    backend: str
+    precision: str
+    fn: Callable[[Any], Any]
+    scope: str = "network"  # "network": preprocessed batch in; "crop": a BGR crop in
+    flavour: str | None = None
+    kind: str = "ours"  # "ours", "baseline" (torch eager) or "theirs" (what users write)
+    size_mb: float | None = None
+    threads: int | str | None = None
+    intended: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}@{self.backend}"
+
+
+def percentiles(times_ms: np.ndarray) -> dict[str, float]:
+    p50, p90, p99 = np.percentile(times_ms, [50, 90, 99])
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
+            "mean_ms": float(times_ms.mean()), "min_ms": float(times_ms.min()),
+            "std_ms": float(times_ms.std())}
+
+
+def measure_interleaved(candidates: list[Candidate], inputs: list[Any], batch: int, *,
+                        warmup: int, min_runs: int, max_runs: int,
+                        seconds: float) -> list[dict[str, Any]]:
+    """Time every candidate on the same ``inputs`` (cycled), one call each per round.
+
+    Returns one row per candidate (``status`` ok, or error with the reason).
+    """
+    alive: list[Candidate] = []
+    rows: dict[str, dict[str, Any]] = {}
+    estimate: dict[str, float] = {}
+    for cand in candidates:
+        try:
+            t0 = time.perf_counter()
+            for i in range(max(1, warmup)):
+                cand.fn(inputs[i % len(inputs)])
+            estimate[cand.key] = (time.perf_counter() - t0) / max(1, warmup)
+            alive.append(cand)
+        except Exception as exc:  # noqa: BLE001 - a failing candidate must not stop the others
+            log.warning("latency: %s failed at batch %d: %s", cand.key, batch, exc)
+            rows[cand.key] = _row(cand, batch, None, status="error", reason=str(exc))
+    round_s = sum(estimate.values())
+    runs = min_runs if round_s <= 0 else int(seconds / round_s)
+    runs = max(min_runs, min(max_runs, runs))
+    times = {c.key: np.empty(runs, dtype=np.float64) for c in alive}
+    clock = time.perf_counter_ns
+    for r in range(runs):
+        x = inputs[r % len(inputs)]
+        # Rotate the starting candidate each round: no one always runs right after another's
+        # cache-thrashing call.
+        shift = r % max(1, len(alive))
+        for cand in alive[shift:] + alive[:shift]:
+            t0 = clock()
+            cand.fn(x)
+            times[cand.key][r] = (clock() - t0) / 1e6
+    for cand in alive:
+        rows[cand.key] = _row(cand, batch, times[cand.key])
+    return [rows[c.key] for c in candidates]
+
+
+def _row(cand: Candidate, batch: int, times_ms: np.ndarray | None, *, status: str = "ok",
+         reason: str | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "model": cand.model, "backend": cand.backend, "precision": cand.precision,
+        "flavour": cand.flavour, "batch": batch, "scope": cand.scope, "kind": cand.kind,
+        "intended": cand.intended, "threads": cand.threads,
+        "size_mb": None if cand.size_mb is None else round(cand.size_mb, 3),
+        "status": status,
+    }
+    if times_ms is not None:
+        stats = percentiles(times_ms)
+        row.update({k: round(v, 4) for k, v in stats.items()})
+        row["fps"] = round(batch * 1000.0 / stats["mean_ms"], 2)
+        row["runs"] = int(len(times_ms))
+    else:
+        row.update({"p50_ms": None, "p90_ms": None, "p99_ms": None, "fps": None, "runs": 0})
+    if reason:
+        row["reason"] = reason
+    row.update(cand.extra)
+    return row
+
+
+def skipped_row(model: str, backend: str, precision: str, batch: int | None, reason: str, *,
+                flavour: str | None = None, size_mb: float | None = None,
+                kind: str = "ours") -> dict[str, Any]:
+    """A row for a backend that cannot run here: it stays in the table with its reason."""
+    return {"model": model, "backend": backend, "precision": precision, "flavour": flavour,
+            "batch": batch, "scope": "network", "kind": kind, "intended": False,
+            "threads": None, "size_mb": None if size_mb is None else round(size_mb, 3),
+            "status": "skipped", "reason": reason, "p50_ms": None, "p90_ms": None,
+            "p99_ms": None, "fps": None, "runs": 0, "peak_rss_mb": None}
+
+
+def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Speed-ups from the network-scope rows: each model vs fp32 ONNX on the same backend,
+    vs torch eager, vs a plain onnxruntime session; and crop-scope ours vs theirs."""
+    ok = [r for r in rows if r["status"] == "ok" and r.get("p50_ms")]
+    out: list[dict[str, Any]] = []
+    by_batch: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in ok:
+        by_batch.setdefault((r["scope"], r["batch"]), []).append(r)
+    for (scope, batch), group in sorted(by_batch.items()):
+        ours = [r for r in group if r["kind"] == "ours"]
+        if scope == "network":
+            torch_rows = [r for r in group if r["backend"] == "torch-eager"]
+            plain = [r for r in group if r["kind"] == "theirs"]
+            for r in ours:
+                refs: list[tuple[str, dict[str, Any]]] = []
+                fp32 = [f for f in ours if f["backend"] == r["backend"]
+                        and f["precision"] == "fp32" and f is not r]
+                if fp32 and r["precision"] != "fp32":
+                    refs.append(("fp32", fp32[0]))
+                refs += [("torch-eager", t) for t in torch_rows]
+                refs += [("onnxruntime-default", p) for p in plain
+                         if p["model"] == r["model"] and r["backend"] == "onnxruntime-cpu"]
+                for versus, ref in refs:
+                    out.append(_compare(r, ref, versus, scope, batch))
+        else:
+            for r in ours:
+                for ref in (g for g in group if g["kind"] == "theirs"):
+                    out.append(_compare(r, ref, ref["backend"], scope, batch))
+    return out
+
+
+def _compare(r: dict[str, Any], ref: dict[str, Any], versus: str, scope: str,
+             batch: int) -> dict[str, Any]:
+    return {
+        "model": r["model"], "backend": r["backend"], "precision": r["precision"],
+        "flavour": r.get("flavour"), "intended": r["intended"], "batch": batch,
+        "scope": scope, "versus": versus, "versus_model": ref["model"],
+        "versus_backend": ref["backend"], "p50_ms": r["p50_ms"],
+        "versus_p50_ms": ref["p50_ms"], "speedup": round(ref["p50_ms"] / r["p50_ms"], 3),
+        "status": "ok",
+    }
+
+
+# -- peak resident memory, one child process per model -------------------------------------
+
+def measure_memory(spec: dict[str, Any], batches: list[int], timeout: float = 300) -> dict:
+    """Peak RSS of a fresh process that loads one model and runs it at each batch size.
+
+    In one process every model's memory piles up; a child per model gives each its own
+    figure. ``spec``: {"kind": "onnx", "path", "backend", "threads"} or {"kind": "torch",
+    "checkpoint", "threads"}.
+    """
+    cmd = [sys.executable, "-m", "edge_smw.bench.latency", json.dumps(spec),
+           ",".join(str(b) for b in batches)]
+    env = dict(os.environ)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"memory probe timed out after {timeout:.0f} s"}
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"memory probe failed: {last}"}
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": "memory probe printed no result"}
+
+
+def _memory_child(spec: dict[str, Any], batches: list[int]) -> dict[str, Any]:
+    from edge_smw.bench.machine import current_rss_mb, peak_rss_mb
+
+    threads = spec.get("threads") or None
+    if spec["kind"] == "torch":
+        import torch  # noqa: F401 - imported before the baseline: the model's cost is the rest
+
+        from edge_smw.bench.models import TorchReference
+
+        base = current_rss_mb()
+        ref = TorchReference(Path(spec["checkpoint"]), threads=threads)
+        size = ref.contract.input_size
+        run = ref.forward
+    else:
+        import onnxruntime  # noqa: F401
+
+        from edge_smw.runtime import Runtime
+
+        base = current_rss_mb()
+        rt = Runtime(spec["path"], backend=spec["backend"], threads=threads, warmup=False,
+                     backend_options=spec.get("options") or {})
+        size = rt.contract.input_size
+        run = rt.infer
+    out: dict[str, Any] = {"baseline_rss_mb": round(base, 2), "peak_rss_mb": {}}
+    rng = np.random.default_rng(0)
+    for b in sorted(batches):
+        x = rng.standard_normal((b, 3, size, size)).astype(np.float32)
+        for _ in range(3):
+            run(x)
+        out["peak_rss_mb"][str(b)] = round(peak_rss_mb(), 2)
+    return out
+
+
+if __name__ == "__main__":  # the memory probe's child process
+    print(json.dumps(_memory_child(json.loads(sys.argv[1]),
+                                   [int(b) for b in sys.argv[2].split(",")])))

@@ -1,0 +1,197 @@
+"""What machine the figures came from, and what it can do at most.
+
+Ratios measured in one process survive a noisy machine; absolute figures do not, so the
+report records the load, the cores this process may use and the library versions beside
+them. The compute ceiling is measured, not looked up: a large float32 matrix product in the
+same run, on the same cores, under the same load.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+ENV_KEYS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+            "CUDA_VISIBLE_DEVICES")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity), which on a container is what counts."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> dict[str, bool]:
+    """The instruction sets that decide int8 speed on x86 (VNNI) and whether fp16 is native."""
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return {
+        "avx2": "avx2" in flags,
+        "avx512f": "avx512f" in flags,
+        "avx512_vnni": "avx512_vnni" in flags,
+        "avx_vnni": "avx_vnni" in flags,
+        "f16c": "f16c" in flags,
+        "neon": "asimd" in flags or "neon" in flags,
+    }
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def current_rss_mb() -> float:
+    """Resident memory now (Linux /proc); falls back to the peak elsewhere."""
+    try:
+        with open("/proc/self/statm", encoding="utf-8") as handle:
+            pages = int(handle.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process image.
+
+    Linux: ``VmHWM`` from /proc, which starts afresh at exec; ``ru_maxrss`` would not (a
+    child spawned by a big parent inherits the parent's peak). Elsewhere ``ru_maxrss`` (KiB
+    on Linux, bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource  # Unix only
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if platform.system() == "Darwin" else peak / 1024
+
+
+def memory_total_mb() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def describe_machine() -> dict[str, Any]:
+    """Everything a reader needs to judge whether figures carry over to their machine."""
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        load = None
+    packages = ("edge-smw", "numpy", "onnxruntime", "onnxruntime-gpu", "onnx",
+                "opencv-python-headless", "torch", "torchvision", "timm")
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "arch": platform.machine(),
+        "cores_logical": os.cpu_count(),
+        "cores_usable": usable_cores(),
+        "cpu_flags": cpu_flags(),
+        "memory_total_mb": memory_total_mb(),
+        "load_average_1_5_15": load,
+        "versions": {name: v for name in packages if (v := _version(name)) is not None},
+        "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def measure_peak_gflops(size: int = 2048, repeats: int = 10,
+                        threads: int | None = None) -> dict[str, Any]:
+    """Best-of-N float32 GEMM rate: the machine's practical compute ceiling right now.
+
+    Measured twice, with numpy's BLAS and with onnxruntime's own GEMM (MLAS, the kernels the
+    models run on, which may use wider vector units than the BLAS numpy ships with); the
+    higher is the ceiling. Best, not median: the ceiling is what the cores do when they get
+    a moment; the median would fold the other tenants' load into the "limit".
+    """
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    flops = 2.0 * size**3
+    out = np.empty((size, size), dtype=np.float32)
+    numpy_times = _best_times(lambda: np.matmul(a, b, out=out), repeats)
+    result: dict[str, Any] = {
+        "numpy_gflops": flops / min(numpy_times) / 1e9,
+        "numpy_median_gflops": flops / float(np.median(numpy_times)) / 1e9,
+    }
+    try:
+        run = _ort_matmul(size, threads)
+        ort_times = _best_times(lambda: run(a, b), repeats)
+        result["onnxruntime_gflops"] = flops / min(ort_times) / 1e9
+        result["onnxruntime_median_gflops"] = flops / float(np.median(ort_times)) / 1e9
+    except Exception as exc:  # noqa: BLE001 - onnx missing, or a provider problem: numpy alone
+        result["onnxruntime_note"] = f"not measured ({exc})"
+    best = max(result.get("onnxruntime_gflops", 0.0), result["numpy_gflops"])
+    source = "onnxruntime MatMul" if best == result.get("onnxruntime_gflops") else "numpy matmul"
+    median = result.get("onnxruntime_median_gflops") if source.startswith("onnx") else \
+        result["numpy_median_gflops"]
+    return {**result, "peak_gflops": best, "median_gflops": median,
+            "method": f"float32 {size}x{size} matrix product, best of {repeats} "
+                      f"({source} was faster)"}
+
+
+def _best_times(fn: Any, repeats: int) -> list[float]:
+    fn()  # warm-up: threads, page faults
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _ort_matmul(size: int, threads: int | None) -> Any:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "peak",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [size, size])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    return lambda a, b: session.run(None, {"a": a, "b": b})

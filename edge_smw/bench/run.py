@@ -1,0 +1,615 @@
+"""``run_bench``: one export folder in, one report out (latency, end to end, compute limit,
+parity, robustness, gates), every model side by side in this one process.
+
+Torch is imported only for what needs it (the reference outputs, the eager baseline, the
+attacks); ``--golden check`` runs without it, as on a Jetson.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_smw.bench import latency as lat
+from edge_smw.bench.config import GateSet, Suite, load_gates, load_suite
+from edge_smw.bench.data import BenchData, load_bench_data
+from edge_smw.bench.machine import describe_machine, measure_peak_gflops, usable_cores
+from edge_smw.bench.models import (
+    ALL_BACKENDS,
+    TORCH_BACKEND,
+    ModelEntry,
+    TorchReference,
+    discover_models,
+    find_checkpoint,
+    reference_model,
+)
+from edge_smw.bench.parity import parity_row
+from edge_smw.bench.report import SCHEMA_VERSION
+from edge_smw.errors import BackendUnavailableError, EdgeSmwError, InputError, ModelError
+from edge_smw.metadata import OUTPUT_PROBABILITIES
+
+log = logging.getLogger("edge_smw.bench")
+GOLDEN_MODES = ("save", "check")
+
+
+@dataclass
+class BenchOptions:
+    export_dir: Path
+    checkpoint: str | None = None
+    data: str | None = None
+    backends: list[str] | None = None  # None: every backend (unavailable ones are skipped)
+    batches: list[int] | None = None  # None: the suite's
+    suite: str = "quick"
+    golden_mode: str | None = None
+    golden_file: Path | None = None
+    gates: str | None = None
+    threads: int | None = None
+    command: str = ""
+    sections: tuple[str, ...] = ("latency", "end_to_end", "limit", "parity", "robustness")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.backends is not None:
+            unknown = sorted(set(self.backends) - set(ALL_BACKENDS))
+            if unknown or not self.backends:
+                raise InputError(f"unknown backend(s) {unknown}; choose from {list(ALL_BACKENDS)}")
+        if self.batches is not None and (not self.batches or min(self.batches) < 1):
+            raise InputError(f"--batch needs whole numbers >= 1, got {self.batches}")
+        if (self.golden_mode is None) != (self.golden_file is None):
+            raise InputError("--golden takes a mode and a file: --golden save|check FILE")
+        if self.golden_mode is not None and self.golden_mode not in GOLDEN_MODES:
+            raise InputError(f"--golden mode must be save or check, got {self.golden_mode!r}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {self.threads}")
+
+
+@dataclass
+class Session:
+    """One exported model opened on one backend."""
+
+    entry: ModelEntry
+    backend: str
+    runtime: Any  # edge_smw.Runtime
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.entry.name, self.backend)
+
+    @property
+    def intended(self) -> bool:
+        return self.entry.intended(self.backend)
+
+    def probs(self, pixels: np.ndarray, batch: int = 32) -> np.ndarray:
+        contract = self.runtime.contract
+        parts = [self.runtime.infer(contract.normalize(pixels[i : i + batch]))
+                 [OUTPUT_PROBABILITIES] for i in range(0, len(pixels), batch)]
+        return np.concatenate(parts).astype(np.float64)
+
+
+def quiet_openmp() -> str:
+    """Make torch's OpenMP pool sleep, not spin, between calls (before torch is imported).
+
+    Interleaved timing runs torch, then onnxruntime, then torch...: a pool that keeps
+    spinning after its call steals the cores from the next candidate, and on a loaded
+    machine a spinning pool waits whole scheduler slices at every layer's barrier (measured
+    here: EfficientNet-Lite0 at batch 1 went from ~35 ms to seconds). A user's OMP_WAIT_POLICY
+    is kept; the report records what was in force.
+    """
+    import os
+    import sys
+
+    if "torch" in sys.modules:
+        return (f"torch was imported before the bench; OMP_WAIT_POLICY is "
+                f"{os.environ.get('OMP_WAIT_POLICY', 'unset (spinning)')}")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} for torch's OpenMP pool"
+
+
+def _plain_options(ort: Any) -> Any:
+    """A plain session's defaults, except that idle threads sleep: in interleaved timing a
+    spinning pool steals the cores from whatever runs next (measured on 2 cores: torch eager
+    went from 18 ms to 53 ms per call right after a spinning onnxruntime call)."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def s_is_ort(sessions: list[Session]) -> bool:
+    return any(s.backend.startswith("onnxruntime-") for s in sessions)
+
+
+def _wanted(options: BenchOptions, backend: str) -> bool:
+    return options.backends is None or backend in options.backends
+
+
+def open_sessions(models: list[ModelEntry], options: BenchOptions, threads: int,
+                  ) -> tuple[list[Session], list[dict[str, Any]]]:
+    """Open every (model, backend); the ones that cannot run here become skipped rows."""
+    from edge_smw.runtime import Runtime
+
+    sessions, skipped = [], []
+    for entry in models:
+        for backend in entry.backends():
+            if not _wanted(options, backend):
+                continue
+            try:
+                rt = Runtime(entry.path, backend=backend, threads=threads, detect_faces=False,
+                             warmup=True,
+                             backend_options=entry.backend_options(backend, spinning=False))
+            except BackendUnavailableError as exc:
+                skipped.append(lat.skipped_row(entry.name, backend, entry.precision, None,
+                                               str(exc), flavour=entry.flavour,
+                                               size_mb=entry.size_mb))
+                continue
+            except ModelError as exc:
+                row = lat.skipped_row(entry.name, backend, entry.precision, None, str(exc),
+                                      flavour=entry.flavour, size_mb=entry.size_mb)
+                row["status"] = "error"
+                skipped.append(row)
+                continue
+            sessions.append(Session(entry, backend, rt))
+    for row in skipped:
+        row["label"] = next(m.label for m in models if m.name == row["model"])
+    return sessions, skipped
+
+
+class Bench:
+    """Holds everything one bench run shares between its sections."""
+
+    def __init__(self, options: BenchOptions) -> None:
+        options.validate()
+        self.omp_note = quiet_openmp()
+        self.options = options
+        self.suite: Suite = load_suite(options.suite)
+        if options.batches:
+            self.suite.batches = sorted(set(options.batches))
+        self.gates: GateSet = load_gates(options.gates)
+        self.export_dir = Path(options.export_dir)
+        self.models, self.skipped_models = discover_models(self.export_dir)
+        self.contract = self.models[0].info.contract
+        self.threads = options.threads or self.suite.threads or usable_cores()
+        self.ref: TorchReference | None = None
+        self.golden = None
+        self.data: BenchData | None = None
+        self.ref_probs: np.ndarray | None = None
+        self.reference = ""
+        self.sessions: list[Session] = []
+        self.unavailable: list[dict[str, Any]] = []
+        self.timings: dict[str, float] = {}
+
+    # -- setup ----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        opts = self.options
+        if opts.golden_mode == "check":
+            from edge_smw.bench.golden import check_compatible, load_golden
+
+            golden = load_golden(opts.golden_file)
+            for m in self.models:
+                check_compatible(golden, Path(opts.golden_file), m.info.contract,
+                                 m.info.checkpoint_sha256, m.name)
+            self.golden = golden
+            self.data = BenchData(golden.pixels, golden.labels, [], golden.levels,
+                                  f"golden file {opts.golden_file}")
+            self.ref_probs = golden.probabilities
+            self.reference = (f"golden outputs {opts.golden_file} (torch "
+                              f"{golden.meta.get('torch_version', '?')}, checkpoint "
+                              f"{(golden.checkpoint_sha256 or '?')[:12]})")
+        else:
+            ckpt = find_checkpoint(self.export_dir, opts.checkpoint, self.models)
+            try:
+                self.ref = TorchReference(ckpt, threads=self.threads)
+            except BackendUnavailableError as exc:
+                raise BackendUnavailableError(
+                    f"{exc}; without torch, compare against saved outputs with --golden check "
+                    "FILE") from None
+            if self.ref.contract.sha256 != self.contract.sha256:
+                raise ModelError(f"{ckpt} has a different preprocessing contract from the "
+                                 f"models in {self.export_dir}: pass the run they came from")
+            self.data = load_bench_data(opts.data, self.contract, run_dir=ckpt.parent,
+                                        trained_detect=self.ref.checkpoint.detect,
+                                        limit=self.suite.parity_max)
+            log.info("bench: torch reference on %d crops from %s", len(self.data),
+                     self.data.source)
+            self.ref_probs = self.ref.probabilities(self.data.pixels)
+            self.reference = f"torch {self.ref.torch.__version__} eager fp32 ({ckpt})"
+            if opts.golden_mode == "save":
+                from edge_smw.bench.data import stratified_sample
+                from edge_smw.bench.golden import GOLDEN_MAX, save_golden
+
+                keep = stratified_sample(self.data.labels, GOLDEN_MAX)
+                pixels = self.data.pixels[keep]
+                save_golden(opts.golden_file, pixels, self.data.labels[keep],
+                            self.ref_probs[keep], self.ref.logits(pixels), self.contract,
+                            self.ref.checkpoint.sha256, source=self.data.source,
+                            torch_version=self.ref.torch.__version__,
+                            checkpoint=str(ckpt))
+                log.info("bench: golden outputs saved to %s", opts.golden_file)
+        self.sessions, self.unavailable = open_sessions(self.models, opts, self.threads)
+        if not self.sessions:
+            reasons = "; ".join(f"{r['model']}@{r['backend']}: {r['reason']}"
+                                for r in self.unavailable)
+            raise BackendUnavailableError(f"no model in {self.export_dir} runs on the requested "
+                                          f"backends here ({reasons})")
+
+    def crops_bgr(self, n: int = 8) -> list[np.ndarray]:
+        """Decoded face crops as a user holds them (original size) for crop-scope timing."""
+        from edge_smw.images import read_image
+
+        assert self.data is not None
+        crops = []
+        for path in self.data.paths[:n]:
+            try:
+                crops.append(read_image(path))
+            except EdgeSmwError:
+                continue
+        if not crops:  # golden data: model pixels only
+            order = slice(None, None, -1) if self.contract.color_order == "RGB" else slice(None)
+            crops = [np.ascontiguousarray(p[..., order]) for p in self.data.pixels[:n]]
+        return crops
+
+    # -- sections -------------------------------------------------------------------------
+    def parity(self) -> list[dict[str, Any]]:
+        assert self.data is not None and self.ref_probs is not None
+        rows = []
+        labels = self.data.labels
+        if self.ref is not None:
+            rows.append(parity_row("torch", TORCH_BACKEND, "fp32", self.ref_probs,
+                                   self.ref_probs, labels, self.contract.levels,
+                                   self.gates.tolerance("fp32"), reference="torch"))
+            rows[-1]["is_reference"] = True
+        elif self.golden is not None and labels is not None:
+            rows.append(parity_row("torch (golden)", "golden-file", "fp32", self.ref_probs,
+                                   self.ref_probs, labels, self.contract.levels,
+                                   self.gates.tolerance("fp32"), reference="golden"))
+            rows[-1]["is_reference"] = True
+        ref_name = "golden" if self.golden is not None else "torch"
+        for s in self.sessions:
+            log.info("parity: %s on %s", s.entry.name, s.backend)
+            try:
+                probs = s.probs(self.data.pixels)
+            except EdgeSmwError as exc:
+                rows.append({"model": s.entry.name, "backend": s.backend,
+                             "precision": s.entry.precision, "status": "error",
+                             "reason": str(exc)})
+                continue
+            rows.append(parity_row(s.entry.name, s.backend, s.entry.precision, probs,
+                                   self.ref_probs, labels, self.contract.levels,
+                                   self.gates.tolerance(s.entry.precision), reference=ref_name,
+                                   flavour=s.entry.flavour, intended=s.intended))
+        for r in self.unavailable:
+            rows.append({"model": r["model"], "backend": r["backend"],
+                         "precision": r["precision"], "status": r["status"],
+                         "reason": r["reason"]})
+        return rows
+
+    def latency(self) -> list[dict[str, Any]]:
+        assert self.data is not None
+        suite, opts = self.suite, self.options
+        pixels = self.data.pixels
+        rng = np.random.default_rng(0)
+        candidates: list[lat.Candidate] = []
+        if self.ref is not None and _wanted(opts, TORCH_BACKEND):
+            candidates.append(lat.Candidate(
+                "torch", TORCH_BACKEND, "fp32", self.ref.forward, kind="baseline",
+                size_mb=self.torch_size_mb(), threads=self.ref.threads,
+                extra={"label": "PyTorch fp32 (eager)"}))
+        for s in self.sessions:
+            candidates.append(lat.Candidate(
+                s.entry.name, s.backend, s.entry.precision, s.runtime.infer,
+                flavour=s.entry.flavour, size_mb=s.entry.size_mb, threads=self.threads,
+                intended=s.intended, extra={"label": s.entry.label}))
+        plain = self._plain_sessions() if suite.theirs else []
+        candidates += plain
+        rows: list[dict[str, Any]] = []
+        for batch in suite.batches:
+            inputs = []
+            for _ in range(4):  # a few different real batches, cycled
+                idx = rng.choice(len(pixels), size=batch, replace=len(pixels) < batch)
+                inputs.append(self.contract.normalize(pixels[idx]))
+            log.info("latency: batch %d, %d candidates interleaved", batch, len(candidates))
+            rows += lat.measure_interleaved(
+                candidates, inputs, batch, warmup=suite.warmup, min_runs=suite.min_runs,
+                max_runs=suite.max_runs, seconds=suite.seconds_per_batch)
+        if suite.theirs:
+            rows += self._crop_scope()
+        rows += [dict(r) for r in self.unavailable]
+        self._attach_memory(rows)
+        return rows
+
+    def torch_size_mb(self) -> float | None:
+        if self.ref is None:
+            return None
+        return sum(p.numel() * p.element_size() for p in self.ref.model.parameters()) / 2**20
+
+    def _plain_sessions(self) -> list[lat.Candidate]:
+        """What a user writes without this toolkit: ``InferenceSession(path)``, defaults."""
+        if not _wanted(self.options, "onnxruntime-cpu"):
+            return []
+        import onnxruntime as ort
+
+        out = []
+        for m in self.models:
+            if m.kind != "onnx" or not m.intended("onnxruntime-cpu"):
+                continue
+            sess = ort.InferenceSession(str(m.path), _plain_options(ort),
+                                        providers=["CPUExecutionProvider"])
+            name = sess.get_inputs()[0].name
+
+            def run(x: np.ndarray, sess: Any = sess, name: str = name) -> Any:
+                return sess.run(None, {name: x})
+
+            out.append(lat.Candidate(m.name, "onnxruntime-default", m.precision, run,
+                                     flavour=m.flavour, kind="theirs", size_mb=m.size_mb,
+                                     threads="default",
+                                     extra={"label": f"{m.label}, plain session"}))
+        return out
+
+    def _crop_scope(self) -> list[dict[str, Any]]:
+        """From a decoded BGR crop to probabilities: ours vs torchvision-style pipelines."""
+        crops = self.crops_bgr()
+        candidates: list[lat.Candidate] = []
+        for s in self.sessions:
+            if s.backend != "onnxruntime-cpu" or not s.intended:
+                continue
+            candidates.append(lat.Candidate(
+                s.entry.name, "edge-smw Runtime.score_crop", s.entry.precision,
+                s.runtime.score_crop, scope="crop", flavour=s.entry.flavour,
+                size_mb=s.entry.size_mb, threads=self.threads, intended=True,
+                extra={"label": s.entry.label}))
+        candidates += self._theirs_crop()
+        if not candidates:
+            return []
+        suite = self.suite
+        log.info("latency: crop scope, %d candidates interleaved", len(candidates))
+        return lat.measure_interleaved(candidates, crops, 1, warmup=suite.warmup,
+                                       min_runs=suite.min_runs, max_runs=suite.max_runs,
+                                       seconds=suite.seconds_per_batch)
+
+    def _theirs_crop(self) -> list[lat.Candidate]:
+        """torchvision transforms (PIL resize, ToTensor, Normalize) then torch eager or a
+        plain onnxruntime session: the usual tutorial pipeline, configured from our contract."""
+        if self.ref is None:
+            return []
+        try:
+            from PIL import Image
+            from torchvision import transforms as T
+        except ModuleNotFoundError:
+            log.info("latency: torchvision not installed; no torchvision baseline")
+            return []
+        c = self.contract
+        transform = T.Compose([T.Resize((c.input_size, c.input_size)), T.ToTensor(),
+                               T.Normalize(c.mean, c.std)])
+        rgb = c.color_order == "RGB"
+        ref = self.ref
+        torch = ref.torch
+
+        def to_tensor(crop: np.ndarray) -> Any:
+            image = Image.fromarray(np.ascontiguousarray(crop[..., ::-1]) if rgb else crop)
+            return transform(image).unsqueeze(0)
+
+        def torch_eager(crop: np.ndarray) -> Any:
+            with torch.inference_mode():
+                return ref.model(to_tensor(crop)).softmax(1).numpy()
+
+        out = [lat.Candidate("torch", "torchvision+torch-eager", "fp32", torch_eager,
+                             scope="crop", kind="theirs", size_mb=self.torch_size_mb(),
+                             threads=ref.threads, extra={"label": "torchvision + PyTorch"})]
+        fp32 = reference_model(self.models)
+        if fp32.kind == "onnx" and _wanted(self.options, "onnxruntime-cpu"):
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(str(fp32.path), _plain_options(ort),
+                                        providers=["CPUExecutionProvider"])
+            name = sess.get_inputs()[0].name
+
+            def plain_ort(crop: np.ndarray) -> Any:
+                return sess.run(None, {name: to_tensor(crop).numpy()})
+
+            out.append(lat.Candidate(fp32.name, "torchvision+onnxruntime-default", "fp32",
+                                     plain_ort, scope="crop", kind="theirs",
+                                     size_mb=fp32.size_mb, threads="default",
+                                     extra={"label": "torchvision + plain onnxruntime"}))
+        return out
+
+    def _attach_memory(self, rows: list[dict[str, Any]]) -> None:
+        mode = self.suite.memory
+        for r in rows:
+            r.setdefault("peak_rss_mb", None)
+        if mode == "none":
+            return
+        probes: dict[tuple[str, str], dict[str, Any]] = {}
+        for s in self.sessions:
+            probes[s.key] = {"kind": "onnx", "path": str(s.entry.path), "backend": s.backend,
+                             "threads": self.threads,
+                             "options": s.entry.backend_options(s.backend, spinning=False)}
+        if mode == "all" and self.ref is not None:
+            probes[("torch", TORCH_BACKEND)] = {"kind": "torch", "checkpoint": str(self.ref.path),
+                                                "threads": self.threads}
+        for key, spec in probes.items():
+            log.info("memory: %s on %s in a child process", *key)
+            result = lat.measure_memory(spec, self.suite.batches)
+            for r in rows:
+                if (r["model"], r["backend"]) != key or r["scope"] != "network" or \
+                        r["status"] != "ok":
+                    continue
+                if "error" in result:
+                    r["memory_note"] = result["error"]
+                    continue
+                peak = result["peak_rss_mb"].get(str(r["batch"]))
+                r["peak_rss_mb"] = peak
+                r["model_rss_mb"] = None if peak is None else round(
+                    peak - result["baseline_rss_mb"], 2)
+
+    def end_to_end(self) -> dict[str, Any]:
+        from edge_smw.bench import endtoend
+        from edge_smw.runtime import Runtime
+
+        suite = self.suite
+        cpu = [s for s in self.sessions if s.intended]
+        if not cpu or suite.e2e_frames < 1:
+            return {"rows": [], "note": "no model on its intended backend here" if not cpu
+                    else "suite has e2e_frames = 0"}
+        int8 = [s for s in cpu if s.entry.precision == "int8"]
+        deployable = (int8 or [s for s in cpu if s.entry.precision == "fp32"] or cpu)[0]
+        chosen = cpu if suite.e2e_models == "all" else [deployable]
+        frame, index = endtoend.pick_frame(self.crops_bgr(50))
+        jpeg = endtoend.encode_frame(frame)
+        rows = []
+        # The runtime's defaults (onnxruntime threads spin-wait between runs), then variants:
+        # with spinning off, a 2-thread pool stops competing with decoding and face detection.
+        many = self.threads > 1
+        configs = [("single-threaded", self.threads, True)]
+        if many and s_is_ort(chosen):
+            configs.append(("single-threaded", self.threads, False))
+        configs.append(("pipelined", max(1, self.threads - 1), True))
+        if many and s_is_ort(chosen):
+            configs.append(("pipelined", self.threads, False))
+        runtimes: list[tuple[Session, str, int, bool, Any]] = []
+        try:
+            for s in chosen:
+                for mode, threads, spinning in configs:
+                    options = s.entry.backend_options(s.backend, spinning=spinning)
+                    rt = Runtime(s.entry.path, backend=s.backend, threads=threads,
+                                 backend_options=options)
+                    runtimes.append((s, mode, threads, spinning, rt))
+            log.info("end to end: %d configurations interleaved, %d frames each",
+                     len(runtimes), suite.e2e_frames)
+            results = endtoend.interleaved([(mode, rt) for _, mode, _, _, rt in runtimes], jpeg,
+                                           suite.e2e_frames, rounds=suite.e2e_frames // 30)
+        finally:
+            for *_, rt in runtimes:
+                rt.close()
+        for (s, _, threads, spinning, _), result in zip(runtimes, results, strict=True):
+            rows.append({"model": s.entry.name, "backend": s.backend,
+                         "precision": s.entry.precision, "threads": threads,
+                         "onnxruntime_spinning": spinning, "deployable": s is deployable,
+                         "status": "ok", **result})
+        return {"frame": {"width": endtoend.FRAME_W, "height": endtoend.FRAME_H,
+                          "face_side": endtoend.FACE_SIDE, "crop_index": index,
+                          "detected": index >= 0, "jpeg_bytes": len(jpeg)},
+                "rows": rows}
+
+    def limit(self, latency_rows: list[dict[str, Any]]) -> dict[str, Any]:
+        from edge_smw.bench.flops import count_macs
+
+        ref = reference_model(self.models)
+        if ref.kind != "onnx":
+            return {"rows": [], "note": "no ONNX model to count operations in"}
+        try:
+            counted = count_macs(ref.path)
+        except BackendUnavailableError as exc:
+            return {"rows": [], "note": str(exc)}
+        per_model = {}
+        for m in self.models:
+            if m.kind == "onnx":
+                try:
+                    per_model[m.name] = count_macs(m.path)["macs"]
+                except EdgeSmwError:
+                    per_model[m.name] = None
+        peak = measure_peak_gflops(self.suite.peak_matmul, self.suite.peak_repeats,
+                                   threads=self.threads)
+        gflops = counted["gflops"]
+        rows = []
+        for r in latency_rows:
+            if r["status"] != "ok" or r["scope"] != "network" or not r.get("p50_ms"):
+                continue
+            achieved = gflops * r["batch"] / (r["p50_ms"] / 1000)
+            rows.append({"model": r["model"], "backend": r["backend"],
+                         "precision": r["precision"], "batch": r["batch"], "kind": r["kind"],
+                         "achieved_gflops": round(achieved, 3),
+                         "fraction_of_peak": round(achieved / peak["peak_gflops"], 4),
+                         "status": "ok"})
+        return {"model": ref.name, **counted, "macs_per_model": per_model,
+                "peak_gflops": round(peak["peak_gflops"], 2),
+                "peak_median_gflops": round(peak["median_gflops"], 2),
+                "peak_method": peak["method"],
+                "peak_detail": {k: (round(v, 2) if isinstance(v, float) else v)
+                                for k, v in peak.items()},
+                "note": "fraction of the measured float32 peak, also for int8 rows (int8 "
+                        "kernels can exceed it)",
+                "rows": rows}
+
+    def robustness(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        if self.ref is None:
+            return [], {"note": "needs torch (PGD gradients on the torch model); run it where "
+                                "torch is installed"}
+        if self.suite.robust_n < 1 or not self.suite.budgets:
+            return [], {"note": "suite has robust_n = 0"}
+        from edge_smw.bench.robustness import Judge, run_robustness
+
+        assert self.data is not None and self.ref_probs is not None
+        ref = self.ref
+        torch_judge = Judge("torch", TORCH_BACKEND, "fp32", None, ref.probabilities)
+        judges = [Judge(s.entry.name, s.backend, s.entry.precision, s.entry.flavour, s.probs,
+                        s.runtime) for s in self.sessions]
+        out = run_robustness(ref.pixel_model(), torch_judge, judges, self.data.pixels,
+                             self.data.labels, self.ref_probs, self.contract.levels, self.suite)
+        return out["rows"], out["summary"]
+
+    # -- everything ------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        t_start = time.perf_counter()
+        machine = describe_machine()
+        self.prepare()
+        self.timings["prepare_s"] = time.perf_counter() - t_start
+        sections = self.options.sections
+        report: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "command": self.options.command,
+            "export_dir": str(self.export_dir),
+            "suite": self.suite.to_dict(),
+            "threads": self.threads,
+            "openmp": self.omp_note,
+            "interleaving": "every candidate in turn, one call each per round; onnxruntime "
+                            "sessions with intra-op spinning off and torch's OpenMP pool "
+                            "passive, so no candidate's idle threads steal the next one's "
+                            "cores",
+            "machine": machine,
+            "models": [m.to_dict() for m in self.models],
+            "skipped_models": self.skipped_models,
+            "reference": self.reference,
+            "data": self.data.summary() if self.data is not None else {},
+            "golden": None if self.options.golden_mode is None else {
+                "mode": self.options.golden_mode, "file": str(self.options.golden_file)},
+        }
+        report["latency"] = self._timed("latency", self.latency) if "latency" in sections \
+            else []
+        report["comparisons"] = lat.comparisons(report["latency"])
+        report["end_to_end"] = self._timed("end_to_end", self.end_to_end) \
+            if "end_to_end" in sections else {"rows": [], "note": "not requested"}
+        report["limit"] = self._timed("limit", lambda: self.limit(report["latency"])) \
+            if "limit" in sections else {"rows": [], "note": "not requested"}
+        report["parity"] = self._timed("parity", self.parity) if "parity" in sections else []
+        if "robustness" in sections:
+            rows, summary = self._timed("robustness", self.robustness)
+        else:
+            rows, summary = [], {"note": "not requested"}
+        report["robustness"] = rows
+        report["robustness_summary"] = summary
+        report["gates_config"] = self.gates.to_dict()
+        report["gates"] = [g.evaluate(report) for g in self.gates.gates]
+        report["targets"] = [g.evaluate(report) for g in self.gates.targets]
+        report["passed"] = all(g["pass"] is not False for g in report["gates"])
+        machine["load_average_end"] = describe_machine()["load_average_1_5_15"]
+        self.timings["total_s"] = time.perf_counter() - t_start
+        report["timings_s"] = {k: round(v, 2) for k, v in self.timings.items()}
+        for s in self.sessions:
+            s.runtime.close()
+        return report
+
+    def _timed(self, name: str, fn: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.timings[f"{name}_s"] = time.perf_counter() - t0
+
+
+def run_bench(options: BenchOptions) -> dict[str, Any]:
+    """Run every section and return the report (bench.json's content)."""
+    return Bench(options).run()

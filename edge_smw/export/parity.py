@@ -1,0 +1,113 @@
+"""Does the exported model judge photos as the torch model does? Measured, not assumed.
+
+The reference is the torch model itself on the run's validation crops; every exported model
+runs through ``edge_smw.Runtime`` (onnxruntime CPU, no face detection) on the very same
+contract-normalised crops, which also proves the runtime needs nothing but the .onnx file.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edge_smw.contract import PreprocessContract
+from edge_smw.export.crops import CropSet
+from edge_smw.train.model import ScoreModel
+
+FP32_MAX_ABS_DIFF = 1e-4
+INT8_MIN_AGREEMENT = 0.98
+
+
+def torch_probabilities(model: ScoreModel, crops: CropSet, contract: PreprocessContract, *,
+                        batch_size: int = 32, progress: bool = True) -> np.ndarray:
+    """The torch model's probabilities: the reference every export is held to."""
+    from tqdm.auto import tqdm
+
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(crops), batch_size), desc="parity: torch", unit="batch",
+                          disable=not progress, leave=False):
+            inputs = torch.from_numpy(crops.inputs(contract, start, start + batch_size))
+            out.append(model(inputs).softmax(dim=1).double().numpy())
+    return np.concatenate(out)
+
+
+def runtime_probabilities(path: str | Path, crops: CropSet, contract: PreprocessContract, *,
+                          batch_size: int = 32, threads: int | None = None,
+                          progress: bool = True, desc: str = "parity") -> np.ndarray:
+    """An exported model's probabilities through ``edge_smw.Runtime`` on onnxruntime CPU."""
+    from tqdm.auto import tqdm
+
+    from edge_smw.runtime import Runtime
+
+    out = []
+    with Runtime(path, backend="onnxruntime-cpu", detect_faces=False, threads=threads,
+                 warmup=False) as runtime:
+        if runtime.contract != contract:
+            from edge_smw.errors import ModelError
+
+            raise ModelError(f"{path} carries a different preprocessing contract than its "
+                             "checkpoint: the export is inconsistent; re-export it")
+        for start in tqdm(range(0, len(crops), batch_size), desc=desc, unit="batch",
+                          disable=not progress, leave=False):
+            outputs = runtime.infer(crops.inputs(contract, start, start + batch_size))
+            out.append(np.asarray(outputs["probabilities"], dtype=np.float64))
+    return np.concatenate(out)
+
+
+def compare(probs: np.ndarray, reference: np.ndarray, true_levels: np.ndarray | None
+            ) -> dict[str, Any]:
+    """Top-1 agreement, probability differences, and accuracy / MAE against the reference."""
+    pred, ref = probs.argmax(1), reference.argmax(1)
+    diff = np.abs(probs - reference)
+    result: dict[str, Any] = {
+        "n": int(len(probs)),
+        "top1_agreement": float((pred == ref).mean()),
+        "disagreements": int((pred != ref).sum()),
+        "max_abs_prob_diff": float(diff.max()),
+        "mean_abs_prob_diff": float(diff.mean()),
+    }
+    if true_levels is not None and len(true_levels) and np.all(true_levels >= 0):
+        acc, acc_ref = float((pred == true_levels).mean()), float((ref == true_levels).mean())
+        mae = float(np.abs(pred - true_levels).mean())
+        mae_ref = float(np.abs(ref - true_levels).mean())
+        result.update(accuracy=acc, accuracy_torch=acc_ref, accuracy_delta=acc - acc_ref,
+                      mae=mae, mae_torch=mae_ref, mae_delta=mae - mae_ref)
+    return result
+
+
+def latency(paths: Mapping[str, str | Path], size: int, *, runs: int = 30, warmup: int = 5,
+            threads: int | None = None) -> dict[str, dict[str, float]]:
+    """Batch-1 latency of several models in ONE process, runs interleaved round-robin so a
+    busy machine slows them alike; p50/p90 in milliseconds."""
+    import onnxruntime as ort
+
+    sessions = {}
+    for name, path in paths.items():
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        sessions[name] = ort.InferenceSession(str(path), options,
+                                              providers=["CPUExecutionProvider"])
+    feed = {"input": np.random.default_rng(0).standard_normal((1, 3, size, size),
+                                                                dtype=np.float32)}
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for i in range(warmup + runs):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feed)
+            if i >= warmup:
+                times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: {"p50_ms": statistics.median(t),
+                   "p90_ms": float(np.percentile(t, 90)), "runs": len(t),
+                   "threads": threads or os.cpu_count() or 1}
+            for name, t in times.items()}

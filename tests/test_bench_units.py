@@ -1,0 +1,292 @@
+"""Bench building blocks on small, exact inputs: gates, suites, tolerances, MAC counting,
+interleaved timing, speed-up rows, golden files. No trained model, no timing assertions."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_smw.bench import latency as lat
+from edge_smw.bench.config import Gate, Tolerance, load_gates, load_suite
+from edge_smw.bench.data import stratified_sample
+from edge_smw.bench.golden import check_compatible, load_golden, save_golden
+from edge_smw.bench.parity import compare_outputs, parity_row
+from edge_smw.contract import PreprocessContract
+from edge_smw.errors import InputError, ModelError
+
+LEVELS = ("low", "high")
+
+
+# -- gates and suites ---------------------------------------------------------------------
+
+def _report() -> dict:
+    return {
+        "parity": [
+            {"model": "a.onnx", "backend": "cpu", "precision": "int8", "top1_agreement": 0.97,
+             "status": "ok"},
+            {"model": "b.onnx", "backend": "cpu", "precision": "int8", "top1_agreement": 0.995,
+             "status": "ok"},
+            {"model": "c.onnx", "backend": "gpu", "precision": "int8", "top1_agreement": 0.1,
+             "status": "skipped"},
+            {"model": "d.onnx", "backend": "cpu", "precision": "fp32", "top1_agreement": 1.0,
+             "status": "ok"},
+        ],
+        "end_to_end": {"rows": [{"model": "a.onnx", "fps": 31.0, "deployable": True}]},
+    }
+
+
+def test_gate_takes_the_worst_matching_ok_row() -> None:
+    gate = Gate(name="agree", section="parity", field="top1_agreement", op=">=",
+                threshold=0.98, reduce="min", where={"precision": "int8"})
+    result = gate.evaluate(_report())
+    assert result["pass"] is False
+    assert result["value"] == pytest.approx(0.97)
+    assert result["rows"] == 2  # the skipped row is not judged
+    assert result["worst"]["model"] == "a.onnx"
+    looser = Gate(name="agree", section="parity", field="top1_agreement", op=">=",
+                  threshold=0.9, reduce="min", where={"precision": "int8"})
+    assert looser.evaluate(_report())["pass"] is True
+
+
+def test_gate_without_rows_is_skipped_not_passed() -> None:
+    gate = Gate(name="fp16", section="parity", field="top1_agreement", op=">=", threshold=0.9,
+                where={"precision": "fp16"})
+    result = gate.evaluate(_report())
+    assert result["pass"] is None and result["value"] is None and "skipped" in result["note"]
+
+
+def test_gate_reads_sections_that_hold_rows_in_a_dict() -> None:
+    gate = Gate(name="fps", section="end_to_end", field="fps", op=">=", threshold=30.0,
+                reduce="max", where={"deployable": True})
+    assert gate.evaluate(_report())["pass"] is True
+
+
+def test_default_gates_and_suites_load() -> None:
+    gates = load_gates()
+    names = {g.name for g in gates.gates}
+    assert {"fp32_parity", "int8_top1_agreement", "int8_accuracy_drop",
+            "int8_faster_than_fp32"} <= names
+    fp32 = next(g for g in gates.gates if g.name == "fp32_parity")
+    assert fp32.threshold == pytest.approx(1e-4) and fp32.op == "<="
+    assert gates.tolerance("fp32").atol == pytest.approx(1e-4)
+    assert load_suite("quick").batches == [1]
+    assert load_suite("full").batches == [1, 8, 32]
+    # benchmarks/ holds the same files (links into the package)
+    repo = Path(__file__).resolve().parents[1]
+    assert load_gates(repo / "benchmarks" / "gates.toml").to_dict()["tolerances"] == \
+        gates.to_dict()["tolerances"]
+
+
+def test_bad_gate_and_suite_files_name_the_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "gates.toml"
+    bad.write_text(textwrap.dedent("""
+        [[gate]]
+        name = "x"
+        section = "parity"
+        field = "top1_agreement"
+        op = "=>"
+        threshold = 1
+    """))
+    with pytest.raises(InputError, match="op must be one of"):
+        load_gates(bad)
+    bad.write_text("[[gate]]\nname = 'x'\nsection = 'nowhere'\nfield = 'a'\nop = '<'\n"
+                   "threshold = 1\n")
+    with pytest.raises(InputError, match="section must be one of"):
+        load_gates(bad)
+    with pytest.raises(InputError, match="not found"):
+        load_gates(tmp_path / "missing.toml")
+    suite = tmp_path / "suite.toml"
+    suite.write_text('base = "quick"\nrobust_n = 0\nbogus = 1\n')
+    with pytest.raises(InputError, match="unknown suite field"):
+        load_suite(suite)
+    suite.write_text('base = "quick"\nrobust_n = 0\nbatches = [1, 4]\n')
+    custom = load_suite(suite)
+    assert custom.robust_n == 0 and custom.batches == [1, 4] and custom.warmup == \
+        load_suite("quick").warmup
+    with pytest.raises(InputError, match="quick"):
+        load_suite("medium")
+
+
+# -- parity tolerances (Polygraphy's rule) -------------------------------------------------
+
+def test_compare_outputs_follows_polygraphy() -> None:
+    ref = np.array([[0.9, 0.1], [0.5, 0.5]])
+    out = ref + np.array([[0.0, 2e-4], [1e-5, -1e-5]])
+    tight = compare_outputs(out, ref, Tolerance(atol=1e-4, stat="max"))
+    assert not tight["within_tolerance"]
+    assert tight["max_abs_prob_diff"] == pytest.approx(2e-4)
+    # rtol rescues it: |d|/|ref| = 2e-4 / 0.1 = 2e-3 <= 1e-2 (fails only if both fail)
+    assert compare_outputs(out, ref, Tolerance(atol=1e-4, rtol=1e-2, stat="max"))[
+        "within_tolerance"]
+    # the mean is within 1e-4 even though the max is not
+    assert compare_outputs(out, ref, Tolerance(atol=1e-4, stat="mean"))["within_tolerance"]
+    elem = compare_outputs(out, ref, Tolerance(atol=1e-4, stat="elemwise"))
+    assert not elem["within_tolerance"] and elem["elements_outside_tolerance"] == 1
+
+
+def test_parity_row_agreement_and_accuracy_deltas() -> None:
+    ref = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
+    out = np.array([[0.7, 0.3], [0.3, 0.7], [0.4, 0.6], [0.1, 0.9]])  # crop 2 flips
+    labels = np.array([0, 1, 0, 1])
+    row = parity_row("m", "cpu", "int8", out, ref, labels, LEVELS, Tolerance(0.05),
+                     reference="torch")
+    assert row["top1_agreement"] == pytest.approx(0.75) and row["disagreements"] == 1
+    assert row["accuracy"] == pytest.approx(0.75)
+    assert row["reference_accuracy"] == pytest.approx(1.0)
+    assert row["accuracy_drop_points"] == pytest.approx(25.0)
+    assert row["per_level"]["low"]["accuracy_delta"] == pytest.approx(-0.5)
+    assert row["per_level"]["high"]["top1_agreement"] == pytest.approx(1.0)
+    assert row["max_abs_prob_diff"] == pytest.approx(0.2)
+    assert not row["within_tolerance"]
+
+
+def test_stratified_sample_keeps_every_level() -> None:
+    labels = np.array([0] * 90 + [1] * 10)
+    idx = stratified_sample(labels, 10)
+    assert len(idx) == 10 and set(labels[idx]) == {0, 1}
+    assert list(stratified_sample(labels, 0)) == list(range(100))
+
+
+# -- MAC counting from an ONNX graph ---------------------------------------------------------
+
+def test_count_macs_on_a_known_graph(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge_smw.bench.flops import count_macs
+
+    w1 = numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w1")
+    w2 = numpy_helper.from_array(np.zeros((8, 1, 3, 3), np.float32), "w2")  # depthwise
+    fc = numpy_helper.from_array(np.zeros((8, 5), np.float32), "fc")
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Conv", ["c1", "w2"], ["c2"], pads=[1, 1, 1, 1], group=8),
+        helper.make_node("GlobalAveragePool", ["c2"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        initializer=[w1, w2, fc])
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    counted = count_macs(path)
+    conv1 = 8 * 16 * 16 * 3 * 3 * 3  # out elements x (C_in/group x k x k)
+    conv2 = 8 * 16 * 16 * 1 * 3 * 3
+    gemm = 5 * 8
+    assert counted["by_op"] == {"Conv": conv1 + conv2, "Gemm": gemm}
+    assert counted["macs"] == conv1 + conv2 + gemm
+    assert counted["uncounted_nodes"] == []
+
+
+# -- interleaved timing ------------------------------------------------------------------------
+
+def test_measure_interleaved_times_everyone_and_survives_a_failure() -> None:
+    calls: list[str] = []
+
+    def fast(x: object) -> None:
+        calls.append("fast")
+
+    def slow(x: object) -> None:
+        calls.append("slow")
+        sum(range(2000))
+
+    def broken(x: object) -> None:
+        raise RuntimeError("boom")
+
+    cands = [lat.Candidate("a", "cpu", "fp32", fast), lat.Candidate("b", "cpu", "int8", slow),
+             lat.Candidate("c", "cpu", "fp16", broken)]
+    rows = lat.measure_interleaved(cands, [0, 1], 1, warmup=2, min_runs=5, max_runs=7,
+                                   seconds=0.001)
+    assert [r["model"] for r in rows] == ["a", "b", "c"]
+    a, b, c = rows
+    assert c["status"] == "error" and "boom" in c["reason"] and c["p50_ms"] is None
+    for r in (a, b):
+        assert r["status"] == "ok" and 5 <= r["runs"] <= 7
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["fps"] > 0
+    timed = calls[4:]  # after 2 warm-up calls each
+    assert timed.count("fast") == timed.count("slow") == a["runs"]
+    # interleaved: every round calls each live candidate once, in a rotating order
+    rounds = [timed[2 * r : 2 * r + 2] for r in range(a["runs"])]
+    assert all(sorted(pair) == ["fast", "slow"] for pair in rounds)
+    assert rounds[0] != rounds[1]
+
+
+def test_comparisons_give_speedups_on_the_same_backend() -> None:
+    def row(model: str, backend: str, precision: str, p50: float, kind: str = "ours") -> dict:
+        return {"model": model, "backend": backend, "precision": precision, "batch": 1,
+                "scope": "network", "kind": kind, "status": "ok", "p50_ms": p50,
+                "intended": True, "flavour": None}
+
+    rows = [row("m.onnx", "onnxruntime-cpu", "fp32", 15.0),
+            row("m.int8.onnx", "onnxruntime-cpu", "int8", 10.0),
+            row("torch", "torch-eager", "fp32", 30.0, kind="baseline"),
+            row("m.onnx", "onnxruntime-default", "fp32", 16.0, kind="theirs")]
+    comps = lat.comparisons(rows)
+    int8 = {c["versus"]: c["speedup"] for c in comps if c["model"] == "m.int8.onnx"}
+    assert int8["fp32"] == pytest.approx(1.5)
+    assert int8["torch-eager"] == pytest.approx(3.0)
+    fp32 = {c["versus"]: c["speedup"] for c in comps if c["model"] == "m.onnx"}
+    assert fp32["onnxruntime-default"] == pytest.approx(16 / 15, rel=1e-3)
+    assert "fp32" not in fp32  # fp32 is not compared with itself
+
+
+# -- golden files ---------------------------------------------------------------------------------
+
+def test_golden_round_trip_and_mismatches(tmp_path: Path) -> None:
+    contract = PreprocessContract(levels=LEVELS, input_size=16)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    probs = rng.dirichlet([1, 1], 3)
+    path = save_golden(tmp_path / "g.npz", pixels, np.array([0, 1, 1]), probs, np.log(probs),
+                       contract, "abc123", torch_version="x")
+    golden = load_golden(path)
+    assert np.array_equal(golden.pixels, pixels) and np.allclose(golden.probabilities, probs)
+    assert golden.levels == LEVELS and golden.checkpoint_sha256 == "abc123"
+    assert golden.meta["torch_version"] == "x"
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, nothing left behind
+    check_compatible(golden, path, contract, "abc123", "m.onnx")
+    with pytest.raises(ModelError, match="checkpoint"):
+        check_compatible(golden, path, contract, "other", "m.onnx")
+    with pytest.raises(ModelError, match="contract"):
+        check_compatible(golden, path, PreprocessContract(levels=LEVELS, input_size=32),
+                         "abc123", "m.onnx")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="bad.npz"):
+        load_golden(tmp_path / "bad.npz")
+    with pytest.raises(InputError, match="not found"):
+        load_golden(tmp_path / "none.npz")
+
+
+# -- the gradient-masking verdict (torch-side module: its import needs torch) --------------------
+
+def test_masking_verdict_uses_the_worst_case_over_attacks() -> None:
+    pytest.importorskip("torch")
+    from edge_smw.bench.robustness import Judge, _masking_check
+
+    def rows(transfer: float, direct: float, fp32_direct: float, torch_pgd: float) -> list:
+        def r(model: str, backend: str, attack: str, rate: float) -> dict:
+            return {"model": model, "backend": backend, "attack": attack, "budget": 4.0,
+                    "success_rate": rate}
+        return [r("torch", "torch-eager", "pgd-untargeted", torch_pgd),
+                r("q.onnx", "cpu", "pgd-untargeted", transfer),
+                r("q.onnx", "cpu", "square-untargeted", direct),
+                r("f.onnx", "cpu", "square-untargeted", fp32_direct)]
+
+    judges = [Judge("f.onnx", "cpu", "fp32", None, None, runtime=object()),
+              Judge("q.onnx", "cpu", "int8", None, None, runtime=object())]
+    # transferred images fool int8 as often as torch: a weaker black-box score is no robustness
+    (v,) = _masking_check(rows(1.0, 0.4, 0.8, 1.0), judges)
+    assert v["int8_worst_case_success"] == 1.0 and v["fp32_worst_case_success"] == 1.0
+    assert "as easy to fool" in v["verdict"] and "not robustness" in v["verdict"]
+    # transfer drops but the direct attack still wins: the transfer gap is not robustness
+    (v,) = _masking_check(rows(0.3, 0.9, 0.9, 1.0), judges)
+    assert "transfer gap is not robustness" in v["verdict"]
+    # every attack does worse on int8: only then is int8 called harder to fool
+    (v,) = _masking_check(rows(0.3, 0.3, 0.9, 1.0), judges)
+    assert v["verdict"].startswith("int8 harder to fool")

@@ -1,0 +1,361 @@
+"""INT8 quantization on a model trained on real face crops: flavours, calibration, bias
+correction, sensitivity, mixed precision, the int8-aware head.
+
+One module-scoped setup (fp32 export, 64 calibration crops, one calibration pass) serves the
+tests; every model here is quantized from the real smilesmiled-trained checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install edge-smw[train])")
+
+import onnx  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
+
+from edge_smw.errors import InputError  # noqa: E402
+from edge_smw.export import quantize as Q  # noqa: E402
+
+
+class Setup:
+    def __init__(self, run: Path, folder: Path) -> None:
+        from edge_smw.export.crops import calibration_crops, validation_crops
+        from edge_smw.export.onnx import export_fp32
+        from edge_smw.export.parity import torch_probabilities
+        from edge_smw.train.checkpoint import load_checkpoint
+
+        self.run = run
+        self.folder = folder
+        self.checkpoint = load_checkpoint(run)
+        self.contract = self.checkpoint.contract
+        self.fp32_path = export_fp32(self.checkpoint, folder / "model.onnx")
+        self.fp32 = onnx.load_model(str(self.fp32_path))
+        self.calib = calibration_crops(self.contract, detect=self.checkpoint.detect, size=64,
+                                       run_or_checkpoint=run, progress=False)
+        self.calibration = Q.calibrate(self.fp32_path, self.calib, self.contract,
+                                       progress=False)
+        self.val = validation_crops(self.contract, detect=self.checkpoint.detect,
+                                    run_or_checkpoint=run, progress=False)
+        self.torch_model = self.checkpoint.build_model()
+        self.reference = torch_probabilities(self.torch_model, self.val, self.contract,
+                                             progress=False)
+        self._cache: dict[str, onnx.ModelProto] = {}
+
+    def save(self, model: onnx.ModelProto, name: str) -> Path:
+        path = self.folder / name
+        onnx.save_model(model, str(path))
+        return path
+
+    def int8(self, flavour: Q.Flavour) -> onnx.ModelProto:
+        if flavour.value not in self._cache:
+            self._cache[flavour.value] = Q.quantize(self.fp32, self.calibration,
+                                                    Q.flavour_spec(flavour))
+        return self._cache[flavour.value]
+
+    def logits(self, path: Path, limit: int | None = None) -> np.ndarray:
+        session = Q._session(path)
+        crops = self.val if limit is None else self.val.subset(range(min(limit, len(self.val))))
+        return session.run(["logits"], {"input": crops.inputs(self.contract)})[0]
+
+
+@pytest.fixture(scope="module")
+def setup(smiles_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    return Setup(smiles_run, tmp_path_factory.mktemp("quant"))
+
+
+# -- the CPU's instruction set -------------------------------------------------------------------
+def _cpuinfo(tmp_path: Path, flags: str) -> Path:
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: {flags}\n")
+    return path
+
+
+def test_reduce_range_follows_vnni(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Q.platform, "machine", lambda: "x86_64")
+    no_vnni = Q.cpu_features(_cpuinfo(tmp_path, "fpu sse avx avx2 fma"))
+    assert no_vnni["avx2"] and not no_vnni["vnni"]
+    assert Q.decide_reduce_range(Q.Flavour.CPU, "auto", no_vnni)[0] is True
+    vnni = Q.cpu_features(_cpuinfo(tmp_path, "avx2 avx512f avx512_vnni avx_vnni"))
+    assert vnni["vnni_flags"] == ["avx512_vnni", "avx_vnni"]
+    on, why = Q.decide_reduce_range(Q.Flavour.CPU, "auto", vnni)
+    assert on is False and "VNNI" in why
+    assert Q.decide_reduce_range(Q.Flavour.CPU, "on", vnni)[0] is True
+    assert Q.decide_reduce_range(Q.Flavour.TENSORRT, "on", no_vnni)[0] is False
+    monkeypatch.setattr(Q.platform, "machine", lambda: "aarch64")
+    arm = Q.cpu_features(_cpuinfo(tmp_path, "fp asimd asimddp"))
+    assert Q.decide_reduce_range(Q.Flavour.CPU, "auto", arm)[0] is False
+    with pytest.raises(InputError, match="reduce-range"):
+        Q.decide_reduce_range(Q.Flavour.CPU, "sometimes", arm)
+
+
+def test_this_machine_is_recorded() -> None:
+    feats = Q.cpu_features()
+    assert feats["machine"]
+    assert isinstance(feats["vnni"], bool)
+
+
+def test_enum_parsing() -> None:
+    assert Q.parse_enum(Q.CalibMethod, "Entropy", "x") is Q.CalibMethod.ENTROPY
+    assert Q.CalibMethod.ENTROPY.ort is Q.CalibrationMethod.Entropy
+    with pytest.raises(InputError, match="minmax, entropy, percentile, auto"):
+        Q.parse_enum(Q.CalibMethod, "kl", "--calib-method")
+
+
+# -- calibration --------------------------------------------------------------------------------
+def test_reader_feeds_every_crop_normalised(setup: Setup) -> None:
+    reader = Q.CropReader(setup.calib, setup.contract, batch_size=10)
+    batches = []
+    while (feed := reader.get_next()) is not None:
+        batches.append(feed["input"])
+    assert sum(len(b) for b in batches) == len(setup.calib) >= 64
+    np.testing.assert_array_equal(batches[0], setup.contract.normalize(setup.calib.pixels[:10]))
+    reader.set_range(5, 12)
+    assert len(reader) == 7 and len(reader.get_next()["input"]) == 7
+
+
+def test_calibration_set_is_stratified_real_crops(setup: Setup) -> None:
+    calib = setup.calib
+    assert len(calib) == 64 and calib.labelled
+    levels, counts = np.unique(calib.levels, return_counts=True)
+    assert list(levels) == [0, 1] and min(counts) >= 16
+    assert all("smilesmiled" in p for p in calib.paths)
+    assert calib.pixels.dtype == np.uint8 and calib.pixels.std() > 10  # real images
+    assert len(setup.calibration.crops_sha256) == 64
+
+
+def test_methods_from_one_pass(setup: Setup) -> None:
+    entropy = Q.calibrate(setup.fp32_path, setup.calib, setup.contract, Q.CalibMethod.ENTROPY,
+                          num_bins=512, progress=False)
+    assert set(entropy.candidates) == {"minmax", "percentile", "entropy"}
+    minmax = setup.calibration.ranges
+    # a real bin count makes entropy clip some tensors below their min/max
+    narrower = [t for t, (lo, hi) in entropy.ranges.items()
+                if hi < minmax[t][1] - 1e-6 or lo > minmax[t][0] + 1e-6]
+    assert narrower
+    # the input's range is exact, from the contract, whatever the method
+    assert entropy.ranges["input"] == minmax["input"] == Q.input_range(setup.contract)
+    auto = Q.calibrate(setup.fp32_path, setup.calib, setup.contract, Q.CalibMethod.AUTO,
+                       num_bins=512, progress=False)
+    assert set(auto.choice.values()) <= {"minmax", "percentile", "entropy"}
+    assert len(auto.choice) == len(auto.ranges)
+    with pytest.raises(InputError, match="bins"):
+        Q.calibrate(setup.fp32_path, setup.calib, setup.contract, Q.CalibMethod.ENTROPY,
+                    num_bins=128, progress=False)
+
+
+# -- flavours -----------------------------------------------------------------------------------
+def test_float_tail_stays_float(setup: Setup) -> None:
+    tail = Q.float_tail(setup.fp32)
+    ops = {n.name: n.op_type for n in setup.fp32.graph.node}
+    assert sorted(ops[n] for n in tail) == ["Gemm", "ReduceMean", "Softmax"]
+    model = setup.int8(Q.Flavour.CPU)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    assert producers[gemm.input[0]].op_type == "ReduceMean"  # float features into the head
+
+
+def test_cpu_flavour_is_u8s8_and_every_conv_fuses(setup: Setup) -> None:
+    import onnxruntime as ort
+
+    model = setup.int8(Q.Flavour.CPU)
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    summary = Q.qdq_summary(model)
+    convs = sum(n.op_type == "Conv" for n in setup.fp32.graph.node)
+    assert summary["int8_convs"] == convs and summary["float_convs"] == []
+    activation_zps = {init[n.input[2]].dtype for n in model.graph.node
+                      if n.op_type == "QuantizeLinear"}
+    assert activation_zps == {np.dtype(np.uint8)}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        dq = producers[conv.input[1]]
+        weights = init[dq.input[0]]
+        assert weights.dtype == np.int8 and init[dq.input[1]].shape == (weights.shape[0],)
+    path = setup.save(model, "cpu.onnx")
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(setup.folder / "cpu.optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load_model(options.optimized_model_filepath)
+    fused = [n for n in optimized.graph.node if n.op_type == "QLinearConv"]
+    assert len(fused) == convs
+    assert not [n for n in optimized.graph.node if n.op_type in ("Conv", "FusedConv")]
+
+
+def test_tensorrt_flavour_is_explicit_symmetric_int8(setup: Setup) -> None:
+    model = setup.int8(Q.Flavour.TENSORRT)
+    assert Q.tensorrt_problems(model) == []
+    summary = Q.qdq_summary(model)
+    assert summary["all_zero_points_zero"] and summary["zero_point_dtypes"] == ["int8"]
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        dq = producers[conv.input[1]]
+        q = producers[dq.input[0]]
+        assert q.op_type == "QuantizeLinear" and init[q.input[0]].dtype == np.float32
+        assert init[dq.input[1]].ndim == 1  # per-channel scales
+        bias = producers.get(conv.input[2])
+        assert bias is None  # float bias
+    # and onnxruntime on a CPU runs it
+    logits = setup.logits(setup.save(model, "trt.onnx"), limit=8)
+    assert logits.shape == (8, setup.contract.num_levels) and np.isfinite(logits).all()
+
+
+def test_problems_are_detected(setup: Setup) -> None:
+    """The TensorRT checker is not a rubber stamp: the cpu flavour fails it."""
+    problems = Q.tensorrt_problems(setup.int8(Q.Flavour.CPU))
+    assert any("zero point type uint8" in p for p in problems)
+    assert any("int32 bias" in p for p in problems)
+
+
+# -- bias correction ----------------------------------------------------------------------------
+def test_bias_correction_cuts_logit_noise(setup: Setup) -> None:
+    model = setup.int8(Q.Flavour.CPU)
+    correction = Q.measure_weight_shift(setup.fp32, model, setup.calib, setup.contract)
+    assert len(correction.shifts) == Q.qdq_summary(model)["int8_convs"]
+    assert correction.describe()["mean_abs_shift"] > 0
+    corrected = Q.quantize(Q.apply_bias_correction(setup.fp32, correction), setup.calibration,
+                           Q.flavour_spec(Q.Flavour.CPU))
+    ref = setup.logits(setup.fp32_path)
+    plain = setup.logits(setup.save(model, "plain.onnx"))
+    better = setup.logits(setup.save(corrected, "corrected.onnx"))
+
+    def rmse(x: np.ndarray) -> float:
+        centred = lambda v: v - v.mean(1, keepdims=True)  # noqa: E731
+        return float(np.sqrt(np.mean((centred(x) - centred(ref)) ** 2)))
+
+    assert rmse(better) < rmse(plain)
+
+
+# -- where float islands can be -----------------------------------------------------------------
+def test_onnxruntime_requantizes_a_lone_float_conv(setup: Setup) -> None:
+    """Why mixed precision works in whole blocks: a single float Conv between int8 neighbours
+    is quantized per tensor by onnxruntime itself; a float block stays float."""
+    import onnxruntime as ort
+
+    from edge_smw.export.sensitivity import node_units
+
+    units = node_units(setup.fp32)
+    block = units["blocks.1.0"]
+    lone = next(n for n in block if "conv_dw" in n)
+    lone_act = next(n for n in block if "bn2" in n)
+
+    def optimized(exclude: list[str], name: str) -> onnx.ModelProto:
+        model = Q.quantize(setup.fp32, setup.calibration, Q.flavour_spec(Q.Flavour.CPU),
+                           nodes_to_exclude=exclude)
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(setup.folder / f"{name}.opt.onnx")
+        ort.InferenceSession(str(setup.save(model, f"{name}.onnx")), options,
+                             providers=["CPUExecutionProvider"])
+        return onnx.load_model(options.optimized_model_filepath)
+
+    single = optimized([lone, lone_act], "lone")
+    # (onnxruntime suffixes fused nodes' names with _token_N)
+    assert any(n.name.startswith(lone) and n.op_type == "QLinearConv" for n in single.graph.node)
+    whole = optimized(block, "block")  # (float convs get layout-transformed and renamed)
+    in_block = [n.op_type for n in whole.graph.node if "blocks.1.0/" in n.name]
+    assert in_block.count("Conv") == 3 and "QLinearConv" not in in_block
+
+
+# -- sensitivity --------------------------------------------------------------------------------
+def test_sensitivity_report_ranks_and_names_tensors(setup: Setup, tmp_path: Path) -> None:
+    from edge_smw.export.sensitivity import tensor_errors, unit_ranking, write_report
+
+    qdq = setup.save(setup.int8(Q.Flavour.CPU), "cpu-report.onnx")
+    errors = tensor_errors(setup.fp32_path, qdq, setup.calib, setup.contract, limit=8,
+                           progress=False)
+    graph_tensors = {o for n in setup.fp32.graph.node for o in n.output} | {"input"}
+    node_names = {n.name for n in setup.fp32.graph.node} | {"input"}
+    assert len(errors) > 50
+    assert all(e.tensor in graph_tensors and e.node in node_names for e in errors)
+    local = [e.local_sqnr_db for e in errors]
+    assert local == sorted(local)
+    assert all(e.model_sqnr_db <= e.local_sqnr_db + 1.0 for e in errors[:5])
+    assert 10 < max(local) and min(local) < 60
+    units = unit_ranking(errors)
+    assert {"stem", "head", "blocks.0.0"} <= {u["unit"] for u in units}
+    files = write_report(errors, tmp_path, name="quant_report.cpu", title="t", meta={"crops": 8})
+    md = files["md"].read_text()
+    assert errors[0].tensor in md and "| 1 |" in md
+    assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unit_noise_ranks_blocks_by_logit_noise(setup: Setup) -> None:
+    from edge_smw.export.sensitivity import node_units, unit_noise
+
+    units = node_units(setup.fp32)
+    picked = {k: units[k] for k in ("stem", "blocks.0.0", "blocks.5.3")}
+    noise = unit_noise(setup.fp32, setup.calibration, Q.flavour_spec(Q.Flavour.CPU), None,
+                       picked, setup.calib, setup.contract, limit=16, progress=False)
+    assert [n["unit"] for n in noise] == sorted(picked, key=lambda u: -next(
+        x["logit_rmse"] for x in noise if x["unit"] == u))
+    assert all(n["logit_rmse"] > 0 for n in noise)
+
+
+# -- mixed precision -----------------------------------------------------------------------------
+def _evaluate(setup: Setup, name: str):
+    from edge_smw.export.parity import compare
+
+    counter = {"n": 0}
+
+    def evaluate(model: onnx.ModelProto) -> dict:
+        counter["n"] += 1
+        path = setup.save(model, f"{name}-{counter['n']}.onnx")
+        session = Q._session(path)
+        probs = session.run(["probabilities"], {"input": setup.val.inputs(setup.contract)})[0]
+        figures = compare(probs.astype(np.float64), setup.reference, setup.val.levels)
+        return {"agreement": figures["top1_agreement"], "accuracy": figures["accuracy"]}
+
+    return evaluate
+
+
+@pytest.mark.parametrize("flavour", [Q.Flavour.CPU, Q.Flavour.TENSORRT])
+def test_mixed_precision_steps_are_monotone(setup: Setup, flavour: Q.Flavour) -> None:
+    from edge_smw.export import mixed
+    from edge_smw.export.sensitivity import node_units
+
+    units = node_units(setup.fp32)
+    spec = Q.flavour_spec(flavour)
+    result = mixed.search(setup.fp32, setup.calibration, spec, None, units=units,
+                          ranking=["stem", "blocks.0.0", "blocks.1.0"],
+                          evaluate=_evaluate(setup, flavour.value), target=1.0, max_steps=3)
+    steps = result.steps
+    assert steps[0].action == "all int8" and len(steps) >= 2
+    best = steps[0].agreement
+    for step in steps[1:]:
+        if step.kept:
+            assert step.agreement > best
+            best = step.agreement
+        else:
+            assert step.agreement <= best and "not kept" in step.note
+    assert result.figures["agreement"] == best
+    summary = Q.qdq_summary(result.model)
+    float_units = result.float_units
+    expected_float = sorted(n for u in float_units for n in units[u]
+                            if n in {c.name for c in setup.fp32.graph.node if c.op_type == "Conv"})
+    assert sorted(summary["float_convs"]) == expected_float
+    if flavour is Q.Flavour.TENSORRT:
+        # float islands keep the model valid explicit quantization
+        forced = mixed.build(setup.fp32, setup.calibration, spec, None,
+                             units["stem"] + units["blocks.0.0"])
+        assert Q.tensorrt_problems(forced) == []
+        assert Q.tensorrt_problems(result.model) == []
+        assert Q.qdq_summary(forced)["all_zero_points_zero"]
+        assert len(Q.qdq_summary(forced)["float_convs"]) == 3
+
+
+# -- the int8-aware head --------------------------------------------------------------------------
+def test_set_head_replaces_the_gemm(setup: Setup) -> None:
+    from edge_smw.export.int8_head import set_head, with_pooled_output
+
+    k, d = setup.checkpoint.head_weight.shape
+    weight = np.random.default_rng(0).standard_normal((k, d)).astype(np.float32)
+    bias = np.arange(k, dtype=np.float32)
+    model = set_head(setup.int8(Q.Flavour.CPU), weight, bias)
+    path = setup.save(with_pooled_output(model), "pooled.onnx")
+    session = Q._session(path)
+    logits, pooled = session.run(["logits", "edge_smw_pooled_features"],
+                                 {"input": setup.val.inputs(setup.contract, 0, 4)})
+    np.testing.assert_allclose(logits, pooled @ weight.T + bias, rtol=1e-4, atol=1e-4)
