@@ -41,10 +41,12 @@ STATUS_MARK = {"ok": "✅", "skipped": "❎", "error": "❌"}
 
 
 def _f(value: Any, digits: int = 2, pct: bool = False) -> str:
+    """Numbers for tables; percentages with one decimal unless ``digits`` < 2 asks for more
+    (agreement: 98.99% must not print as 99.0% beside a 99% target)."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if pct:
-        return f"{100 * value:.1f}%"
+        return f"{100 * value:.{1 if digits >= 2 else 2}f}%"
     return f"{value:.{digits}f}"
 
 
@@ -80,7 +82,7 @@ def console_table(report: dict[str, Any]) -> str:
     body = [[
         r["format"], r["backend"], STATUS_MARK.get(r["status"], r["status"]),
         _f(r["size_mb"], 1), _f(r["accuracy"], pct=True), _f(r["mae"], 3),
-        _f(r["agreement"], pct=True), _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r["fps"], 1),
+        _f(r["agreement"], 1, pct=True), _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r["fps"], 1),
     ] for r in rows]
     header = ["Format", "Backend", "Status", "Size (MB)", "Accuracy", "MAE", "Agree",
               f"ms/frame p50 (b{batch})", "p99", "FPS"]
@@ -140,7 +142,7 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
          "ms p50", "ms p99", "FPS"],
         [[r["format"], r["backend"], STATUS_MARK.get(r["status"], r["status"]),
           _f(r["size_mb"], 1), _f(r["accuracy"], pct=True), _f(r["mae"], 3),
-          _f(r["agreement"], pct=True), _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r["fps"], 1)]
+          _f(r["agreement"], 1, pct=True), _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r["fps"], 1)]
          for r in rows]))
     skipped = [r for r in rows if r["status"] != "ok"]
     if skipped:
@@ -210,7 +212,7 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
         lines.append(_md_table(
             ["Model", "Backend", "n", "Top-1 agree", "max abs dp", "mean abs dp", "p99 abs dp",
              "Tolerance", "Accuracy", "Δ acc (pts)", "MAE", "Δ MAE", "Spearman"],
-            [[p["model"], p["backend"], p["n"], _f(p["top1_agreement"], pct=True),
+            [[p["model"], p["backend"], p["n"], _f(p["top1_agreement"], 1, pct=True),
               f"{p['max_abs_prob_diff']:.2e}", f"{p['mean_abs_prob_diff']:.2e}",
               f"{p['p99_abs_prob_diff']:.2e}",
               ("pass" if p["within_tolerance"] else "FAIL")

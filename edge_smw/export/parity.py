@@ -96,6 +96,9 @@ def latency(paths: Mapping[str, str | Path], size: int, *, runs: int = 30, warmu
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Idle worker threads of one session must not spin while another session runs:
+        # with several sessions in one process, spinning pools starve each other.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sessions[name] = ort.InferenceSession(str(path), options,
                                               providers=["CPUExecutionProvider"])
     feed = {"input": np.random.default_rng(0).standard_normal((1, 3, size, size),
