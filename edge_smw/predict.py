@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from edge_smw.contract import PreprocessContract
-from edge_smw.data.crops import SkipReport, load_crop
+from edge_smw.data.crops import SkipReport, iter_crop_batches
 from edge_smw.data.datasets import LabelledImage
 from edge_smw.evaluate import compute_metrics
 
@@ -102,21 +102,17 @@ def _predict_runtime(model: str | Path, items: Sequence[LabelledImage], *, detec
     probs: list[np.ndarray] = []
     with Runtime(model, backend=backend, detect_faces=detect, warmup=False) as rt:
         contract = rt.contract
-        for start in tqdm(range(0, len(items), batch_size), desc="scoring", unit="batch",
-                          disable=not progress):
-            chunk = items[start : start + batch_size]
-            pixels, kept = [], []
-            for item in chunk:
-                crop = load_crop(item.path, contract, detect=detect, report=report)
-                if crop is not None:
-                    pixels.append(crop)
-                    kept.append(item)
-            if not pixels:
+        bar = tqdm(total=len(items), desc="scoring", unit="crop", disable=not progress)
+        for seen, kept, pixels in iter_crop_batches(items, contract, detect=detect,
+                                                    report=report, batch_size=batch_size):
+            bar.update(seen)
+            if pixels is None:
                 continue
-            outputs = rt.infer(contract.normalize(np.stack(pixels)))
+            outputs = rt.infer(contract.normalize(pixels))
             probs.append(outputs["probabilities"].astype(np.float64))
             paths += [str(i.path) for i in kept]
             true += [i.level for i in kept]
+        bar.close()
         levels = rt.levels
     if not probs:
         from edge_smw.errors import DataError

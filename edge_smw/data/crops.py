@@ -8,6 +8,7 @@ full-size photo costs far more than reading a small PNG back).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 from edge_smw.atomic import atomic_path, write_text
 from edge_smw.cache import cache_root, file_sha256
 from edge_smw.contract import PreprocessContract
+from edge_smw.data.datasets import LabelledImage
 from edge_smw.errors import ImageReadError, InputError
 from edge_smw.faces import largest_face
 from edge_smw.images import read_image
@@ -97,3 +99,23 @@ def _quietly(write) -> None:  # noqa: ANN001 - a thunk
         write()
     except (OSError, InputError):
         pass  # a read-only cache only costs speed
+
+
+def iter_crop_batches(
+    items: Sequence[LabelledImage], contract: PreprocessContract, *, detect: bool,
+    report: SkipReport, batch_size: int = 32,
+) -> Iterator[tuple[int, list[LabelledImage], np.ndarray | None]]:
+    """Per batch of ``items``: (how many were read, the usable ones, their stacked pixels).
+
+    Unusable files go to ``report``; a batch with none usable yields ``([], None)``, so
+    progress bars still advance.
+    """
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        kept, pixels = [], []
+        for item in chunk:
+            crop = load_crop(item.path, contract, detect=detect, report=report)
+            if crop is not None:
+                kept.append(item)
+                pixels.append(crop)
+        yield len(chunk), kept, (np.stack(pixels) if pixels else None)

@@ -18,7 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from edge_smw.contract import PreprocessContract
-from edge_smw.data.crops import SkipReport, load_crop
+from edge_smw.data.crops import SkipReport, iter_crop_batches
 from edge_smw.data.datasets import LabelledImage
 from edge_smw.errors import DataError, ModelError
 from edge_smw.metadata import INPUT_NAME, OUTPUT_LOGITS
@@ -73,18 +73,12 @@ def quantized_features(model: onnx.ModelProto, items: Sequence[LabelledImage],
     feats, levels = [], []
     bar = tqdm(total=len(items), desc="int8 features (train split)", unit="crop",
                disable=not progress, leave=False)
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        pixels, chunk_levels = [], []
-        for item in chunk:
-            crop = load_crop(item.path, contract, detect=detect, report=report)
-            if crop is not None:
-                pixels.append(crop)
-                chunk_levels.append(item.level)
-        bar.update(len(chunk))
-        if not pixels:
+    for seen, kept, stacked in iter_crop_batches(items, contract, detect=detect, report=report,
+                                                 batch_size=batch_size):
+        bar.update(seen)
+        if stacked is None:
             continue
-        stacked = np.stack(pixels)
+        chunk_levels = [item.level for item in kept]
         views = [stacked, stacked[:, :, ::-1]] if flip else [stacked]
         for view in views:
             out = session.run([POOLED], {INPUT_NAME: contract.normalize(view)})[0]
