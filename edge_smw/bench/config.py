@@ -72,6 +72,7 @@ class Suite:
     e2e_models: str
     peak_matmul: int
     peak_repeats: int
+    features_crops: int  # crops for the training feature-pass row (0 = skip it)
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -88,7 +89,7 @@ class Suite:
             setattr(self, name, sorted(float(b) for b in values))
         for name in ("warmup", "min_runs", "max_runs", "threads", "parity_max", "robust_n",
                      "pgd_steps", "blackbox_n", "blackbox_iterations", "e2e_frames",
-                     "peak_matmul", "peak_repeats"):
+                     "peak_matmul", "peak_repeats", "features_crops"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"suite {where}: {name} must be a whole number >= 0, got "

@@ -232,6 +232,22 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
                     f"{_f(p['per_level'][lv]['top1_agreement'], pct=True)}" for lv in levels]]
                  for p in par]))
 
+    feats = report.get("features") or {}
+    lines += ["", "## Training feature pass", ""]
+    if feats.get("rows"):
+        lines.append(f"Crops/s from the crop files ({feats['note']}), {feats['threads']} "
+                     f"threads, {feats['rounds']} alternating chunks; features: "
+                     f"{feats['what']}.")
+        lines.append("")
+        lines.append(_md_table(
+            ["Candidate", "Runtime", "Crops", "Crops/s", "Per-chunk range"],
+            [[r["candidate"], r["runtime"], r["crops"], _f(r["crops_per_s"], 1),
+              f"{_f(r['crops_per_s_min'], 1)}-{_f(r['crops_per_s_max'], 1)}"]
+             for r in feats["rows"]]))
+        lines += ["", f"edge-smw's pass / torch eager: {feats['speedup']:.2f}x"]
+    else:
+        lines.append(f"Not run: {feats.get('note', 'not requested')}")
+
     rob = report["robustness"]
     summary = report.get("robustness_summary") or {}
     lines += ["", "## Fooling-image robustness", ""]

@@ -50,7 +50,8 @@ class BenchOptions:
     gates: str | None = None
     threads: int | None = None
     command: str = ""
-    sections: tuple[str, ...] = ("latency", "end_to_end", "limit", "parity", "robustness")
+    sections: tuple[str, ...] = ("latency", "end_to_end", "limit", "parity", "robustness",
+                                 "features")
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -551,6 +552,17 @@ class Bench:
                              self.data.labels, self.ref_probs, self.contract.levels, self.suite)
         return out["rows"], out["summary"]
 
+    def features(self) -> dict[str, Any]:
+        """The training feature pass: torch eager vs edge-smw's, crops/s side by side."""
+        if self.ref is None:
+            return {"rows": [], "note": "needs torch and the checkpoint (it times the training "
+                                        "feature pass)"}
+        from edge_smw.bench.features import measure_feature_pass
+
+        assert self.data is not None
+        return measure_feature_pass(self.ref.checkpoint, self.data.paths,
+                                    crops=self.suite.features_crops, threads=self.threads)
+
     # -- everything ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         t_start = time.perf_counter()
@@ -591,6 +603,8 @@ class Bench:
             rows, summary = [], {"note": "not requested"}
         report["robustness"] = rows
         report["robustness_summary"] = summary
+        report["features"] = self._timed("features", self.features) \
+            if "features" in sections else {"rows": [], "note": "not requested"}
         report["gates_config"] = self.gates.to_dict()
         report["gates"] = [g.evaluate(report) for g in self.gates.gates]
         report["targets"] = [g.evaluate(report) for g in self.gates.targets]
