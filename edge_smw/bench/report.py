@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_smw.atomic import atomic_path, write_json, write_text
-from edge_smw.cli.common import table
+from edge_smw.tables import text_table
 
 SCHEMA_VERSION = 1
 STATUS_MARK = {"ok": "✅", "skipped": "❎", "error": "❌"}
@@ -86,7 +86,7 @@ def console_table(report: dict[str, Any]) -> str:
     ] for r in rows]
     header = ["Format", "Backend", "Status", "Size (MB)", "Accuracy", "MAE", "Agree",
               f"ms/frame p50 (b{batch})", "p99", "FPS"]
-    lines = [table(body, header)]
+    lines = [text_table(body, header)]
     for r in rows:
         if r["status"] != "ok" and r.get("reason"):
             lines.append(f"  {STATUS_MARK.get(r['status'], '')} {r['model']} on {r['backend']}: "
