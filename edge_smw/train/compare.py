@@ -12,9 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edge_smw.artifacts.folders import ExportDir, RunDir
+from edge_smw.artifacts.formats import FP32, INT8_CPU
 from edge_smw.errors import InputError
 
-EXPORT_FILES = ("model.onnx", "model.int8.onnx")
+TIMED_FORMATS = (FP32, INT8_CPU)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -29,7 +31,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 def run_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     """One row per loss trained in ``run_dir`` (the saved loss first)."""
     run_dir = Path(run_dir)
-    summary = _read_json(run_dir / "train.json", "a run folder made by `edge-smw train`")
+    summary = _read_json(RunDir(run_dir).train_json, "a run folder made by `edge-smw train`")
     seconds = summary.get("seconds") or {}
     rows = []
     for loss, result in summary["losses"].items():
@@ -54,15 +56,15 @@ def run_rows(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def export_facts(export_dir: str | Path) -> dict[str, Any]:
     """What an export folder says about its INT8 model (agreement, gate), and its files."""
-    export_dir = Path(export_dir)
-    summary = _read_json(export_dir / "export.json", "an export folder made by `edge-smw export`")
-    int8 = (summary.get("models") or {}).get("int8-cpu") or {}
+    folder = ExportDir(Path(export_dir))
+    summary = _read_json(folder.export_json, "an export folder made by `edge-smw export`")
+    int8 = (summary.get("models") or {}).get(INT8_CPU.key) or {}
     return {
-        "export": str(export_dir),
+        "export": str(folder.path),
         "int8_agreement": (int8.get("parity") or {}).get("top1_agreement"),
         "int8_gate_passed": (int8.get("gate") or {}).get("passed"),
-        "files": {name: str(export_dir / name) for name in EXPORT_FILES
-                  if (export_dir / name).is_file()},
+        "files": {fmt.key: str(folder.path / fmt.file_name) for fmt in TIMED_FORMATS
+                  if (folder.path / fmt.file_name).is_file()},
     }
 
 
@@ -86,8 +88,9 @@ def compare(runs: list[str | Path], exports: list[str | Path] | None = None, *,
     facts = [export_facts(e) for e in exports]
     paths = {f"{i}:{name}": path for i, f in enumerate(facts) for name, path in f["files"].items()}
     if not paths:
-        raise InputError("the export folders hold no model.onnx or model.int8.onnx")
-    size = _input_size(next(iter(paths.values())), ModelInfo)
+        raise InputError("the export folders hold no "
+                         + " or ".join(f.file_name for f in TIMED_FORMATS))
+    size = ModelInfo.from_file(next(iter(paths.values()))).contract.input_size
     timed = latency(paths, size, runs=latency_runs, threads=threads)
     for i, (run, fact) in enumerate(zip(runs, facts, strict=True)):
         fact["run"] = str(run)
@@ -101,14 +104,6 @@ def compare(runs: list[str | Path], exports: list[str | Path] | None = None, *,
                                     if base.get(name)}
     result["latency"] = {"batch": 1, "runs": latency_runs, "interleaved": True}
     return result
-
-
-def _input_size(path: str, model_info: Any) -> int:
-    import onnx
-
-    model = onnx.load_model(path, load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    return model_info.from_props(props, source=path).contract.input_size
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -142,8 +137,8 @@ def markdown(result: dict[str, Any]) -> str:
             ms = e["latency_ms_p50"]
             rel = e["latency_vs_first"]
             gate = {True: "pass", False: "FAIL", None: "-"}[e["int8_gate_passed"]]
+            fp32, int8 = FP32.key, INT8_CPU.key
             lines.append(f"| {e['run']} | {pct(e['int8_agreement'])} ({gate}) | "
-                         f"{num(ms.get('model.onnx'), 2)} | {num(ms.get('model.int8.onnx'), 2)}"
-                         f" | {num(rel.get('model.onnx'), 2)}x, "
-                         f"{num(rel.get('model.int8.onnx'), 2)}x |")
+                         f"{num(ms.get(fp32), 2)} | {num(ms.get(int8), 2)} | "
+                         f"{num(rel.get(fp32), 2)}x, {num(rel.get(int8), 2)}x |")
     return "\n".join(lines) + "\n"

@@ -9,7 +9,6 @@ what is computed: a head kind's features or the activation entering a unit).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import warnings
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from edge_smw.artifacts.sessions import SessionSettings, load_session
 from edge_smw.atomic import atomic_path
 from edge_smw.cache import cache_root, file_sha256
 from edge_smw.contract import PreprocessContract
@@ -85,8 +85,6 @@ class FeaturePass:
         head: HeadKind | None = None, start: int = 0, module: torch.nn.Module | None = None,
     ) -> None:
         """``module``: the backbone already built from ``weights`` (saves loading it twice)."""
-        import onnxruntime as ort
-
         self.spec = spec
         self.module = module if module is not None else build_feature_maps(spec, weights)
         self.fingerprint = weights_fingerprint(self.module)
@@ -106,11 +104,7 @@ class FeaturePass:
                         else HeadInputs(self.module, head))
         if not self.onnx_path.is_file():
             export_feature_backbone(self.network, spec.input_size, self.onnx_path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        self._session = ort.InferenceSession(
-            str(self.onnx_path), options, providers=["CPUExecutionProvider"]
-        )
+        self._session = load_session(self.onnx_path, SessionSettings(threads=threads))
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         return self._session.run(None, {"input": inputs})[0]

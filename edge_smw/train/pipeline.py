@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edge_smw.artifacts.folders import RunDir
 from edge_smw.atomic import write_json
 from edge_smw.data.crops import SkipReport
 from edge_smw.data.datasets import LabelledImage, SplitManifest, make_split
@@ -27,7 +28,7 @@ from edge_smw.data.sources import DataSource
 from edge_smw.errors import InputError
 from edge_smw.evaluate import compute_metrics, poster_table, write_report
 from edge_smw.train.backbones import DEFAULT_BACKBONE, build_feature_maps, get_backbone
-from edge_smw.train.checkpoint import CHECKPOINT_NAME, Checkpoint, current_versions
+from edge_smw.train.checkpoint import Checkpoint, current_versions
 from edge_smw.train.features import FeaturePass, FeatureSet, compute_features
 from edge_smw.train.finetune import (
     CachedHeadInputs,
@@ -129,12 +130,13 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
     seed_everything(options.seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    run = RunDir(out)
     with clock("data"):
         dataset = source.dataset
         if options.max_per_level:
             dataset.items = _subsample(dataset.items, options.max_per_level, options.seed)
         manifest = make_split(dataset, seed=options.seed)
-        manifest.save(out / "split.json")
+        manifest.save(run.split)
     detect = options.detect and not source.precropped
     spec = get_backbone(options.backbone)
     contract = spec.contract(dataset.levels, crop_margin=options.crop_margin)
@@ -154,9 +156,9 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
             )
             skipped.unreadable += feats[split].skipped.unreadable
             skipped.no_face += feats[split].skipped.no_face
-    write_json(out / "skipped.json", skipped.to_dict())
+    write_json(run.skipped_json, skipped.to_dict())
     if skipped.count:
-        log.warning("skipped %s (listed in %s)", skipped.summary(), out / "skipped.json")
+        log.warning("skipped %s (listed in %s)", skipped.summary(), run.skipped_json)
 
     k = len(dataset.levels)
     frozen = (CachedHeadInputs(maps, kind, start, feature_pass.entry_shape).eval()
@@ -218,11 +220,11 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
             metrics={"test": _brief(chosen["test"]), "val": _brief(chosen["val"])},
             config=config, versions=current_versions(),
         )
-        ckpt_path = checkpoint.save(out / CHECKPOINT_NAME)
+        ckpt_path = checkpoint.save(run.checkpoint)
         summary = _write_train_report(out, source, manifest, options, by_loss, skipped,
                                       contract, _timings(clock, feats, started))
     seconds = _timings(clock, feats, started)  # now with the report's own time
-    write_json(out / "train.json", {**summary, "seconds": seconds})
+    write_json(run.train_json, {**summary, "seconds": seconds})
     return TrainResult(out, ckpt_path, chosen["test"], by_loss, seconds)
 
 
@@ -335,5 +337,5 @@ def _write_train_report(out: Path, source: DataSource, manifest: SplitManifest,
         "losses": by_loss, "skipped": skipped.to_dict(), "seconds": seconds,
         "poster_table": poster_table(chosen["test"]),
     }
-    write_json(out / "train.json", summary)
+    write_json(RunDir(out).train_json, summary)
     return summary
