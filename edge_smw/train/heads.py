@@ -183,16 +183,16 @@ def _train_heads(
     xs = scaler(x)
     weights = class_weights(np.asarray(levels), k, base.class_weight)
     w_cls = torch.from_numpy(weights) if weights is not None else None
-    lr = torch.tensor([c.lr for c in configs], dtype=torch.float32)
-    mom = torch.tensor([c.momentum for c in configs], dtype=torch.float32)
+    # G heads of K levels as one (G*K, D) matrix: a minibatch's logits are one product
+    lr = torch.tensor([c.lr for c in configs], dtype=torch.float32).repeat_interleave(k)
+    mom = torch.tensor([c.momentum for c in configs], dtype=torch.float32).repeat_interleave(k)
     wd = base.weight_decay
     # a linear head is convex: zero init, no dead-feature weights left
-    weight = torch.zeros(g, k, x.shape[1], requires_grad=True)
-    bias = torch.zeros(g, k, requires_grad=True)
+    weight = torch.zeros(g * k, x.shape[1])
+    bias = torch.zeros(g * k)
     buf_w = torch.zeros_like(weight)
     buf_b = torch.zeros_like(bias)
-    lr_w, mom_w = lr.view(g, 1, 1), mom.view(g, 1, 1)
-    lr_b, mom_b = lr.view(g, 1), mom.view(g, 1)
+    lr_w, mom_w = lr.view(-1, 1), mom.view(-1, 1)
     tracker = _EarlyStopping(g, base.patience, scaler, val, base.loss, w_cls) if val else None
     generator = torch.Generator().manual_seed(seed)
     n = len(xs)
@@ -201,21 +201,23 @@ def _train_heads(
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, base.batch_size):
             idx = order[start : start + base.batch_size]
-            logits = _stacked_logits(xs[idx], weight, bias)
-            loss = loss_fn(base.loss, logits, y[idx], w_cls).sum()
-            grad_w, grad_b = torch.autograd.grad(loss, (weight, bias))
-            with torch.no_grad():  # torch.optim.SGD's update, per head
-                buf_w.mul_(mom_w).add_(grad_w.add(weight, alpha=wd))
-                buf_b.mul_(mom_b).add_(grad_b.add(bias, alpha=wd))
-                weight.sub_(lr_w * buf_w)
-                bias.sub_(lr_b * buf_b)
+            xb = xs[idx]
+            grad_logits = _logit_gradient(base.loss, torch.addmm(bias, xb, weight.T).view(
+                len(idx), g, k), y[idx], w_cls).reshape(len(idx), g * k)
+            # torch.optim.SGD's update, per head: d = grad + wd * p; buf = m * buf + d;
+            # p -= lr * buf
+            buf_w.mul_(mom_w).add_(torch.addmm(weight, grad_logits.T, xb, beta=wd))
+            buf_b.mul_(mom).add_(grad_logits.sum(0).add_(bias, alpha=wd))
+            weight.addcmul_(lr_w, buf_w, value=-1.0)
+            bias.addcmul_(lr, buf_b, value=-1.0)
         epochs_run += 1
-        if tracker is not None and tracker.update(epochs_run, weight.detach(), bias.detach()):
+        if tracker is not None and tracker.update(epochs_run, weight.view(g, k, -1),
+                                                  bias.view(g, k)):
             break
     if tracker is not None:
         best_w, best_b = tracker.best_weight, tracker.best_bias
     else:
-        best_w, best_b = weight.detach(), bias.detach()
+        best_w, best_b = weight.view(g, k, -1), bias.view(g, k)
     folded_w, folded_b = scaler.fold(best_w, best_b)
     fits = []
     for i, config in enumerate(configs):
@@ -227,6 +229,26 @@ def _train_heads(
             tracker.describe(i, fit)
         fits.append(fit)
     return fits
+
+
+def _logit_gradient(loss: str, logits: torch.Tensor, target: torch.Tensor,
+                    weights: torch.Tensor | None) -> torch.Tensor:
+    """d(sum over heads of each head's mean loss) / d logits, for logits (B, G, K).
+
+    Cross-entropy in closed form (softmax minus one-hot, times the sample's share of the
+    batch weight); EMD through autograd on the logits alone. The weight gradients are then
+    one matrix product, with no autograd graph through it.
+    """
+    share = (torch.full((len(target),), 1.0 / len(target)) if weights is None
+             else weights[target] / weights[target].sum())
+    if loss == "ce":
+        grad = logits.softmax(-1)
+        grad[torch.arange(len(target)), :, target] -= 1.0
+        return grad.mul_(share.view(-1, 1, 1))
+    z = logits.detach().requires_grad_(True)
+    per_sample = per_sample_loss(loss, z.transpose(0, 1), target)  # (G, B)
+    (grad,) = torch.autograd.grad((per_sample * share).sum(), z)
+    return grad
 
 
 def _stacked_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
