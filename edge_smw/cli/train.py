@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also train the backbone's last N units (on their cached inputs; "
                         "default 0: frozen backbone)")
     p.add_argument("--finetune-lr", type=float, default=FinetuneConfig.lr,
-                   help=f"learning rate for --finetune-last (default {FinetuneConfig.lr})")
+                   help=f"learning rate of the fine-tuned units (default {FinetuneConfig.lr}; "
+                        f"the tuned head moves at {FinetuneConfig.head_lr_scale} of it)")
     p.add_argument("--epochs", type=int, default=40,
                    help="at most this many epochs (early stopping on the validation split)")
     p.add_argument("--patience", type=int, default=DEFAULT_PATIENCE,

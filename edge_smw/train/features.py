@@ -142,8 +142,9 @@ def compute_features(
 
     ``timings`` says where the time went: ``lookup`` (hashing files, reading cached
     features), ``decode`` (reading, cropping, resizing: in a background thread, overlapped
-    with the network), ``network`` (the backbone), ``wall`` (all of it), and how many crops
-    were ``computed`` and ``cached``.
+    with the network), ``network`` (the backbone), ``wall`` (all of it), how many crops
+    (mirrors included) went through the network (``computed``) and how many items were
+    wholly ``cached``.
     """
     started = time.perf_counter()
     folder = cache_root() / "features" / cache_key(feature_pass, contract, detect)
@@ -161,33 +162,36 @@ def compute_features(
             hashes.append(None)
             continue
         hashes.append(digest)
-        cached = [_load(folder, digest, v) for v in variants] if cache else [None]
-        if all(c is not None for c in cached):
-            for v, c in zip(variants, cached, strict=True):
-                results[(digest, v)] = c
-        else:
+        for v in variants:
+            found = _load(folder, digest, v) if cache else None
+            if found is not None:
+                results[(digest, v)] = found
+        if any((digest, v) not in results for v in variants):
             todo.append((i, digest))
     lookup = time.perf_counter() - started
-    done = 0
+    forwards = 0  # crops through the network (a crop and its mirror count twice)
     network = 0.0
     decode = [0.0]
     passed = time.perf_counter()
     bar = tqdm(total=len(todo), desc=desc, unit="crop", disable=not progress or not todo)
     for batch in _prefetch(todo, items, contract, detect, report, batch_size, decode):
-        digests, pixels = zip(*batch, strict=True)
-        pixels = np.stack(pixels)
-        for v in variants:
+        for v in variants:  # only the views not cached yet (a new --flip adds the mirrors)
+            rows_v = [(d, p) for d, p in batch if (d, v) not in results]
+            if not rows_v:
+                continue
+            digests, pixels = zip(*rows_v, strict=True)
+            pixels = np.stack(pixels)
             view = pixels[:, :, ::-1] if v else pixels
             tick = time.perf_counter()
             feats = feature_pass(contract.normalize(view)).astype(dtype)
             network += time.perf_counter() - tick
+            forwards += len(rows_v)
             for digest, feat in zip(digests, feats, strict=True):
                 results[(digest, v)] = feat
                 if cache:
                     _save(folder, digest, v, feat)
-        done += len(batch)
         bar.update(len(batch))
-        bar.set_postfix(crops_per_s=f"{done * len(variants) / (time.perf_counter() - passed):.0f}")
+        bar.set_postfix(crops_per_s=f"{forwards / (time.perf_counter() - passed):.0f}")
     bar.close()
     rows, levels, paths = [], [], []
     for item, digest in zip(items, hashes, strict=True):
@@ -202,7 +206,7 @@ def compute_features(
     if not rows:
         raise DataError(f"no usable images among {len(items)} ({report.summary()})")
     timings = {"lookup": lookup, "decode": decode[0], "network": network,
-               "wall": time.perf_counter() - started, "computed": done,
+               "wall": time.perf_counter() - started, "computed": forwards,
                "cached": len(items) - len(todo)}
     return FeatureSet(np.stack(rows).astype(dtype, copy=False), np.asarray(levels), paths,
                       report, timings)

@@ -143,8 +143,10 @@ def _finetune(inputs: CachedHeadInputs, head: StandardizedHead,
     params = tuned + list(head.parameters())
     for p in head.parameters():
         p.requires_grad_(True)
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        [{"params": tuned}, {"params": list(head.parameters()),
+                             "lr": config.lr * config.head_lr_scale}],
+        lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     k = head.linear.out_features
     weights = class_weights(np.asarray(train[1]), k, config.class_weight)
     w_cls = torch.from_numpy(weights) if weights is not None else None

@@ -57,7 +57,8 @@ def stage_taps(unit_names: list[str], stages: int) -> list[int]:
 class FinetuneConfig:
     """``--finetune-last``: SGD with momentum on the last units and the head."""
 
-    lr: float = 0.003
+    lr: float = 0.01  # for the backbone units
+    head_lr_scale: float = 0.1  # the head (already tuned) moves at lr * this
     momentum: float = 0.9
     epochs: int = 40  # a cap: early stopping decides
     batch_size: int = 64
