@@ -312,7 +312,7 @@ def test_bad_model_files_raise_model_error(smiles_onnx: Path, runtime: Runtime,
         (_tiny_onnx(tmp_path / "plain.onnx", side=size, classes=2, props={}),
          "no edge-smw metadata"),
         (_tiny_onnx(tmp_path / "renamed.onnx", side=size, classes=2, props=props,
-                    input_name="images"), "not one 'input'"),
+                    input_name="images"), "not 'input'"),
         (_tiny_onnx(tmp_path / "scores.onnx", side=size, classes=2, props=props,
                     output_name="scores"), "no 'probabilities'"),
         (_tiny_onnx(tmp_path / "small.onnx", side=32, classes=2, props=props),
@@ -362,6 +362,10 @@ from edge_smw.images import read_image
 model, crop_path = sys.argv[1], sys.argv[2]
 with edge_smw.Runtime(model, backend="onnxruntime-cpu", threads=1, detect_faces=False) as rt:
     result = rt.score(read_image(crop_path))
+import numpy as np
+with edge_smw.Runtime(model, backend="onnxruntime-cpu", threads=1) as rt:  # + DNN detector
+    assert rt.detector.name == "blazeface-short", rt.detector
+    rt.score(np.full((240, 320, 3), 128, np.uint8))
 import contextlib, io
 from edge_smw.cli.main import main
 import edge_smw.rank
@@ -388,6 +392,7 @@ def test_runtime_and_cli_run_where_torch_cannot_be_imported(smiles_onnx: Path,
 def test_importing_edge_smw_imports_no_torch() -> None:
     code = ("import sys, edge_smw; edge_smw.Runtime; import edge_smw.runtime.backends.tensorrt;"
             "import edge_smw.rank, edge_smw.cli.score, edge_smw.cli.rank;"
+            "import edge_smw.detect.blazeface, edge_smw.detect.haar, edge_smw.bench.detection;"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'torchvision', 'timm')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
