@@ -246,7 +246,8 @@ def test_detection_set_is_deterministic_and_has_known_truth(smiles_dir: Path) ->
     one = build_detection_set(crops, per_condition=1, seed=3)
     two = build_detection_set(crops, per_condition=1, seed=3)
     assert [f.condition for f in one] == list(CONDITIONS)
-    assert all(np.array_equal(a.image, b.image) and a.boxes == b.boxes for a, b in zip(one, two, strict=True))
+    assert all(np.array_equal(a.image, b.image) and a.boxes == b.boxes
+               for a, b in zip(one, two, strict=True))
     assert {len(f.boxes) for f in one if f.condition == "no face"} == {0}
     assert max(len(f.boxes) for f in one) >= 3
     with pytest.raises(InputError, match="unknown detection condition"):
