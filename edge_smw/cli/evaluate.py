@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edge_smw.cli.common import add_json, add_no_detect, print_json
+from edge_smw.cli.common import add_detector, add_json, add_no_detect, print_json
 
 HELP = "score a labelled data set with a run, checkpoint or exported model: the poster's table"
 EXAMPLES = """
@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or 'synthetic' / 'smiles'")
     p.add_argument("--from", dest="from_dir", help="local copy of the 'smiles' data set")
     add_no_detect(p)
+    add_detector(p, mismatch=False)
     add_json(p)
     p.add_argument("--predictions",
                    help="write a CSV: path,true_level,predicted_level,p_<level>...")
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
                         f"{list(contract.levels)}")
     detect = not args.no_detect and not source.precropped
     preds = predict_items(args.model, source.dataset.items, detect=detect, backend=args.backend,
+                          detector=args.detector,
                           progress=not args.json)
     metrics = preds.metrics()
     metrics["skipped"] = preds.skipped.to_dict()

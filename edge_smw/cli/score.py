@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edge_smw.cli.common import add_json, add_no_detect, print_json
+from edge_smw.cli.common import add_detector, add_json, add_no_detect, print_json
 from edge_smw.tables import text_table
 
 HELP = "score photos (or face crops) with an exported model: one line per image and face"
@@ -24,6 +24,7 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                    help="exported model: .onnx, .engine (with its .json sidecar) or an export "
                         "folder")
     add_no_detect(p)
+    add_detector(p)
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="inference backend (default: the fastest available)")
     p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all)")
@@ -34,7 +35,9 @@ def open_runtime(args: argparse.Namespace, max_faces: int = 5):  # noqa: ANN201 
     from edge_smw.runtime import Runtime
 
     return Runtime(args.model, backend=args.backend, device=args.device, threads=args.threads,
-                   detect_faces=not args.no_detect, max_faces=max_faces)
+                   detect_faces=not args.no_detect, max_faces=max_faces,
+                   detector=args.detector,
+                   allow_detector_mismatch=args.allow_detector_mismatch)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -14,8 +14,9 @@ from edge_smw.detect.registry import (
     open_detector,
     resolve_spec,
     shared_detector,
+    with_detector,
 )
 
 __all__ = ["AUTO", "DEFAULT_DETECTOR", "DETECTORS", "HAAR", "NAMES", "Detection",
            "DetectorSpec", "FaceDetector", "largest_face", "open_detector", "resolve_spec",
-           "shared_detector"]
+           "shared_detector", "with_detector"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,14 @@ def _candidates(backend: str) -> tuple[str, ...]:
         raise InputError(f"unknown backend {backend!r} for the face detector; choose one of "
                          f"{list(_BACKEND_ORDER)} or 'auto'")
     return _BACKEND_ORDER[_BACKEND_ORDER.index(backend):]
+
+
+def with_detector(contract: PreprocessContract,
+                  detector: str | Path | DetectorSpec | None) -> PreprocessContract:
+    """The contract with ``detector`` in it (``auto``/None: unchanged), for crop loaders that
+    must cut crops the way a given detector would."""
+    spec = resolve_spec(detector, contract)
+    return contract if spec == contract.detector else replace(contract, detector=spec)
 
 
 _shared: dict[DetectorSpec, FaceDetector] = {}
