@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from edge_smw.cli.common import add_json, print_json
+from edge_smw.cli.common import add_detect, add_json, print_json
 
 HELP = "measure an export: latency, end-to-end FPS, parity with torch, robustness, gates"
 EXAMPLES = """
@@ -60,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "detection set: haar, blazeface-short, FILE.onnx (default: the suite's, "
                         "haar,blazeface-short)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_detect(p, detector=False)  # --detector above takes a list here
     add_json(p)
 
 
@@ -79,6 +80,8 @@ def _command(args: argparse.Namespace) -> str:
         parts += ["--golden", *args.golden]
     if args.no_plots:
         parts.append("--no-plots")
+    if args.detect is not None:
+        parts.append("--detect" if args.detect else "--no-detect")
     return " ".join(shlex.quote(str(p)) for p in parts)
 
 
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         backends=[b.strip() for b in args.backends.split(",")] if args.backends else None,
         batches=args.batch, suite=args.suite, golden_mode=golden_mode,
         golden_file=Path(golden_file) if golden_file else None, gates=args.gates,
-        threads=args.threads,
+        threads=args.threads, detect=args.detect,
         detectors=[d.strip() for d in args.detector.split(",")] if args.detector else None,
         command=_command(args),
     )

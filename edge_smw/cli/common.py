@@ -9,10 +9,24 @@ from typing import Any
 
 
 def add_no_detect(parser: argparse.ArgumentParser) -> None:
+    """``train``: the data's images are already face crops (the model then scores crops)."""
     parser.add_argument(
         "--no-detect", action="store_true",
-        help="images are already face crops: score them whole, no face detection",
+        help="images are already face crops: train on them whole, no face detection",
     )
+
+
+def add_detect(parser: argparse.ArgumentParser, *, detector: bool = True,
+               mismatch: bool = True) -> None:
+    """Commands that run a trained model: find faces or not, by default as it was trained,
+    and (``detector``) with which face detector, by default the model's own."""
+    parser.add_argument(
+        "--detect", action=argparse.BooleanOptionalAction, default=None,
+        help="find faces in the images (--detect) or score them whole as face crops "
+             "(--no-detect); default: what the model was trained on",
+    )
+    if detector:
+        add_detector(parser, mismatch=mismatch)
 
 
 DETECTOR_HELP = ("face detector: auto (the model's own, recorded in its contract; Haar for "
