@@ -434,7 +434,8 @@ def test_runtime_scores_frames_with_each_detector(smiles_onnx: Path, face_frames
     dnn = found["blazeface-short"][0]
     assert set(dnn.landmarks) >= {"right_eye", "left_eye", "mouth"}
     assert 0.55 <= dnn.to_dict()["detection_score"] <= 1.0
-    assert [f.box for f in found[str(own_file)]] == [f.box for f in found["blazeface-short"]]
+    # the same network from a file: decoded by its own metadata, at its trained size
+    assert all(set(f.landmarks) == set(dnn.landmarks) for f in found[str(own_file)])
 
 
 def _with_contract(source: Path, target: Path, *, trained_detect: bool, old: bool) -> Path:

@@ -251,3 +251,55 @@ def _summary(detector: FaceDetector, per: dict[str, ConditionResult], times: lis
             "backend": detector.backend, "match_iou": min_iou,
             "conditions": {k: v.to_dict() for k, v in per.items()}, "overall": overall,
             "detect_ms": stats}
+
+
+def run_detection_set(crops_dir: str | Path, detectors: Sequence[str], *,
+                      per_condition: int = 40, seed: int = 0, limit: int = 400,
+                      threads: int | None = None) -> dict[str, Any]:
+    """Build the set from a folder of face crops and evaluate each named detector (the same
+    section ``edge-smw bench`` writes, without needing a model)."""
+    from edge_smw.detect import open_detector
+
+    crops = load_face_crops(crops_dir, limit=limit, seed=seed)
+    frames = build_detection_set(crops, per_condition=per_condition, seed=seed)
+    opened: list[FaceDetector] = []
+    try:
+        for name in detectors:
+            opened.append(open_detector(name, backend="onnxruntime-cpu", threads=threads,
+                                        options={"allow_spinning": False}))
+        rows = evaluate_detectors(opened, frames)
+    finally:
+        for detector in opened:
+            detector.close()
+    return {"frames": len(frames), "per_condition": per_condition, "crops": len(crops),
+            "match_iou": MATCH_IOU, "frame": {"width": FRAME_W, "height": FRAME_H},
+            "conditions": list(CONDITIONS), "rows": rows}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m edge_smw.bench.detection CROPS_DIR``: the detection table as Markdown."""
+    import argparse
+    import json
+
+    from edge_smw.bench.report import detection_markdown
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("crops_dir", help="folder of tight face crops (searched recursively)")
+    parser.add_argument("--detectors", default="haar,blazeface-short")
+    parser.add_argument("--per-condition", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", help="also write the section as JSON to this file")
+    args = parser.parse_args(argv)
+    section = run_detection_set(args.crops_dir, [d.strip() for d in args.detectors.split(",")],
+                                per_condition=args.per_condition, seed=args.seed,
+                                threads=args.threads)
+    if args.json:
+        from edge_smw.atomic import write_text
+
+        write_text(Path(args.json), json.dumps(section, indent=2))
+    print("\n".join(detection_markdown(section)))
+
+
+if __name__ == "__main__":
+    main()

@@ -53,7 +53,7 @@ def add_detector_settings(parser: argparse.ArgumentParser) -> None:
                              "detector's, 320 for blazeface-short)")
     parser.add_argument("--detector-retry", type=int, metavar="PIXELS",
                         help="a second, closer look at this long side when the first finds "
-                             "no face (0: none; default: the detector's, 512)")
+                             "no face (0: none; default: the detector's, 576)")
     parser.add_argument("--detector-threshold", type=float, metavar="SCORE",
                         help="detection score threshold (default: the detector's)")
     parser.add_argument("--align-faces", action="store_true",

@@ -45,7 +45,7 @@ DETECTORS: dict[str, ShippedDetector] = {
     "blazeface-short": ShippedDetector(
         "blazeface-short.onnx",
         "MediaPipe BlazeFace short range (0.4 MB): faces within about 2 m; 6 landmarks",
-        default_side=320, retry_side=512, score_threshold=0.55),
+        default_side=320, retry_side=576, score_threshold=0.55),
 }
 NAMES = (HAAR, *DETECTORS)
 _warned: set[str] = set()
