@@ -6,6 +6,7 @@ Everything about preprocessing and levels comes from the model's own metadata.
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from edge_smw.faces import detect_faces
 from edge_smw.images import to_bgr
 from edge_smw.metadata import OUTPUT_FEATURE_MAP, OUTPUT_PROBABILITIES, ModelInfo, sidecar_path
 from edge_smw.runtime.backends import Runner, open_runner
+from edge_smw.threads import check_threads
 
 log = logging.getLogger("edge_smw.runtime")
 
@@ -74,6 +76,17 @@ class ScoreResult:
 def resolve_model_path(model: str | Path) -> Path:
     """An .onnx or .engine file, or an export folder (its int8 model first, then fp32)."""
     path = Path(model)
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise InputError(f"model path is too long for this system ({len(str(path))} "
+                             f"characters: {str(path)[:60]}...); use a shorter path") from None
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # missing: reported below
+            raise ModelError(f"model {path} cannot be read ({exc.strerror or exc})") from None
+    except ValueError:  # an embedded NUL byte
+        raise InputError(f"model path {str(path)!r} holds a NUL character; give a file "
+                         "path") from None
     if path.is_dir():
         for name in _FOLDER_CANDIDATES:
             if (path / name).is_file():
@@ -113,8 +126,7 @@ class Runtime:
     ) -> None:
         if not isinstance(backend, str):
             raise InputError(f"backend must be a name such as 'auto', got {backend!r}")
-        if threads is not None and (not isinstance(threads, Integral) or threads < 1):
-            raise InputError(f"threads must be a whole number >= 1 (or None), got {threads!r}")
+        threads = check_threads(threads)
         if not isinstance(max_faces, Integral) or max_faces < 1:
             raise InputError(f"max_faces must be a whole number >= 1, got {max_faces!r}")
         if not isinstance(device, Integral) or device < 0:
@@ -122,7 +134,6 @@ class Runtime:
         self.path = resolve_model_path(model_path)
         self.detect = detect_faces
         self.max_faces = int(max_faces)
-        threads = None if threads is None else int(threads)
         device = int(device)
         self._local = threading.local()
         # An engine's metadata is read first: a missing sidecar is reported even where
@@ -199,6 +210,11 @@ class Runtime:
     def closed(self) -> bool:
         return not self.runner.active
 
+    def _check_open(self) -> None:
+        """Every scoring call on a closed Runtime fails, even one that would find no face."""
+        if self.closed:
+            raise ModelError(f"this Runtime for {self.path} is closed; open a new one")
+
     def close(self) -> None:
         """Release the model and its device memory; idempotent."""
         runner = getattr(self, "runner", None)
@@ -222,6 +238,7 @@ class Runtime:
         With ``detect_faces=False`` the whole frame is one face (already-cropped photos).
         A frame without faces gives a result with no faces, not an error.
         """
+        self._check_open()
         t0 = time.perf_counter()
         image = to_bgr(frame, color)
         if self.detect:
@@ -240,12 +257,14 @@ class Runtime:
     def score_crop(self, crop: np.ndarray, *, color: str = "bgr",
                    feature_map: bool = False) -> FaceScore:
         """One already-cropped face, scored whole."""
+        self._check_open()
         faces, _, _ = self._score_crops([to_bgr(crop, color)], [None], feature_map)
         return faces[0]
 
     def score_batch(self, crops: Sequence[np.ndarray], *, color: str = "bgr",
                     feature_map: bool = False) -> list[FaceScore]:
         """Many crops in one inference call (split only where the model's batch limit says)."""
+        self._check_open()
         if isinstance(crops, np.ndarray):  # a stacked batch: N x H x W (x C)
             if crops.ndim == 4 or (crops.ndim == 3 and color == "gray"):
                 crops = list(crops)
@@ -269,6 +288,7 @@ class Runtime:
         Checked fully (dtype, shape, finite values) because nothing downstream would notice
         a NaN: the network would just return confident nonsense.
         """
+        self._check_open()
         size = self.contract.input_size
         want = f"float32 (N, 3, {size}, {size})"
         if not isinstance(inputs, np.ndarray):

@@ -7,7 +7,6 @@ CUDA); this runner checks which provider the session really got and reports a fa
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from edge_smw.cache import cache_root
 from edge_smw.errors import BackendUnavailableError, InputError, ModelError
 from edge_smw.metadata import INPUT_NAME
 from edge_smw.runtime.backends import Runner
+from edge_smw.threads import check_threads, usable_cores
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -50,8 +50,7 @@ class OnnxRuntimeRunner(Runner):
         if provider not in PROVIDERS:
             raise InputError(f"unknown onnxruntime provider {provider!r}; choose one of "
                              f"{sorted(PROVIDERS)}")
-        if threads is not None and int(threads) < 1:
-            raise InputError(f"threads must be >= 1 (or None for all cores), got {threads}")
+        threads = check_threads(threads)  # bench and calibration come here directly
         self.provider = provider
         self.name = f"onnxruntime-{provider}"
         self.device = int(device)
@@ -97,7 +96,7 @@ class OnnxRuntimeRunner(Runner):
 
     def _options(self, ort: Any) -> Any:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(self.threads or os.cpu_count() or 1)
+        options.intra_op_num_threads = int(self.threads or usable_cores())
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
