@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from edge_smw.atomic import sweep_temp_files
 from edge_smw.contract import PreprocessContract
 from edge_smw.data.datasets import parse_levels
 from edge_smw.errors import EdgeSmwError, ImageReadError, InputError
@@ -88,6 +89,8 @@ class LabelSession:
                              "reads path,score CSVs)")
         self.runtime: Runtime | None = None
         self._lock = CsvOwnerLock(self.labels_csv).acquire()
+        # The CSV is ours now: temporary copies of it left by a crash can go.
+        sweep_temp_files(self.labels_csv.parent, lambda name: name == self.labels_csv.name)
         try:
             self._open(levels, model, backend, progress)
         except BaseException:
@@ -207,6 +210,20 @@ def _host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def _same_origin(origin: str, host: str) -> bool:
+    """``Origin`` names this server: http, a loopback name, and the port we answer on."""
+    scheme, _, netloc = origin.strip().lower().partition("://")
+    if scheme != "http" or _host_name(netloc) not in _LOOPBACK_NAMES:
+        return False
+    return _port(netloc) == _port(host.lower())
+
+
+def _port(netloc: str) -> str:
+    """The explicit port of ``host[:port]`` ("80" when there is none: plain http)."""
+    tail = netloc.rsplit("]", 1)[-1] if netloc.startswith("[") else netloc
+    return tail.rsplit(":", 1)[1] if ":" in tail else "80"
+
+
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Loopback Host only; the token for the API; JSON from our own origin for changes."""
@@ -220,7 +237,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                                     "`edge-smw label` printed")
         if request.method == "POST":
             origin = request.headers.get("Origin")
-            if origin and _host_name(origin.split("://", 1)[-1]).lower() not in _LOOPBACK_NAMES:
+            if origin and not _same_origin(origin, request.host or ""):
                 return _json_error(403, "changes are accepted only from the labelling page")
             if request.content_type != "application/json":
                 return _json_error(415, "send changes as application/json")
