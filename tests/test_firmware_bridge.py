@@ -33,6 +33,7 @@ from edge_smw.bridge import (
 )
 from edge_smw.errors import InputError
 from edge_smw.images import read_image
+from tests.skips import skip_for_machine
 
 REPO = Path(__file__).resolve().parents[1]
 BRIDGE = REPO / "firmware_bridge"
@@ -286,7 +287,8 @@ def test_example_detected_face_equals_runtime(build: Path, smiles_onnx: Path,
                                               smiles_test_items, tmp_path: Path) -> None:
     from edge_smw import Runtime
 
-    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1) as runtime:
+    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1,
+                 detect_faces=True) as runtime:  # as the C ABI's default
         for item in smiles_test_items[:30]:
             frame = paste_face(read_image(item.path))
             stride = padded_stride(320, "yuyv")
@@ -359,7 +361,7 @@ def test_bad_arguments_return_errors(build: Path, smiles_onnx: Path) -> None:
     assert "even width" in cases["score_odd_width_yuyv"][1]
     assert "stride 191" in cases["score_stride_too_small"][1]
     assert "unknown backend" in cases["open_unknown_backend"][1]
-    from edge_smw.threads import max_threads
+    from edge_smw.artifacts.sessions import max_threads
 
     assert f"threads <= {max_threads()}" in cases["open_threads_over_cap"][1]
     assert "PATH_MAX" in cases["open_path_too_long"][1]
@@ -368,7 +370,7 @@ def test_bad_arguments_return_errors(build: Path, smiles_onnx: Path) -> None:
 
 def test_thread_cap_is_the_same_in_c_and_python() -> None:
     """One rule in two languages: the header's constant must equal the Python one."""
-    from edge_smw.threads import MAX_THREADS_PER_CORE
+    from edge_smw.artifacts.sessions import MAX_THREADS_PER_CORE
 
     header = (BRIDGE / "include" / "edge_smw.h").read_text()
     match = re.search(r"#define EDGE_SMW_MAX_THREADS_PER_CORE (\d+)", header)
@@ -386,11 +388,11 @@ def test_corrupt_model_is_a_model_error(build: Path, tmp_path: Path) -> None:
 def test_package_not_found_is_an_error(build: Path, smiles_onnx: Path, tmp_path: Path) -> None:
     base = getattr(sys, "_base_executable", None)
     if not base or sys.prefix == sys.base_prefix:
-        pytest.skip("tests do not run in a venv, so there is no Python without edge_smw")
+        skip_for_machine("tests do not run in a venv, so there is no Python without edge_smw")
     probe = subprocess.run([base, "-c", "import edge_smw"], capture_output=True,
                            env=bridge_env(), check=False, cwd=tmp_path)
     if probe.returncode == 0:
-        pytest.skip(f"edge_smw is importable by the base Python {base} too")
+        skip_for_machine(f"edge_smw is importable by the base Python {base} too")
     status, text = abi_check(build, "open", smiles_onnx, EDGE_SMW_PYTHON=base)["open"]
     assert status == "ESMW_ERR_PACKAGE"
     assert "No module named 'edge_smw'" in text and base in text
@@ -413,7 +415,7 @@ def test_python_path_option_finds_the_package(build: Path, smiles_onnx: Path) ->
     """A bare Python plus EDGE_SMW_PYTHONPATH (the package and its site-packages) works."""
     base = getattr(sys, "_base_executable", None)
     if not base or sys.prefix == sys.base_prefix:
-        pytest.skip("tests do not run in a venv")
+        skip_for_machine("tests do not run in a venv")
     site = sysconfig.get_paths()["purelib"]
     cases = abi_check(build, "open", smiles_onnx, EDGE_SMW_PYTHON=base,
                       EDGE_SMW_PYTHONPATH=f"{REPO}:{site}")

@@ -18,13 +18,15 @@ import pytest
 from edge_smw.errors import BackendUnavailableError, InputError, ModelError
 from edge_smw.runtime import FaceScore, Runtime, ScoreResult
 from tests.runtime_helpers import crops_by_level, detectable_frames, gradient
+from tests.skips import skip_for_machine
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def runtime(smiles_onnx: Path):
-    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1) as rt:
+    """The crop-trained model, asked to find faces in frames (as a camera build would)."""
+    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1, detect_faces=True) as rt:
         yield rt
 
 
@@ -66,18 +68,10 @@ def test_fp32_parity_with_torch(smiles_run: Path, smiles_onnx: Path, crops) -> N
         assert face.level_name == rt.levels[face.level]
 
 
-def test_int8_parity_with_torch(request, smiles_run: Path, smiles_test_items) -> None:
-    """INT8 through the runtime keeps top-1 agreement >= 98% with torch (the export gate).
-
-    Runs where the export issue's INT8 quantizer and its ``smiles_int8`` fixture exist."""
-    if not (REPO / "edge_smw" / "export" / "quantize.py").is_file():
-        pytest.skip("INT8 export (edge_smw/export/quantize.py) is not built yet; its parity "
-                    "is owned by the export issue")
-    try:
-        int8_model = request.getfixturevalue("smiles_int8")
-    except pytest.FixtureLookupError:
-        pytest.skip("no smiles_int8 fixture (the INT8 export of smiles_run) in conftest")
+def test_int8_parity_with_torch(smiles_int8: Path, smiles_run: Path, smiles_test_items) -> None:
+    """INT8 through the runtime picks torch's level on held-out real crops."""
     torch = pytest.importorskip("torch")
+    int8_model = smiles_int8
     from edge_smw.train.checkpoint import load_checkpoint
 
     crops = crops_by_level(smiles_test_items, 50)
@@ -124,6 +118,13 @@ def test_score_finds_faces_in_frames_and_none_in_a_gradient(runtime: Runtime,
     np.testing.assert_array_equal(rgb.faces[0].probabilities, face.probabilities)
     gray = face_frames[0][..., 0]
     assert len(runtime.score(gray, color="gray").faces) >= 1
+
+
+def test_detection_defaults_to_how_the_model_was_trained(smiles_onnx: Path, crops) -> None:
+    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1) as rt:
+        assert rt.info.detect is False and rt.detect is False  # trained on face crops
+        result = rt.score(crops[0])  # a 64x64 crop Haar cannot find a face in
+    assert len(result.faces) == 1 and result.faces[0].box == (0, 0, 64, 64)
 
 
 def test_no_detect_scores_the_whole_frame(smiles_onnx: Path, crops) -> None:
@@ -252,15 +253,25 @@ def test_missing_gpu_providers_are_backend_unavailable(smiles_onnx: Path, caplog
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        pytest.skip("this onnxruntime has the CUDA provider; covered on GPU machines")
+        skip_for_machine("this onnxruntime has the CUDA provider; covered on GPU machines")
     with pytest.raises(BackendUnavailableError, match="onnxruntime-gpu"):
         Runtime(smiles_onnx, backend="onnxruntime-cuda")
     with pytest.raises(BackendUnavailableError, match="onnxruntime-gpu"):
         Runtime(smiles_onnx, backend="onnxruntime-tensorrt")
+    from edge_smw.runtime import runtime as runtime_module
+
+    runtime_module._CHOICES_LOGGED.clear()
     caplog.set_level("INFO", logger="edge_smw.runtime")
-    with Runtime(smiles_onnx, threads=1, warmup=False) as rt:  # auto falls back, and says why
+    with Runtime(smiles_onnx, threads=1, warmup=False) as rt:  # auto falls back quietly...
         assert rt.backend == "onnxruntime-cpu"
-    assert "TensorrtExecutionProvider" in caplog.text and "auto -> onnxruntime-cpu" in caplog.text
+    assert "auto ->" not in caplog.text
+    runtime_module._CHOICES_LOGGED.clear()
+    caplog.set_level("DEBUG", logger="edge_smw.runtime")
+    for _ in range(3):  # ...and says why once per process, at DEBUG (-v)
+        with Runtime(smiles_onnx, threads=1, warmup=False):
+            pass
+    assert caplog.text.count("auto -> onnxruntime-cpu") == 1
+    assert "TensorrtExecutionProvider" in caplog.text
 
 
 # -- bad model files ----------------------------------------------------------------------
@@ -369,7 +380,7 @@ with contextlib.redirect_stdout(io.StringIO()) as cli_out:
     code = main(["score", model, crop_path, "--no-detect", "--json", "--threads", "1"])
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "timm"))
 print(json.dumps({"result": result.to_dict(), "heavy": heavy, "code": code,
-                  "cli": json.loads(cli_out.getvalue())}))
+                  "cli": [json.loads(line) for line in cli_out.getvalue().splitlines()]}))
 """
 
 
@@ -382,7 +393,7 @@ def test_runtime_and_cli_run_where_torch_cannot_be_imported(smiles_onnx: Path,
     out = json.loads(proc.stdout)
     assert out["heavy"] == [] and out["code"] == 0
     assert len(out["result"]["faces"]) == 1
-    assert out["cli"][0]["faces"][0]["probabilities"] == out["result"]["faces"][0]["probabilities"]
+    assert out["cli"][0]["probabilities"] == out["result"]["faces"][0]["probabilities"]
 
 
 def test_importing_edge_smw_imports_no_torch() -> None:

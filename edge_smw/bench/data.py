@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_smw.artifacts.folders import RunDir
 from edge_smw.contract import PreprocessContract
 from edge_smw.data.crops import SkipReport, load_crop
-from edge_smw.data.datasets import LabelledImage, SplitManifest
+from edge_smw.data.datasets import LabelledImage, SplitManifest, stratified_indices
 from edge_smw.errors import DataError
 
 
@@ -40,19 +41,8 @@ class BenchData:
 
 
 def stratified_sample(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
-    """Indices of at most ``limit`` items, levels in proportion (each level at least one)."""
-    n = len(labels)
-    if limit <= 0 or limit >= n:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    levels = np.unique(labels)
-    chosen: list[np.ndarray] = []
-    for level in levels:
-        idx = np.flatnonzero(labels == level)
-        take = max(1, int(round(limit * len(idx) / n)))
-        chosen.append(rng.permutation(idx)[:take])
-    out = np.sort(np.concatenate(chosen))
-    return out[:limit] if len(out) > limit else out
+    """Indices of about ``limit`` items, levels in proportion (each level at least one)."""
+    return np.asarray(stratified_indices(labels, limit, seed), dtype=np.int64)
 
 
 def _resolve(path: Path, run_dir: Path | None) -> Path:
@@ -73,7 +63,7 @@ def load_items(items: list[LabelledImage], contract: PreprocessContract, *, dete
     if labels.max() >= contract.num_levels:
         raise DataError(f"{source} has level index {labels.max()} but the model has "
                         f"{contract.num_levels} levels {list(contract.levels)}")
-    keep = stratified_sample(labels, limit, seed)
+    keep = stratified_indices(labels, limit, seed, keys=[str(i.path) for i in items])
     report = SkipReport()
     pixels, kept_labels, paths = [], [], []
     for i in keep:
@@ -84,6 +74,10 @@ def load_items(items: list[LabelledImage], contract: PreprocessContract, *, dete
         pixels.append(crop)
         kept_labels.append(items[i].level)
         paths.append(str(path))
+    if detect:
+        from edge_smw.predict import check_faces_found
+
+        check_faces_found(len(keep), len(report.no_face))
     if not pixels:
         missing = report.unreadable[0] if report.unreadable else ("?", "no face found")
         raise DataError(f"{source}: none of {len(keep)} images could be used (first: "
@@ -95,18 +89,21 @@ def load_items(items: list[LabelledImage], contract: PreprocessContract, *, dete
 
 def load_bench_data(spec: str | None, contract: PreprocessContract, *,
                     run_dir: Path | None, trained_detect: bool, limit: int,
-                    seed: int = 0) -> BenchData:
-    """``--data`` (folder, CSV, ``synthetic``, ``smiles``) or, by default, the run's test split."""
+                    seed: int = 0, detect: bool | None = None) -> BenchData:
+    """``--data`` (folder, CSV, ``synthetic``, ``smiles``) or, by default, the run's test split;
+    faces are found as the model was trained unless ``detect`` says otherwise."""
     if spec is None:
-        if run_dir is None or not (run_dir / "split.json").is_file():
+        split = RunDir(run_dir).find_split() if run_dir is not None else None
+        if split is None:
             raise DataError("no labelled data: pass --data DIR|synthetic|smiles (the default, "
                             "the run's test split, needs the run folder with split.json)")
-        manifest = SplitManifest.load(run_dir / "split.json")
+        manifest = SplitManifest.load(split)
         if tuple(manifest.levels) != contract.levels:
-            raise DataError(f"{run_dir / 'split.json'} has levels {list(manifest.levels)}, the "
+            raise DataError(f"{split} has levels {list(manifest.levels)}, the "
                             f"model {list(contract.levels)}")
-        return load_items(manifest.items("test"), contract, detect=trained_detect,
-                          source=f"{run_dir / 'split.json'} (test split)", limit=limit,
+        return load_items(manifest.items("test"), contract,
+                          detect=trained_detect if detect is None else detect,
+                          source=f"{split} (test split)", limit=limit,
                           run_dir=run_dir, seed=seed)
     from edge_smw.data.sources import resolve_data
 
@@ -114,5 +111,5 @@ def load_bench_data(spec: str | None, contract: PreprocessContract, *,
     if tuple(data.dataset.levels) != contract.levels:
         raise DataError(f"--data {spec} has levels {list(data.dataset.levels)}, the model "
                         f"{list(contract.levels)}")
-    return load_items(data.dataset.items, contract, detect=not data.precropped, source=spec,
-                      limit=limit, seed=seed)
+    return load_items(data.dataset.items, contract, detect=data.detect_for(trained_detect, detect),
+                      source=spec, limit=limit, seed=seed)

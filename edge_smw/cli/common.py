@@ -9,9 +9,19 @@ from typing import Any
 
 
 def add_no_detect(parser: argparse.ArgumentParser) -> None:
+    """``train``: the data's images are already face crops (the model then scores crops)."""
     parser.add_argument(
         "--no-detect", action="store_true",
-        help="images are already face crops: score them whole, no face detection",
+        help="images are already face crops: train on them whole, no face detection",
+    )
+
+
+def add_detect(parser: argparse.ArgumentParser) -> None:
+    """Commands that run a trained model: find faces or not, by default as it was trained."""
+    parser.add_argument(
+        "--detect", action=argparse.BooleanOptionalAction, default=None,
+        help="find faces in the images (--detect) or score them whole as face crops "
+             "(--no-detect); default: what the model was trained on",
     )
 
 
@@ -22,12 +32,3 @@ def add_json(parser: argparse.ArgumentParser) -> None:
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
-
-
-def table(rows: list[list[Any]], header: list[str]) -> str:
-    """A short plain-text table for humans."""
-    cells = [header] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

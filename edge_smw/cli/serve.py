@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edge_smw.cli.common import add_detect
+
 HELP = "run a camera service: live scoring, web view, auto-capture of best shots, metrics"
 EXAMPLES = """
   edge-smw serve --model export/ --camera /dev/video0
@@ -38,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="auto, onnxruntime-cpu, onnxruntime-cuda, onnxruntime-tensorrt, "
                           "tensorrt")
     run.add_argument("--threads", type=int, help="CPU threads for inference")
+    add_detect(run)
     run.add_argument("--max-faces", type=int, default=5, help="faces scored per frame")
     run.add_argument("--smooth", default="ema", choices=["ema", "window", "none"],
                      help="per-face temporal smoothing of the score (default ema)")
@@ -86,13 +89,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from edge_smw.artifacts.sessions import check_threads
     from edge_smw.errors import InputError
     from edge_smw.serve.app import load_token, run_service
     from edge_smw.serve.capture import CaptureOptions
     from edge_smw.serve.scoring import SmoothingOptions
     from edge_smw.serve.service import ServeOptions, Service
     from edge_smw.serve.sources import parse_source
-    from edge_smw.threads import check_threads
 
     # Every setting is checked before the model is loaded: one line, no traceback.
     if not 0 <= args.port <= 65535:
@@ -113,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     options = ServeOptions(
         model=Path(args.model), camera=args.camera, width=args.width, height=args.height,
         fps=args.fps, loop=args.loop, backend=args.backend, threads=args.threads,
-        max_faces=args.max_faces, smoothing=smoothing, wait_for_camera=args.wait_for_camera,
+        detect=args.detect, max_faces=args.max_faces, smoothing=smoothing,
+        wait_for_camera=args.wait_for_camera,
         stream_max_side=args.stream_max_side,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
     )

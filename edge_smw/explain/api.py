@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_smw.artifacts.folders import is_exported_model
 from edge_smw.errors import InputError
 from edge_smw.explain import METHODS
 from edge_smw.explain.cam_numpy import HeatMap, runtime_cam
 from edge_smw.explain.inputs import load_crops, resolve_level, unique_stems
 from edge_smw.explain.render import Image, heatmap_figure, probabilities_line, write_index
 
-EXPORTED_SUFFIXES = (".onnx", ".engine", ".plan")
 _CHUNK = 16
 
 
@@ -41,15 +41,6 @@ class ExplainReport:
         }
 
 
-def is_exported_model(model: str | Path) -> bool:
-    """An .onnx/.engine file, or a folder holding one but no training checkpoint."""
-    path = Path(model)
-    if path.is_dir():
-        return not (path / "checkpoint.pt").is_file() and any(
-            p.suffix in EXPORTED_SUFFIXES for p in path.iterdir())
-    return path.suffix in EXPORTED_SUFFIXES
-
-
 def explain_images(
     model: str | Path,
     inputs: Sequence[str | Path],
@@ -57,10 +48,11 @@ def explain_images(
     out: str | Path,
     method: str | None = None,
     level: str | int | None = None,
-    detect: bool = True,
+    detect: bool | None = None,
     backend: str = "auto",
 ) -> ExplainReport:
-    """Heat maps for every face in ``inputs`` (files or folders); ``level`` None = predicted."""
+    """Heat maps for every face in ``inputs`` (files or folders); ``level`` None = predicted;
+    ``detect`` None finds faces only if the model was trained on detected faces."""
     exported = is_exported_model(model)
     method = method or ("cam" if exported else "saliency")
     if method not in METHODS:
@@ -91,13 +83,17 @@ def explain_images(
     return ExplainReport(str(model), method, heatmaps, figures, index, skipped)
 
 
+Explained = tuple[list[HeatMap], list[tuple[str, str]]]  # heat maps, (skipped path, reason)
+
+
 def _explain_exported(model: str | Path, inputs: Sequence[str | Path], level: str | int | None,
-                      detect: bool, backend: str) -> tuple[list[HeatMap], list[tuple[str, str]]]:
+                      detect: bool | None, backend: str) -> Explained:
     from edge_smw.runtime import Runtime
 
     with Runtime(model, backend=backend, detect_faces=False, warmup=False) as runtime:
         chosen = resolve_level(level, runtime.levels)
-        batch = load_crops(inputs, runtime.contract, detect=detect)
+        batch = load_crops(inputs, runtime.contract,
+                           detect=runtime.info.detect if detect is None else detect)
         heatmaps: list[HeatMap] = []
         for start in range(0, len(batch.crops), _CHUNK):
             part = batch.crops[start : start + _CHUNK]
@@ -108,13 +104,14 @@ def _explain_exported(model: str | Path, inputs: Sequence[str | Path], level: st
 
 def _explain_checkpoint(model: str | Path, inputs: Sequence[str | Path], method: str,
                         level: str | int | None,
-                        detect: bool) -> tuple[list[HeatMap], list[tuple[str, str]]]:
+                        detect: bool | None) -> Explained:
     from edge_smw.explain.methods import build_method
     from edge_smw.train.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(model)
     chosen = resolve_level(level, checkpoint.levels)
-    batch = load_crops(inputs, checkpoint.contract, detect=detect)
+    batch = load_crops(inputs, checkpoint.contract,
+                       detect=checkpoint.detect if detect is None else detect)
     explainer = build_method(method, checkpoint.build_model(), checkpoint.contract)
     heatmaps = explainer.explain_crops([c.crop_bgr for c in batch.crops], level=chosen,
                                        names=[str(c.path) for c in batch.crops])

@@ -6,7 +6,6 @@ Everything about preprocessing and levels comes from the model's own metadata.
 
 from __future__ import annotations
 
-import errno
 import logging
 import threading
 import time
@@ -18,20 +17,22 @@ from typing import Any
 
 import numpy as np
 
+from edge_smw.artifacts.folders import is_onnx, resolve_model_path
+from edge_smw.artifacts.formats import ENGINE_BACKENDS
+from edge_smw.artifacts.sessions import check_threads
 from edge_smw.contract import Box
 from edge_smw.errors import BackendUnavailableError, InputError, ModelError
 from edge_smw.faces import detect_faces
 from edge_smw.images import to_bgr
 from edge_smw.metadata import OUTPUT_FEATURE_MAP, OUTPUT_PROBABILITIES, ModelInfo, sidecar_path
 from edge_smw.runtime.backends import Runner, open_runner
-from edge_smw.threads import check_threads
 
 log = logging.getLogger("edge_smw.runtime")
 
 # Preference order for backend="auto", fastest first.
 _AUTO_ORDER = ("onnxruntime-tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
-# What an export folder offers, most deployable first.
-_FOLDER_CANDIDATES = ("model.int8.onnx", "model.onnx", "model.fp16.onnx")
+
+__all__ = ["FaceScore", "Runtime", "ScoreResult", "resolve_model_path"]
 
 
 @dataclass
@@ -73,32 +74,22 @@ class ScoreResult:
         }
 
 
-def resolve_model_path(model: str | Path) -> Path:
-    """An .onnx or .engine file, or an export folder (its int8 model first, then fp32)."""
-    path = Path(model)
-    try:
-        path.stat()
-    except OSError as exc:
-        if exc.errno == errno.ENAMETOOLONG:
-            raise InputError(f"model path is too long for this system ({len(str(path))} "
-                             f"characters: {str(path)[:60]}...); use a shorter path") from None
-        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # missing: reported below
-            raise ModelError(f"model {path} cannot be read ({exc.strerror or exc})") from None
-    except ValueError:  # an embedded NUL byte
-        raise InputError(f"model path {str(path)!r} holds a NUL character; give a file "
-                         "path") from None
-    if path.is_dir():
-        for name in _FOLDER_CANDIDATES:
-            if (path / name).is_file():
-                return path / name
-        raise ModelError(f"{path} holds no exported model ({', '.join(_FOLDER_CANDIDATES)}); "
-                         "run `edge-smw export RUN_DIR --out DIR` first")
-    if not path.is_file():
-        raise ModelError(f"model {path} not found")
-    if path.suffix not in (".onnx", ".engine", ".plan"):
-        raise ModelError(f"{path}: expected an .onnx or .engine model (or an export folder); a "
-                         "training checkpoint must be exported first with `edge-smw export`")
-    return path
+_CHOICES_LOGGED: set[tuple[str, ...]] = set()
+
+
+def _log_choice_once(chosen: str, reasons: list[str]) -> None:
+    """``auto``'s choice, and why faster backends were passed over, once per process and at
+    DEBUG (-v): a CPU machine has no GPU provider every time a Runtime opens, which is no
+    news; a user who asks for a backend by name gets its error instead."""
+    key = (chosen, *reasons)
+    if key in _CHOICES_LOGGED:
+        return
+    _CHOICES_LOGGED.add(key)
+    if reasons:
+        log.debug("backend auto -> %s (faster ones unavailable: %s)", chosen,
+                  " | ".join(reasons))
+    else:
+        log.debug("backend auto -> %s", chosen)
 
 
 class Runtime:
@@ -106,6 +97,8 @@ class Runtime:
 
     ``backend``: ``onnxruntime-cpu``, ``onnxruntime-cuda``, ``onnxruntime-tensorrt``,
     ``tensorrt`` or ``auto`` (fastest available; the choice and why is logged).
+    ``detect_faces``: find faces in each frame (True) or score the whole frame as one face
+    crop (False); None, the default, does what the model was trained on.
     ``backend_options`` go to the backend (onnxruntime: ``trt_fp16``, ``trt_int8``,
     ``trt_cache_dir``, ``trt_workspace_bytes``; tensorrt: ``profile``).
     One instance may be shared by threads: input buffers are per thread, the backends are
@@ -119,7 +112,7 @@ class Runtime:
         backend: str = "auto",
         device: int = 0,
         threads: int | None = None,
-        detect_faces: bool = True,
+        detect_faces: bool | None = None,
         max_faces: int = 5,
         warmup: bool = True,
         backend_options: dict[str, Any] | None = None,
@@ -132,17 +125,18 @@ class Runtime:
         if not isinstance(device, Integral) or device < 0:
             raise InputError(f"device must be a GPU index >= 0, got {device!r}")
         self.path = resolve_model_path(model_path)
-        self.detect = detect_faces
         self.max_faces = int(max_faces)
         device = int(device)
         self._local = threading.local()
         # An engine's metadata is read first: a missing sidecar is reported even where
         # TensorRT itself is not installed.
-        sidecar = None if self.path.suffix == ".onnx" else ModelInfo.from_sidecar(
+        sidecar = None if is_onnx(self.path) else ModelInfo.from_sidecar(
             sidecar_path(self.path))
         self.runner = self._open(backend, device, threads, backend_options or {})
         try:
             self.info = sidecar or ModelInfo.from_props(self.runner.metadata(), source=self.path)
+            # None: as the model was trained (on detected faces, or on whole face crops).
+            self.detect = self.info.detect if detect_faces is None else bool(detect_faces)
             self.contract = self.info.contract
             self.levels = self.contract.levels
             self._scores = np.arange(1, len(self.levels) + 1, dtype=np.float64)
@@ -163,7 +157,7 @@ class Runtime:
             runner.activate()
             log.debug("backend %s for %s", backend, self.path)
             return runner
-        candidates = ("tensorrt",) if self.path.suffix != ".onnx" else _AUTO_ORDER
+        candidates = ENGINE_BACKENDS if not is_onnx(self.path) else _AUTO_ORDER
         reasons = []
         for name in candidates:
             try:
@@ -173,12 +167,7 @@ class Runtime:
             except BackendUnavailableError as exc:
                 reasons.append(f"{name}: {exc}")
                 continue
-            if reasons:  # the first clause of each reason; the whole of it with -v
-                log.info("backend auto -> %s (faster ones unavailable: %s)", name,
-                         "; ".join(r.split(";")[0] for r in reasons))
-                log.debug("backend auto: %s", " | ".join(reasons))
-            else:
-                log.info("backend auto -> %s", name)
+            _log_choice_once(name, reasons)
             return runner
         raise BackendUnavailableError("no backend can run " + str(self.path) + ": "
                                       + "; ".join(reasons))

@@ -58,6 +58,7 @@ class ServeOptions:
     loop: bool = False
     backend: str = "auto"
     threads: int | None = None
+    detect: bool | None = None  # find faces in frames; None: as the model was trained
     max_faces: int = 5
     smoothing: SmoothingOptions = field(default_factory=SmoothingOptions)
     captures: CaptureOptions | None = None
@@ -149,7 +150,8 @@ class Service:
                                              height=options.height, fps=options.fps,
                                              loop=options.loop)
         self.runtime = runtime or Runtime(options.model, backend=options.backend,
-                                          threads=options.threads, max_faces=options.max_faces)
+                                          threads=options.threads, detect_faces=options.detect,
+                                          max_faces=options.max_faces)
         self.levels = self.runtime.levels
         self.model_info = {
             "file": self.runtime.path.name,

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from tests.serve_support import get_footage
+from tests.skips import skip_for_machine
 
 
 def footage_fixture(smiles_dir, smiles_onnx, tmp_path_factory):
@@ -79,13 +79,13 @@ def tmpfs(path: Path, size: str = "64m") -> Iterator[Tmpfs]:
     """Mount a tmpfs of ``size`` at ``path`` (skip the test when that is not possible);
     always unmounted at the end, read-write first so nothing keeps it busy."""
     reason = _why_no_mount()
-    if reason:
-        pytest.skip(reason)
+    if reason:  # a machine without root (or a container without CAP_SYS_ADMIN)
+        skip_for_machine(reason)
     path.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
                            str(path)], capture_output=True, text=True, check=False, timeout=30)
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        skip_for_machine(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
     fs = Tmpfs(path, size)
     try:
         yield fs

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.faults
 
 
 def test_runtime_threads_beyond_the_usable_cores_are_refused(smiles_onnx):
-    from edge_smw.threads import max_threads, usable_cores
+    from edge_smw.artifacts.sessions import max_threads, usable_cores
 
     cap = max_threads()
     # the first one alone is safe to try on a runtime without the check; the rest are the
@@ -45,7 +45,7 @@ def test_absurd_model_paths_are_input_errors(path):
 
 
 def test_bad_colour_and_a_closed_runtime(smiles_onnx):
-    rt = Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1)
+    rt = Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1, detect_faces=True)
     frame = np.zeros((120, 160, 3), np.uint8)  # no face in it
     for color in (None, 3, b"bgr", "hsv"):
         with pytest.raises(InputError, match="color"):
