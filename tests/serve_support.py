@@ -110,11 +110,8 @@ class ServeProcess:
     def __init__(self, args: Sequence[str], *, env: dict[str, str] | None = None,
                  start_timeout: float = 90) -> None:
         args = [str(a) for a in args]
-        # Camera frames hold faces to find: the crop-trained test model would otherwise
-        # score every frame whole (detection follows the model by default).
-        detect = [] if {"--detect", "--no-detect"} & set(args) else ["--detect"]
         cmd = [sys.executable, "-m", "edge_smw.cli.main", "serve", "--host", "127.0.0.1",
-               "--port", "0", *detect, *args]
+               "--port", "0", *args]
         full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         full_env.update(env or {})
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE,

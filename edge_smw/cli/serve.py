@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from edge_smw.cli.common import add_detect
-
 HELP = "run a camera service: live scoring, web view, auto-capture of best shots, metrics"
 EXAMPLES = """
   edge-smw serve --model export/ --camera /dev/video0
@@ -40,7 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="auto, onnxruntime-cpu, onnxruntime-cuda, onnxruntime-tensorrt, "
                           "tensorrt")
     run.add_argument("--threads", type=int, help="CPU threads for inference")
-    add_detect(run)
+    run.add_argument("--detect", action=argparse.BooleanOptionalAction, default=True,
+                     help="find faces in each frame (default), or score each frame whole as "
+                          "one face crop (--no-detect: a camera framed on one face)")
     run.add_argument("--max-faces", type=int, default=5, help="faces scored per frame")
     run.add_argument("--smooth", default="ema", choices=["ema", "window", "none"],
                      help="per-face temporal smoothing of the score (default ema)")

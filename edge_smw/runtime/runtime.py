@@ -97,8 +97,9 @@ class Runtime:
 
     ``backend``: ``onnxruntime-cpu``, ``onnxruntime-cuda``, ``onnxruntime-tensorrt``,
     ``tensorrt`` or ``auto`` (fastest available; the choice and why is logged).
-    ``detect_faces``: find faces in each frame (True) or score the whole frame as one face
-    crop (False); None, the default, does what the model was trained on.
+    ``detect_faces``: find faces in each frame (True, the default: camera frames hold faces
+    to find) or score the whole frame as one face crop (False); None does what the model was
+    trained on (files that may be face crops already: ``score``, ``evaluate``).
     ``backend_options`` go to the backend (onnxruntime: ``trt_fp16``, ``trt_int8``,
     ``trt_cache_dir``, ``trt_workspace_bytes``; tensorrt: ``profile``).
     One instance may be shared by threads: input buffers are per thread, the backends are
@@ -112,7 +113,7 @@ class Runtime:
         backend: str = "auto",
         device: int = 0,
         threads: int | None = None,
-        detect_faces: bool | None = None,
+        detect_faces: bool | None = True,
         max_faces: int = 5,
         warmup: bool = True,
         backend_options: dict[str, Any] | None = None,

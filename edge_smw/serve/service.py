@@ -58,7 +58,7 @@ class ServeOptions:
     loop: bool = False
     backend: str = "auto"
     threads: int | None = None
-    detect: bool | None = None  # find faces in frames; None: as the model was trained
+    detect: bool = True  # find faces in frames; False: each frame is one face crop
     max_faces: int = 5
     smoothing: SmoothingOptions = field(default_factory=SmoothingOptions)
     captures: CaptureOptions | None = None
