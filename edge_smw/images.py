@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -43,15 +44,35 @@ def read_image(path: str | os.PathLike[str], *, max_side: int = MAX_SIDE) -> np.
         raise ImageReadError(path, "is a folder, not an image")
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
+    return _decode(path, path, max_side)
+
+
+def decode_image_bytes(
+    data: bytes, *, name: str = "upload", max_side: int = MAX_SIDE
+) -> np.ndarray:
+    """Decode an in-memory image (an upload, an object-store file) by ``read_image``'s rules.
+
+    The same decoder and the same reasons as ``read_image``, so a photo read from bytes
+    scores exactly as the same photo read from disk.
+    """
+    import io
+
+    if not data:
+        raise ImageReadError(name, "empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_side)
+
+
+def _decode(source: Path | BinaryIO, name: object, max_side: int) -> np.ndarray:
+    """Pillow decode -> EXIF upright -> 8-bit BGR, never exhausting memory; errors name ``name``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 if img.width * img.height > MAX_PIXELS:
                     img.draft("RGB", (max_side, max_side))  # JPEG decodes at 1/2..1/8 scale
                     if img.width * img.height > MAX_PIXELS:
                         raise ImageReadError(
-                            path,
+                            name,
                             f"too large ({img.width}x{img.height} pixels, limit {MAX_PIXELS}); "
                             "downscale it first",
                         )
@@ -61,36 +82,9 @@ def read_image(path: str | os.PathLike[str], *, max_side: int = MAX_SIDE) -> np.
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        raise ImageReadError(path, "not an image file Pillow can decode") from None
+        raise ImageReadError(name, "not an image file Pillow can decode") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageReadError(path, "too large to decode safely; downscale it first") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(path, f"truncated or corrupt image ({exc})") from None
-    return _limit_side(array, max_side)
-
-
-def decode_image_bytes(
-    data: bytes, *, name: str = "upload", max_side: int = MAX_SIDE
-) -> np.ndarray:
-    """Decode an in-memory image (an upload) with the same rules as ``read_image``."""
-    import io
-
-    if not data:
-        raise ImageReadError(name, "empty upload (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise ImageReadError(name, f"too large ({img.width}x{img.height} pixels)")
-                img.load()
-                array = _to_bgr8(ImageOps.exif_transpose(img))
-    except ImageReadError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageReadError(name, "not an image Pillow can decode") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageReadError(name, "too large to decode safely") from None
+        raise ImageReadError(name, "too large to decode safely; downscale it first") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(name, f"truncated or corrupt image ({exc})") from None
     return _limit_side(array, max_side)
