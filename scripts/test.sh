@@ -3,7 +3,7 @@
 # Fails when a test fails and when no test ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh train,serve,dev
+scripts/setup.sh train,serve,ray,dev
 scripts/install-test-deps.sh || echo "warning: Chromium could not be installed; browser tests will skip" >&2
 .venv/bin/ruff check .
 set +e
