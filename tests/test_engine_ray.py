@@ -292,3 +292,50 @@ def test_a_worker_that_dies_is_replaced_and_its_batch_retried(ray_local, smiles_
     assert marker.exists()  # it did die
     assert summary.scored == len(files) and summary.faces == len(files)
     _assert_same_as_inprocess(out, _inprocess(smiles_onnx, files, detect=False), smiles_onnx)
+
+
+def test_training_features_on_ray_fill_the_cache_as_inprocess(ray_local, smiles_dir: Path,
+                                                              monkeypatch, tmp_path: Path):
+    """Features computed by Ray actors are what the in-process pass computes, and training
+    then reads them from the cache without computing any."""
+    import shutil
+
+    from edge_smw.data.datasets import LabelledImage
+    from edge_smw.engines.ray import warm_feature_cache
+    from edge_smw.train.backbones import DEFAULT_BACKBONE, get_backbone
+    from edge_smw.train.features import FeaturePass, cache_folder, compute_features
+
+    monkeypatch.setenv("EDGE_SMW_CACHE", str(tmp_path / "cache"))
+    items = [LabelledImage(path, level) for level, name in enumerate(("not_smiling", "smiling"))
+             for path in sorted((smiles_dir / name).glob("*.jpg"))[:24]]
+    items.append(LabelledImage(tmp_path / "broken.jpg", 0))
+    items[-1].path.write_bytes(b"\xff\xd8 not a jpeg")
+    spec = get_backbone(DEFAULT_BACKBONE)
+    contract = spec.contract(("not_smiling", "smiling"))
+    feature_pass = FeaturePass(spec, threads=1)
+    flips = [i % 2 == 0 for i in range(len(items))]
+    done = warm_feature_cache(items, contract, feature_pass, detect=False, flip_items=flips,
+                              options=_options(batch_size=8))
+    assert (done.photos, done.computed) == (len(items), len(items) - 1)  # broken.jpg: none
+    again = warm_feature_cache(items, contract, feature_pass, detect=False, flip_items=flips,
+                               options=_options(batch_size=8))
+    assert again.photos == 1  # only the broken file is still missing
+
+    def no_compute(self, inputs):  # noqa: ANN001 - every feature must come from the cache
+        raise AssertionError("computed a feature the Ray pass should have cached")
+
+    flipped, plain = items[0:-1:2], items[1:-1:2]
+    with monkeypatch.context() as patch:
+        patch.setattr(FeaturePass, "__call__", no_compute)
+        from_ray = [compute_features(group, contract, feature_pass, detect=False, flip=flip,
+                                     progress=False)
+                    for group, flip in ((flipped, True), (plain, False))]
+    shutil.rmtree(cache_folder(feature_pass, contract, detect=False))
+    local = [compute_features(group, contract, feature_pass, detect=False, flip=flip,
+                              progress=False)
+             for group, flip in ((flipped, True), (plain, False))]
+    for ray_set, local_set in zip(from_ray, local, strict=True):
+        assert ray_set.paths == local_set.paths
+        assert np.array_equal(ray_set.levels, local_set.levels)
+        np.testing.assert_allclose(ray_set.features, local_set.features, rtol=0, atol=1e-5)
+    assert len(from_ray[0].paths) == 2 * len(flipped)  # each flipped item twice
