@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge_smw.artifacts.folders import RunDir
+from edge_smw.artifacts.formats import FP32
 from edge_smw.atomic import write_json, write_text
 
 log = logging.getLogger("edge_smw.demo")
@@ -43,7 +45,7 @@ def run_demo(out: str | Path, *, count: int = 3000, seed: int = 0, quick: bool =
     }
     export_dir = out / "export"
     steps["export"] = _export(run_dir, export_dir)
-    test_items = SplitManifest.load(run_dir / "split.json").items("test")
+    test_items = SplitManifest.load(RunDir(run_dir).split).items("test")
     evaluations = {}
     for model in steps["export"]["models"]:
         preds = predict_items(export_dir / model, test_items, detect=False, progress=progress)
@@ -92,7 +94,7 @@ def _explain(out: Path, run_dir: Path, export_dir: Path, test_items: list,
 
     examples = [str(item.path) for item in _one_per_level(test_items)]
     explain_images(run_dir, examples, out=out / "heatmaps", method="gradcam", detect=False)
-    explain_images(export_dir / "model.onnx", examples, out=out / "heatmaps_device",
+    explain_images(export_dir / FP32.file_name, examples, out=out / "heatmaps_device",
                    method="cam", detect=False)
     check = synthetic_check(out / "heatmaps_check", run_dir=run_dir, sample=40,
                             progress=progress)
@@ -127,5 +129,5 @@ def _export(run_dir: Path, export_dir: Path) -> dict[str, Any]:
     from edge_smw.export.onnx import export_fp32
     from edge_smw.train.checkpoint import load_checkpoint
 
-    export_fp32(load_checkpoint(run_dir), export_dir / "model.onnx", feature_map=True)
-    return {"dir": str(export_dir), "models": ["model.onnx"]}
+    export_fp32(load_checkpoint(run_dir), export_dir / FP32.file_name, feature_map=True)
+    return {"dir": str(export_dir), "models": [FP32.file_name]}

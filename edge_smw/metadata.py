@@ -93,6 +93,27 @@ class ModelInfo:
         known = {k: info[k] for k in cls.__dataclass_fields__ if k in info and k != "contract"}
         return cls(contract=contract, **known)
 
+    @classmethod
+    def from_file(cls, path: str | Path) -> ModelInfo:
+        """The one way to read an exported model's metadata: an ONNX file's own
+        ``metadata_props``, or an engine's sidecar."""
+        from edge_smw.artifacts.folders import is_engine
+        from edge_smw.artifacts.sessions import read_metadata
+
+        path = Path(path)
+        if is_engine(path):
+            return cls.from_sidecar(sidecar_path(path))
+        if not path.is_file():
+            raise ModelError(f"model {path} not found")
+        try:
+            props = read_metadata(path)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own load error types
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelError(f"{path} cannot be loaded by onnxruntime ({reason}); it is "
+                             "truncated, corrupt or not an ONNX model: re-export it with "
+                             "`edge-smw export`") from None
+        return cls.from_props(props, source=path)
+
     # -- sidecar for engines --------------------------------------------------------------
     def to_sidecar(self) -> dict[str, Any]:
         return {"edge_smw_metadata": self.to_props()}

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from edge_smw.artifacts.folders import is_exported_model
 from edge_smw.contract import PreprocessContract
 from edge_smw.data.crops import SkipReport, iter_crop_batches
 from edge_smw.data.datasets import LabelledImage
@@ -33,32 +34,13 @@ class Predictions:
         return compute_metrics(self.true_levels, self.probs, self.levels)
 
 
-def is_exported_model(model: str | Path) -> bool:
-    path = Path(model)
-    if path.is_dir():
-        return not (path / "checkpoint.pt").is_file()
-    return path.suffix in (".onnx", ".engine", ".plan")
-
-
 def model_contract(model: str | Path) -> tuple[PreprocessContract, bool]:
     """The model's contract and whether it was trained on detected faces."""
     if is_exported_model(model):
-        from edge_smw.metadata import ModelInfo, sidecar_path
-        from edge_smw.runtime import resolve_model_path
+        from edge_smw.artifacts.folders import resolve_model_path
+        from edge_smw.metadata import ModelInfo
 
-        path = resolve_model_path(model)
-        if path.suffix == ".onnx":
-            import onnxruntime as ort
-
-            from edge_smw.errors import ModelError
-
-            try:
-                meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            except Exception as exc:
-                raise ModelError(f"{path} cannot be loaded ({str(exc).splitlines()[0]})") from None
-            info = ModelInfo.from_props(dict(meta.get_modelmeta().custom_metadata_map), path)
-        else:
-            info = ModelInfo.from_sidecar(sidecar_path(path))
+        info = ModelInfo.from_file(resolve_model_path(model))
         return info.contract, bool(info.extra.get("detect", True))
     from edge_smw.train.checkpoint import load_checkpoint
 

@@ -7,14 +7,20 @@ need it skip (with the reason) where the shared data is absent.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from tests.skips import is_machine_skip
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_SMILES = REPO.parent / "shared" / "data" / "smilesmiled"
 SMILES_LEVELS = ("not_smiling", "smiling")
-# Feature and backbone caches survive between sessions here (not in the user's home).
+ALLOW_SKIPS = "EDGE_SMW_ALLOW_SKIPS"
+# The user's own cache holds a SMILEsmileD download (`edge-smw data smiles`)...
+USER_SMILES_CACHE = (Path(os.environ["EDGE_SMW_CACHE"]) if os.environ.get("EDGE_SMW_CACHE")
+                     else Path.home() / ".cache" / "edge-smw") / "smiles"
+# ...while feature and backbone caches of the tests survive between runs here.
 os.environ.setdefault("EDGE_SMW_CACHE", str(REPO / ".pytest_cache" / "edge-smw-cache"))
 
 
@@ -28,9 +34,15 @@ def has_torch() -> bool:
 
 @pytest.fixture(scope="session")
 def smiles_dir() -> Path:
-    if not (SHARED_SMILES / "smiling").is_dir():
-        pytest.skip(f"real face crops not found at {SHARED_SMILES} (../shared/data/smilesmiled)")
-    return SHARED_SMILES
+    """Real face crops through the project's one resolver ($EDGE_SMW_SMILES_DIR,
+    ../shared/data/smilesmiled, the user cache); never downloads (scripts/test.sh does)."""
+    from edge_smw.data.smiles import GET_SMILES_COMMAND, resolve_smiles_dir
+
+    found = resolve_smiles_dir(cache_dir=USER_SMILES_CACHE, progress=False)
+    if found is None:
+        pytest.skip(f"real face crops not found ($EDGE_SMW_SMILES_DIR, ../shared/data/"
+                    f"smilesmiled, {USER_SMILES_CACHE}); get them with `{GET_SMILES_COMMAND}`")
+    return found[0]
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +73,19 @@ def smiles_onnx(smiles_run: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture(scope="session")
+def smiles_int8(smiles_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cpu-flavour INT8 model of ``smiles_run``, made by the real export pipeline (its
+    parity gate passed on the run's validation split)."""
+    from edge_smw.artifacts.formats import INT8_CPU
+    from edge_smw.export.pipeline import ExportOptions, export_model
+
+    out = tmp_path_factory.mktemp("smiles_int8")
+    export_model(smiles_run, ExportOptions(out=out, int8=True, flavours=("cpu",),
+                                           latency_runs=3, progress=False))
+    return out / INT8_CPU.file_name
+
+
+@pytest.fixture(scope="session")
 def smiles_test_items(smiles_run: Path):
     """The run's own held-out test split (real crops the head never saw)."""
     from edge_smw.data.datasets import SplitManifest
@@ -82,3 +107,63 @@ def ray_local():
              logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+# -- skips, counted by reason ----------------------------------------------------------------
+_SKIPS: Counter[str] = Counter()
+
+
+def _reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    text = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return text.removeprefix("Skipped: ")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _SKIPS[_reason(report)] += 1
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:
+        _SKIPS[_reason(report)] += 1
+
+
+def _setup_skips() -> int:
+    return sum(n for reason, n in _SKIPS.items() if not is_machine_skip(reason))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Skips that mean an incomplete setup fail the run unless they are allowed."""
+    if exitstatus == 0 and _setup_skips() and os.environ.get(ALLOW_SKIPS) != "1":
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if not _SKIPS:
+        return
+    from edge_smw.data.smiles import GET_SMILES_COMMAND
+
+    write = terminalreporter.write_line
+    machine = {r: n for r, n in _SKIPS.items() if is_machine_skip(r)}
+    setup = {r: n for r, n in _SKIPS.items() if not is_machine_skip(r)}
+    terminalreporter.section("skips by reason")
+    if machine:
+        write(f"{sum(machine.values())} skipped, right on this machine (no GPU / TensorRT / "
+              "opt-in):")
+        for reason, n in sorted(machine.items(), key=lambda kv: -kv[1]):
+            write(f"  {n:4d}  {reason}")
+    if setup:
+        write(f"{sum(setup.values())} skipped because the setup is incomplete: THESE TESTS DID "
+              "NOT RUN", red=True, bold=True)
+        for reason, n in sorted(setup.items(), key=lambda kv: -kv[1]):
+            write(f"  {n:4d}  {reason}", red=True)
+        if any("real face crops" in r for r in setup):
+            write(f"  get the real face crops with `{GET_SMILES_COMMAND}` (online), "
+                  f"`{GET_SMILES_COMMAND} --from DIR` or EDGE_SMW_SMILES_DIR=DIR", bold=True)
+        if os.environ.get(ALLOW_SKIPS) == "1":
+            write(f"  {ALLOW_SKIPS}=1: these skips are allowed, the run does not fail for them")
+        else:
+            write(f"  the run fails for them; set {ALLOW_SKIPS}=1 where skipping is meant",
+                  red=True)
+

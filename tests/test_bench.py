@@ -237,11 +237,17 @@ def test_quick_bench_judges_the_int8_models(quick: dict[str, Any],
              and c["scope"] == "network"]
     assert {c["versus"] for c in comps} >= {"fp32", "torch-eager", "onnxruntime-default"}
     gates = {g["name"]: g for g in report["gates"]}
-    for name in ("int8_top1_agreement", "int8_accuracy_drop", "int8_faster_than_fp32"):
-        assert gates[name]["pass"] is not None and gates[name]["rows"] >= 1, name
+    assert gates["int8_faster_than_fp32"]["pass"] is not None
     assert gates["int8_faster_than_fp32"]["worst"]["model"] == "model.int8.onnx"
-    assert gates["int8_top1_agreement"]["value"] == pytest.approx(
-        min(parity[m]["top1_agreement"] for m in ("model.int8.onnx", "model.int8-trt.onnx")))
+    n = report["data"]["n"]
+    agreement = gates["int8_top1_agreement"]
+    if n < agreement["min_n"]:  # the fixture's small test split: no verdict, never a FAIL
+        assert agreement["pass"] is None and agreement["note"].startswith("not judged")
+    else:
+        assert agreement["pass"] is not None and agreement["value"] == pytest.approx(
+            min(parity[m]["top1_agreement"] for m in ("model.int8.onnx", "model.int8-trt.onnx")))
+    drop = gates["int8_accuracy_drop"]
+    assert (drop["pass"] is None) == (n < drop["min_n"]), drop
     square = [r for r in report["robustness"] if r["attack"] == "square-untargeted"]
     assert {r["model"] for r in square} >= {"model.onnx", "model.int8.onnx"}
     masking = report["robustness_summary"]["gradient_masking"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,8 +15,10 @@ from edge_smw.bench.config import Gate, Tolerance, load_gates, load_suite
 from edge_smw.bench.data import stratified_sample
 from edge_smw.bench.golden import check_compatible, load_golden, save_golden
 from edge_smw.bench.parity import compare_outputs, parity_row
+from edge_smw.bench.report import gates_lines, not_run_lines
 from edge_smw.contract import PreprocessContract
 from edge_smw.errors import InputError, ModelError
+from edge_smw.stats import Proportion, min_n_to_show, wilson_interval
 
 LEVELS = ("low", "high")
 
@@ -56,6 +59,63 @@ def test_gate_without_rows_is_skipped_not_passed() -> None:
                 where={"precision": "fp16"})
     result = gate.evaluate(_report())
     assert result["pass"] is None and result["value"] is None and "skipped" in result["note"]
+
+
+def _agreement_rows(*rows: tuple[float, int]) -> dict[str, Any]:
+    return {"parity": [{"model": f"m{i}.onnx", "precision": "int8", "top1_agreement": a, "n": n,
+                        "status": "ok"} for i, (a, n) in enumerate(rows)]}
+
+
+def test_proportion_gate_on_a_small_sample_is_not_judged() -> None:
+    """One differing crop of 16 is 93.8%: no verdict on 98% can come from 16 crops."""
+    gate = Gate(name="agree", section="parity", field="top1_agreement", op=">=",
+                threshold=0.98, statistic="proportion", where={"precision": "int8"})
+    result = gate.evaluate(_agreement_rows((15 / 16, 16)))
+    assert result["pass"] is None and result["min_n"] == 189
+    assert result["note"].startswith("not judged: n too small (n = 16;")
+    assert "not judged" in gates_lines({"gates": [result]})[0]
+
+
+def test_proportion_gate_judges_by_the_interval_bound() -> None:
+    gate = Gate(name="agree", section="parity", field="top1_agreement", op=">=",
+                threshold=0.98, statistic="proportion", where={"precision": "int8"})
+    clear = gate.evaluate(_agreement_rows((1475 / 1490, 1490)))  # 98.99%, lower bound 98.35%
+    assert clear["pass"] is True and clear["interval"][0] == pytest.approx(0.98346, abs=1e-4)
+    # 98.1% of 300 is above the threshold, but the sample cannot show it: not a pass
+    thin = gate.evaluate(_agreement_rows((294 / 300, 300), (1475 / 1490, 1490)))
+    assert thin["pass"] is False and thin["worst"]["model"] == "m0.onnx"
+    # a row too small is left out, the others still judged
+    mixed = gate.evaluate(_agreement_rows((0.5, 10), (1475 / 1490, 1490)))
+    assert mixed["pass"] is True and mixed["unjudged_rows"] == 1
+
+
+def test_min_n_gate_leaves_small_samples_unjudged() -> None:
+    gate = Gate(name="drop", section="parity", field="drop", op="<=", threshold=1.0, min_n=200,
+                reduce="max")
+    rows = {"parity": [{"model": "a", "drop": 6.25, "n": 16, "status": "ok"}]}
+    assert gate.evaluate(rows)["pass"] is None
+    rows["parity"].append({"model": "b", "drop": 0.5, "n": 400, "status": "ok"})
+    assert gate.evaluate(rows)["pass"] is True
+
+
+def test_wilson_interval_and_minimum_sample() -> None:
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
+    assert [min_n_to_show(t) for t in (0.95, 0.98, 0.99)] == [73, 189, 381]
+    assert wilson_interval(189, 189)[0] >= 0.98 > wilson_interval(188, 188)[0]
+    assert Proportion(15, 16).shows_at_least(0.98) is None
+    assert "Wilson" in Proportion(1475, 1490).describe()
+
+
+def test_unavailable_backends_collapse_to_one_line_each() -> None:
+    rows = [{"model": m, "backend": "onnxruntime-cuda", "status": "skipped",
+             "reason": "CUDAExecutionProvider is not in this onnxruntime"}
+            for m in ("model.onnx", "model.int8.onnx", "model.fp16.onnx")]
+    rows.append({"model": "model.onnx", "backend": "onnxruntime-cpu", "status": "ok"})
+    lines = not_run_lines(rows)
+    assert lines == ["❎ onnxruntime-cuda (model.onnx, model.int8.onnx, model.fp16.onnx): "
+                     "CUDAExecutionProvider is not in this onnxruntime"]
 
 
 def test_gate_reads_sections_that_hold_rows_in_a_dict() -> None:

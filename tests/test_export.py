@@ -22,6 +22,7 @@ import onnx  # noqa: E402
 
 from edge_smw.errors import GateFailure, InputError, ModelError  # noqa: E402
 from edge_smw.export.pipeline import ExportOptions, export_model  # noqa: E402
+from tests.skips import machine_reason  # noqa: E402
 
 FAST = {"latency_runs": 3, "progress": False}
 
@@ -356,8 +357,8 @@ def _has_tensorrt() -> bool:
     return True
 
 
-@pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed here: the missing-library "
-                    "message cannot be shown")
+@pytest.mark.skipif(_has_tensorrt(), reason=machine_reason(
+    "TensorRT is installed here: the missing-library message cannot be shown"))
 def test_engine_without_tensorrt_says_what_to_install(smiles_run: Path, tmp_path: Path) -> None:
     from edge_smw.errors import BackendUnavailableError
 
@@ -390,8 +391,9 @@ def test_engine_cache_key_covers_what_changes_an_engine() -> None:
     assert gpu.slug == "orin"
 
 
-@pytest.mark.skipif(not _has_tensorrt(), reason="TensorRT is not installed: on a Jetson install "
-                    "JetPack, elsewhere NVIDIA's TensorRT wheels (pip install tensorrt)")
+@pytest.mark.skipif(not _has_tensorrt(), reason=machine_reason(
+    "TensorRT is not installed: on a Jetson install JetPack, elsewhere NVIDIA's TensorRT wheels "
+    "(pip install tensorrt)"))
 def test_engine_builds_and_is_cached(exported: Path, tmp_path: Path) -> None:
     from edge_smw.export.tensorrt import EngineSettings, build_engine
     from edge_smw.metadata import ModelInfo, sidecar_path

@@ -32,6 +32,7 @@ from edge_smw.bridge import (
 )
 from edge_smw.errors import InputError
 from edge_smw.images import read_image
+from tests.skips import skip_for_machine
 
 REPO = Path(__file__).resolve().parents[1]
 BRIDGE = REPO / "firmware_bridge"
@@ -367,11 +368,11 @@ def test_corrupt_model_is_a_model_error(build: Path, tmp_path: Path) -> None:
 def test_package_not_found_is_an_error(build: Path, smiles_onnx: Path, tmp_path: Path) -> None:
     base = getattr(sys, "_base_executable", None)
     if not base or sys.prefix == sys.base_prefix:
-        pytest.skip("tests do not run in a venv, so there is no Python without edge_smw")
+        skip_for_machine("tests do not run in a venv, so there is no Python without edge_smw")
     probe = subprocess.run([base, "-c", "import edge_smw"], capture_output=True,
                            env=bridge_env(), check=False, cwd=tmp_path)
     if probe.returncode == 0:
-        pytest.skip(f"edge_smw is importable by the base Python {base} too")
+        skip_for_machine(f"edge_smw is importable by the base Python {base} too")
     status, text = abi_check(build, "open", smiles_onnx, EDGE_SMW_PYTHON=base)["open"]
     assert status == "ESMW_ERR_PACKAGE"
     assert "No module named 'edge_smw'" in text and base in text
@@ -394,7 +395,7 @@ def test_python_path_option_finds_the_package(build: Path, smiles_onnx: Path) ->
     """A bare Python plus EDGE_SMW_PYTHONPATH (the package and its site-packages) works."""
     base = getattr(sys, "_base_executable", None)
     if not base or sys.prefix == sys.base_prefix:
-        pytest.skip("tests do not run in a venv")
+        skip_for_machine("tests do not run in a venv")
     site = sysconfig.get_paths()["purelib"]
     cases = abi_check(build, "open", smiles_onnx, EDGE_SMW_PYTHON=base,
                       EDGE_SMW_PYTHONPATH=f"{REPO}:{site}")

@@ -18,6 +18,7 @@ import pytest
 from edge_smw.errors import BackendUnavailableError, InputError, ModelError
 from edge_smw.runtime import FaceScore, Runtime, ScoreResult
 from tests.runtime_helpers import crops_by_level, detectable_frames, gradient
+from tests.skips import skip_for_machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,18 +67,10 @@ def test_fp32_parity_with_torch(smiles_run: Path, smiles_onnx: Path, crops) -> N
         assert face.level_name == rt.levels[face.level]
 
 
-def test_int8_parity_with_torch(request, smiles_run: Path, smiles_test_items) -> None:
-    """INT8 through the runtime keeps top-1 agreement >= 98% with torch (the export gate).
-
-    Runs where the export issue's INT8 quantizer and its ``smiles_int8`` fixture exist."""
-    if not (REPO / "edge_smw" / "export" / "quantize.py").is_file():
-        pytest.skip("INT8 export (edge_smw/export/quantize.py) is not built yet; its parity "
-                    "is owned by the export issue")
-    try:
-        int8_model = request.getfixturevalue("smiles_int8")
-    except pytest.FixtureLookupError:
-        pytest.skip("no smiles_int8 fixture (the INT8 export of smiles_run) in conftest")
+def test_int8_parity_with_torch(smiles_int8: Path, smiles_run: Path, smiles_test_items) -> None:
+    """INT8 through the runtime picks torch's level on held-out real crops."""
     torch = pytest.importorskip("torch")
+    int8_model = smiles_int8
     from edge_smw.train.checkpoint import load_checkpoint
 
     crops = crops_by_level(smiles_test_items, 50)
@@ -252,7 +245,7 @@ def test_missing_gpu_providers_are_backend_unavailable(smiles_onnx: Path, caplog
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        pytest.skip("this onnxruntime has the CUDA provider; covered on GPU machines")
+        skip_for_machine("this onnxruntime has the CUDA provider; covered on GPU machines")
     with pytest.raises(BackendUnavailableError, match="onnxruntime-gpu"):
         Runtime(smiles_onnx, backend="onnxruntime-cuda")
     with pytest.raises(BackendUnavailableError, match="onnxruntime-gpu"):

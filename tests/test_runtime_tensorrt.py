@@ -19,6 +19,7 @@ from edge_smw.errors import BackendUnavailableError, ModelError
 from edge_smw.metadata import sidecar_path
 from edge_smw.runtime import Runtime
 from tests.runtime_helpers import crops_by_level
+from tests.skips import machine_reason, skip_for_machine
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -52,7 +53,8 @@ def test_engine_without_its_sidecar_is_a_model_error(tmp_path: Path) -> None:
         Runtime(engine)
 
 
-@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here; the GPU tests cover it")
+@pytest.mark.skipif(HAS_TRT, reason=machine_reason("tensorrt is installed here; the GPU tests "
+                                                   "cover it"))
 def test_missing_tensorrt_says_what_to_install(tmp_path: Path, onnx_info) -> None:
     engine = write_bytes(tmp_path / "model.engine", b"\x00" * 64)
     write_json(sidecar_path(engine), onnx_info.to_sidecar())
@@ -64,7 +66,7 @@ def test_missing_tensorrt_says_what_to_install(tmp_path: Path, onnx_info) -> Non
 
 def test_cuda_without_a_gpu_is_backend_unavailable() -> None:
     if importlib.util.find_spec("cuda") is None and importlib.util.find_spec("pycuda") is None:
-        pytest.skip("neither cuda-python nor pycuda is installed")
+        skip_for_machine("neither cuda-python nor pycuda is installed")
     from edge_smw.runtime.backends.tensorrt import open_cuda
 
     try:
@@ -120,7 +122,7 @@ def _build_engine(onnx_path: Path, engine_path: Path, info, max_batch: int = 8) 
 def engine(smiles_onnx: Path, onnx_info, tmp_path_factory) -> Path:
     reason = _gpu_reason()
     if reason:
-        pytest.skip(reason)
+        skip_for_machine(reason)
     return _build_engine(smiles_onnx, tmp_path_factory.mktemp("trt") / "model.engine",
                          onnx_info)
 

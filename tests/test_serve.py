@@ -47,6 +47,7 @@ from tests.serve_support import (
     read_mjpeg,
     wait_until,
 )
+from tests.skips import machine_reason
 
 TOKEN = "s3cret-token"
 
@@ -83,8 +84,8 @@ def test_absent_device_names_itself_and_what_to_check():
     assert "--wait-for-camera" in message
 
 
-@pytest.mark.skipif(gstreamer_available(), reason="this OpenCV has GStreamer; the error path "
-                    "only exists without it")
+@pytest.mark.skipif(gstreamer_available(), reason=machine_reason(
+    "this OpenCV has GStreamer; the error path only exists without it"))
 def test_csi_without_gstreamer_is_a_clear_error():
     with pytest.raises(BackendUnavailableError, match="GStreamer") as info:
         open_source(parse_source("csi://0"))

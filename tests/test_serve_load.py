@@ -18,6 +18,7 @@ import cv2
 import pytest
 
 from tests.serve_support import ServeProcess, get_footage, metrics
+from tests.skips import machine_reason
 
 VIEWERS = 50
 SLOW_VIEWERS = 5
@@ -161,6 +162,7 @@ def test_load_short(footage, smiles_onnx):
 
 
 @pytest.mark.skipif(not os.environ.get("EDGE_SMW_LOAD_SECONDS"),
-                    reason="long load test: set EDGE_SMW_LOAD_SECONDS (e.g. 30) to run it")
+                    reason=machine_reason("opt-in long load test: set EDGE_SMW_LOAD_SECONDS "
+                                          "(e.g. 30) to run it"))
 def test_load_long(footage, smiles_onnx):
     run_load_test(footage, smiles_onnx, float(os.environ["EDGE_SMW_LOAD_SECONDS"]))

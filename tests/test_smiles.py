@@ -20,7 +20,6 @@ from edge_smw.data.smiles import (
     SMILES_LEVELS,
     _cache_name,
     fetch_smiles,
-    find_shared_smiles,
     verify_smiles,
 )
 from edge_smw.errors import DataError, OfflineError
@@ -33,11 +32,9 @@ EXTRA_PER_LEVEL = 3
 
 
 @pytest.fixture(scope="module")
-def share() -> Path:
-    found = find_shared_smiles()
-    if found is None:
-        pytest.skip("the SMILEsmileD share ../shared/data/smilesmiled is absent on this machine")
-    return found
+def share(smiles_dir: Path) -> Path:
+    """A verified copy in level layout, found by the project's resolver."""
+    return smiles_dir
 
 
 def _pick(share: Path) -> dict[str, list[Path]]:
@@ -269,3 +266,41 @@ def test_cache_root_follows_environment(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(OfflineError):
         fetch_smiles(progress=False, url="http://127.0.0.1:9/nothing.zip")
     assert (tmp_path / "c" / "smiles").is_dir()
+
+
+# -- the one resolver --------------------------------------------------------------------------
+def test_resolver_order_env_then_share_then_cache(share: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge_smw.data.smiles as smiles
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(smiles.SMILES_DIR_ENV, str(share))
+    assert smiles.resolve_smiles_dir(cache_dir=cache, progress=False) == (
+        share, smiles.SMILES_DIR_ENV)
+    monkeypatch.setenv(smiles.SMILES_DIR_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=r"\$EDGE_SMW_SMILES_DIR=.*nowhere: no such folder"):
+        smiles.resolve_smiles_dir(cache_dir=cache, progress=False)
+    monkeypatch.delenv(smiles.SMILES_DIR_ENV)
+    monkeypatch.setattr(smiles, "find_shared_smiles", lambda: None)
+    assert smiles.resolve_smiles_dir(cache_dir=cache, progress=False) is None
+    monkeypatch.setenv("EDGE_SMW_CACHE", str(tmp_path / "user"))
+    installed = smiles.install_smiles(share, progress=False)
+    assert installed == tmp_path / "user" / "smiles" / smiles.LOCAL_COPY_NAME
+    assert smiles.verify_smiles(installed) == smiles.verify_smiles(share)
+    folder, source = smiles.resolve_smiles_dir(progress=False)
+    assert folder == installed and "user cache" in source
+
+
+def test_data_command_reports_where_the_crops_are(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "EDGE_SMW_SMILES_DIR"}
+    env["EDGE_SMW_CACHE"] = str(tmp_path / "empty-cache")
+    env["EDGE_SMW_SMILES_DIR"] = str(tmp_path / "missing")
+    done = subprocess.run([sys.executable, "-m", "edge_smw.cli.main", "data", "smiles",
+                           "--no-download"], capture_output=True, text=True, env=env,
+                          timeout=120, check=False)
+    assert done.returncode == 2 and "EDGE_SMW_SMILES_DIR" in done.stderr
+    assert "Traceback" not in done.stderr

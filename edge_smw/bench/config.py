@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_smw.errors import InputError
+from edge_smw.stats import CONFIDENCE, Proportion, min_n_to_show
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 DEFAULT_GATES = CONFIG_DIR / "gates.toml"
@@ -25,6 +26,7 @@ OPS = {
     ">": lambda a, b: a > b,
 }
 REDUCE = ("min", "max", "mean")
+STATISTICS = ("value", "proportion")
 STATS = ("max", "mean", "median", "quantile", "elemwise")
 SECTIONS = ("latency", "comparisons", "parity", "robustness", "end_to_end", "limit")
 
@@ -165,6 +167,11 @@ class Gate:
     where: dict[str, Any] = field(default_factory=dict)
     help: str = ""
     target: bool = False  # a stated goal: reported, never fails the run
+    # "proportion": the field is a fraction of the row's ``n`` items (agreement, accuracy),
+    # judged by its Wilson interval: ">=" passes when the lower bound reaches the threshold,
+    # and a row too small for any result to show that is "not judged", never a FAIL.
+    statistic: str = "value"
+    min_n: int = 0  # rows judged on fewer items than this are "not judged: n too small"
 
     def select(self, report: dict[str, Any]) -> list[dict[str, Any]]:
         rows = report.get(self.section) or []
@@ -189,13 +196,54 @@ class Gate:
         if not rows:
             return {**result, "value": None, "pass": None, "rows": 0,
                     "note": f"skipped: no {self.section} rows with {self.where or 'any fields'}"}
-        values = [float(r[self.field]) for r in rows]
+        needed = self.needed_n()
+        judged = [r for r in rows if int(r.get("n") or 0) >= needed] if needed else rows
+        if not judged:
+            sizes = sorted({int(r.get("n") or 0) for r in rows})
+            return {**result, "value": None, "pass": None, "rows": 0, "min_n": needed,
+                    "note": f"not judged: n too small (n = {', '.join(map(str, sizes))}; "
+                            f"{self.rule()} needs n >= {needed})"}
+        if self.statistic == "proportion":
+            return {**result, **self._judge_proportions(judged), "min_n": needed,
+                    "unjudged_rows": len(rows) - len(judged)}
+        values = [float(r[self.field]) for r in judged]
         value = {"min": min, "max": max, "mean": lambda v: sum(v) / len(v)}[self.reduce](values)
-        worst = rows[values.index(min(values) if self.op.startswith(">") else max(values))]
-        subject = {k: worst.get(k) for k in ("model", "backend", "batch", "attack", "versus")
-                   if worst.get(k) is not None}
+        worst = judged[values.index(min(values) if self.op.startswith(">") else max(values))]
         return {**result, "value": value, "pass": bool(OPS[self.op](value, self.threshold)),
-                "rows": len(rows), "worst": subject}
+                "rows": len(judged), "worst": _subject(worst), "min_n": needed,
+                "unjudged_rows": len(rows) - len(judged)}
+
+    def needed_n(self) -> int:
+        """Items a row needs before this gate judges it."""
+        if self.statistic != "proportion":
+            return self.min_n
+        shown = self.threshold if self.op.startswith(">") else 1.0 - self.threshold
+        return max(self.min_n, min_n_to_show(shown))
+
+    def rule(self) -> str:
+        if self.statistic == "proportion":
+            return (f"showing {self.field} {self.op} {self.threshold:g} with "
+                    f"{100 * CONFIDENCE:.0f}% confidence (Wilson)")
+        return f"judging {self.field}"
+
+    def _judge_proportions(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Each row by its interval; the gate reports the row whose bound is worst."""
+        at_least = self.op.startswith(">")
+        scored = []
+        for row in rows:
+            prop = Proportion.from_fraction(float(row[self.field]), int(row["n"]))
+            lo, hi = prop.interval
+            bound = lo if at_least else hi
+            scored.append((bound, row, prop))
+        bound, worst, prop = (min if at_least else max)(scored, key=lambda t: t[0])
+        return {"value": prop.value, "interval": list(prop.interval), "n": prop.n,
+                "bound": bound, "pass": bool(OPS[self.op](bound, self.threshold)),
+                "rows": len(rows), "worst": _subject(worst)}
+
+
+def _subject(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row.get(k) for k in ("model", "backend", "batch", "attack", "versus")
+            if row.get(k) is not None}
 
 
 @dataclass
@@ -256,6 +304,12 @@ def _gate(path: Path, spec: Any, target: bool) -> Gate:
         raise InputError(f"{where}: reduce must be one of {list(REDUCE)}")
     if not isinstance(gate.threshold, (int, float)) or not math.isfinite(gate.threshold):
         raise InputError(f"{where}: threshold must be a finite number")
+    if gate.statistic not in STATISTICS:
+        raise InputError(f"{where}: statistic must be one of {list(STATISTICS)}")
+    if gate.statistic == "proportion" and not 0 < gate.threshold < 1:
+        raise InputError(f"{where}: a proportion gate needs a threshold in (0, 1)")
+    if not isinstance(gate.min_n, int) or gate.min_n < 0:
+        raise InputError(f"{where}: min_n must be a whole number >= 0")
     if not isinstance(gate.where, dict):
         raise InputError(f"{where}: where must be a table, e.g. {{ precision = \"int8\" }}")
     return gate

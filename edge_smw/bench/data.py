@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_smw.artifacts.folders import RunDir
 from edge_smw.contract import PreprocessContract
 from edge_smw.data.crops import SkipReport, load_crop
-from edge_smw.data.datasets import LabelledImage, SplitManifest
+from edge_smw.data.datasets import LabelledImage, SplitManifest, stratified_indices
 from edge_smw.errors import DataError
 
 
@@ -40,19 +41,8 @@ class BenchData:
 
 
 def stratified_sample(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
-    """Indices of at most ``limit`` items, levels in proportion (each level at least one)."""
-    n = len(labels)
-    if limit <= 0 or limit >= n:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    levels = np.unique(labels)
-    chosen: list[np.ndarray] = []
-    for level in levels:
-        idx = np.flatnonzero(labels == level)
-        take = max(1, int(round(limit * len(idx) / n)))
-        chosen.append(rng.permutation(idx)[:take])
-    out = np.sort(np.concatenate(chosen))
-    return out[:limit] if len(out) > limit else out
+    """Indices of about ``limit`` items, levels in proportion (each level at least one)."""
+    return np.asarray(stratified_indices(labels, limit, seed), dtype=np.int64)
 
 
 def _resolve(path: Path, run_dir: Path | None) -> Path:
@@ -73,7 +63,7 @@ def load_items(items: list[LabelledImage], contract: PreprocessContract, *, dete
     if labels.max() >= contract.num_levels:
         raise DataError(f"{source} has level index {labels.max()} but the model has "
                         f"{contract.num_levels} levels {list(contract.levels)}")
-    keep = stratified_sample(labels, limit, seed)
+    keep = stratified_indices(labels, limit, seed, keys=[str(i.path) for i in items])
     report = SkipReport()
     pixels, kept_labels, paths = [], [], []
     for i in keep:
@@ -98,15 +88,16 @@ def load_bench_data(spec: str | None, contract: PreprocessContract, *,
                     seed: int = 0) -> BenchData:
     """``--data`` (folder, CSV, ``synthetic``, ``smiles``) or, by default, the run's test split."""
     if spec is None:
-        if run_dir is None or not (run_dir / "split.json").is_file():
+        split = RunDir(run_dir).find_split() if run_dir is not None else None
+        if split is None:
             raise DataError("no labelled data: pass --data DIR|synthetic|smiles (the default, "
                             "the run's test split, needs the run folder with split.json)")
-        manifest = SplitManifest.load(run_dir / "split.json")
+        manifest = SplitManifest.load(split)
         if tuple(manifest.levels) != contract.levels:
-            raise DataError(f"{run_dir / 'split.json'} has levels {list(manifest.levels)}, the "
+            raise DataError(f"{split} has levels {list(manifest.levels)}, the "
                             f"model {list(contract.levels)}")
         return load_items(manifest.items("test"), contract, detect=trained_detect,
-                          source=f"{run_dir / 'split.json'} (test split)", limit=limit,
+                          source=f"{split} (test split)", limit=limit,
                           run_dir=run_dir, seed=seed)
     from edge_smw.data.sources import resolve_data
 

@@ -16,16 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from edge_smw.artifacts.sessions import SessionSettings, load_session, usable_cores
+
 ENV_KEYS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
             "CUDA_VISIBLE_DEVICES")
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (affinity), which on a container is what counts."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def cpu_model() -> str:
@@ -179,7 +173,6 @@ def _best_times(fn: Any, repeats: int) -> list[float]:
 
 
 def _ort_matmul(size: int, threads: int | None) -> Any:
-    import onnxruntime as ort
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -188,10 +181,5 @@ def _ort_matmul(size: int, threads: int | None) -> Any:
          helper.make_tensor_value_info("b", TensorProto.FLOAT, [size, size])],
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = load_session(model.SerializeToString(), SessionSettings(threads=threads or 0))
     return lambda a, b: session.run(None, {"a": a, "b": b})

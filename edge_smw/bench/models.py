@@ -10,7 +10,6 @@ checkpoint would make every parity figure meaningless.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,18 +18,22 @@ from typing import Any
 
 import numpy as np
 
+from edge_smw.artifacts.folders import EXPORT_JSON, ExportDir, checkpoint_file, is_engine
+from edge_smw.artifacts.formats import (
+    BACKENDS,
+    ENGINE_BACKENDS,
+    ONNX_BACKENDS,
+    ArtifactFormat,
+    model_format,
+)
 from edge_smw.contract import PreprocessContract
 from edge_smw.errors import BackendUnavailableError, InputError, ModelError
-from edge_smw.metadata import ModelInfo, sidecar_path
+from edge_smw.metadata import ModelInfo
 
 log = logging.getLogger("edge_smw.bench")
 
-ONNX_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt")
-ENGINE_BACKENDS = ("tensorrt",)
 TORCH_BACKEND = "torch-eager"
-ALL_BACKENDS = (TORCH_BACKEND, *ONNX_BACKENDS, *ENGINE_BACKENDS)
-GPU_BACKENDS = ("onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
-EXPORT_JSON = "export.json"
+ALL_BACKENDS = (TORCH_BACKEND, *BACKENDS)
 
 
 @dataclass
@@ -55,32 +58,21 @@ class ModelEntry:
         return self.path.stat().st_size / 2**20
 
     @property
+    def format(self) -> ArtifactFormat:
+        """This model's row of the formats table, from its own metadata (not its name)."""
+        return model_format(self.kind, self.precision, self.flavour)
+
+    @property
     def label(self) -> str:
         """The "format" column of the table, like Ultralytics' benchmark."""
-        base = "TensorRT engine" if self.kind == "engine" else "ONNX"
-        flavour = f" ({self.flavour})" if self.flavour else ""
-        return f"{base} {self.precision}{flavour}"
+        return self.format.label
 
     def backends(self) -> tuple[str, ...]:
         return ENGINE_BACKENDS if self.kind == "engine" else ONNX_BACKENDS
 
     def intended(self, backend: str) -> bool:
-        """Is ``backend`` what this model was built for? (Speed gates only judge those.)
-
-        fp32 runs well everywhere; int8 ``cpu`` (U8S8) is for onnxruntime's CPU kernels,
-        int8 ``tensorrt`` (symmetric Q/DQ) for TensorRT; fp16 only pays off on a GPU.
-        """
-        if self.kind == "engine":
-            return backend == "tensorrt"
-        if self.precision == "fp32":
-            return True
-        if self.precision == "fp16":
-            return backend in GPU_BACKENDS
-        if self.precision == "int8":
-            if self.flavour == "tensorrt":
-                return backend in ("onnxruntime-tensorrt", "tensorrt")
-            return backend == "onnxruntime-cpu"
-        return False
+        """Is ``backend`` what this model was built for? (Speed gates only judge those.)"""
+        return self.format.intended(backend)
 
     def backend_options(self, backend: str, *, spinning: bool = True) -> dict[str, Any]:
         """Runtime ``backend_options``; ``spinning=False`` makes onnxruntime's idle threads
@@ -103,17 +95,6 @@ class ModelEntry:
         }
 
 
-def _onnx_metadata(path: Path) -> dict[str, str]:
-    """Read metadata_props with onnxruntime (present everywhere bench runs; onnx may not be)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return dict(session.get_modelmeta().custom_metadata_map)
-
-
 def discover_models(export_dir: str | Path) -> tuple[list[ModelEntry], list[dict[str, str]]]:
     """(models, skipped files with reasons) in ``export_dir``; fp32 first, then by name."""
     folder = Path(export_dir)
@@ -122,27 +103,13 @@ def discover_models(export_dir: str | Path) -> tuple[list[ModelEntry], list[dict
                          "`edge-smw export RUN_DIR --out DIR`")
     models: list[ModelEntry] = []
     skipped: list[dict[str, str]] = []
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith("."):
+    for path in ExportDir(folder).model_files():
+        try:
+            info = ModelInfo.from_file(path)
+        except ModelError as exc:
+            skipped.append({"file": path.name, "reason": str(exc)})
             continue
-        if path.suffix == ".onnx":
-            try:
-                info = ModelInfo.from_props(_onnx_metadata(path), source=path)
-            except ModelError as exc:
-                skipped.append({"file": path.name, "reason": str(exc)})
-                continue
-            except Exception as exc:  # noqa: BLE001 - onnxruntime's own load errors
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                skipped.append({"file": path.name, "reason": f"not loadable: {reason}"})
-                continue
-            models.append(ModelEntry(path.name, path, "onnx", info))
-        elif path.suffix in (".engine", ".plan"):
-            try:
-                info = ModelInfo.from_sidecar(sidecar_path(path))
-            except ModelError as exc:
-                skipped.append({"file": path.name, "reason": str(exc)})
-                continue
-            models.append(ModelEntry(path.name, path, "engine", info))
+        models.append(ModelEntry(path.name, path, "engine" if is_engine(path) else "onnx", info))
     if not models:
         raise ModelError(f"{folder} holds no edge-smw model (.onnx with edge-smw metadata or "
                          ".engine with its sidecar); export one with `edge-smw export RUN_DIR "
@@ -171,17 +138,6 @@ def reference_model(models: list[ModelEntry]) -> ModelEntry:
     return models[0]
 
 
-def read_export_json(export_dir: Path) -> dict[str, Any] | None:
-    path = export_dir / EXPORT_JSON
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{path} is not valid JSON ({exc}); re-export the folder") from None
-    return data if isinstance(data, dict) else None
-
-
 def _checkpoint_candidates(data: Any, key: str = "") -> Iterator[str]:
     """String values under keys that name a checkpoint or run, anywhere in export.json."""
     if isinstance(data, dict):
@@ -202,8 +158,7 @@ def find_checkpoint(export_dir: Path, explicit: str | Path | None,
 
     wanted = {m.info.checkpoint_sha256 for m in models if m.info.checkpoint_sha256}
     if explicit is not None:
-        path = Path(explicit)
-        path = path / "checkpoint.pt" if path.is_dir() else path
+        path = checkpoint_file(explicit)
         if not path.is_file():
             raise InputError(f"--checkpoint {explicit}: no checkpoint there; give the run "
                              "folder made by `edge-smw train` or its checkpoint.pt")
@@ -213,12 +168,11 @@ def find_checkpoint(export_dir: Path, explicit: str | Path | None,
                              f"these models were exported from ({sorted(w[:12] for w in wanted)})"
                              "; pass the run the export was made from")
         return path
-    data = read_export_json(export_dir)
+    data = ExportDir(export_dir).read_export_json()
     tried = []
     for text in _checkpoint_candidates(data or {}):
         for base in (Path.cwd(), export_dir):
-            path = Path(text) if Path(text).is_absolute() else base / text
-            path = path / "checkpoint.pt" if path.is_dir() else path
+            path = checkpoint_file(Path(text) if Path(text).is_absolute() else base / text)
             if path.suffix != ".pt" or not path.is_file():
                 continue
             if not wanted or file_sha256(path) in wanted:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_smw.atomic import atomic_path, write_json, write_text
-from edge_smw.cli.common import table
+from edge_smw.tables import text_table
 
 SCHEMA_VERSION = 1
 STATUS_MARK = {"ok": "✅", "skipped": "❎", "error": "❌"}
@@ -86,22 +86,38 @@ def console_table(report: dict[str, Any]) -> str:
     ] for r in rows]
     header = ["Format", "Backend", "Status", "Size (MB)", "Accuracy", "MAE", "Agree",
               f"ms/frame p50 (b{batch})", "p99", "FPS"]
-    lines = [table(body, header)]
-    for r in rows:
-        if r["status"] != "ok" and r.get("reason"):
-            lines.append(f"  {STATUS_MARK.get(r['status'], '')} {r['model']} on {r['backend']}: "
-                         f"{r['reason']}")
+    lines = [text_table(body, header)]
+    lines += [f"  {line}" for line in not_run_lines(rows)]
     return "\n".join(lines)
+
+
+def not_run_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per backend and reason, naming its models: a missing GPU provider skips every
+    model alike, and says so once."""
+    reasons: dict[tuple[str, str, str], list[str]] = {}
+    for r in rows:
+        if r["status"] != "ok":
+            key = (r["status"], r["backend"], r.get("reason") or "no reason given")
+            reasons.setdefault(key, []).append(r["model"])
+    return [f"{STATUS_MARK.get(status, status)} {backend} ({', '.join(models)}): {reason}"
+            for (status, backend, reason), models in reasons.items()]
 
 
 def gates_lines(report: dict[str, Any]) -> list[str]:
     lines = []
     for g in report["gates"] + report.get("targets", []):
         kind = "target" if g.get("target") else "gate"
-        verdict = "skipped" if g["pass"] is None else ("pass" if g["pass"] else
-                                                       ("FAIL" if kind == "gate" else "not met"))
+        if g["pass"] is None:
+            verdict = "not judged" if str(g.get("note", "")).startswith("not judged") \
+                else "skipped"
+        else:
+            verdict = "pass" if g["pass"] else ("FAIL" if kind == "gate" else "not met")
         value = "-" if g["value"] is None else f"{g['value']:.4g}"
-        where = f"  ({g['note']})" if g.get("note") else ""
+        notes = [g["note"]] if g.get("note") else []
+        if g.get("interval"):
+            lo, hi = g["interval"]
+            notes.append(f"n = {g['n']}, 95% interval {lo:.4g}-{hi:.4g}")
+        where = f"  ({'; '.join(notes)})" if notes else ""
         worst = g.get("worst")
         who = f"  [{', '.join(f'{k}={v}' for k, v in worst.items())}]" if worst else ""
         lines.append(f"{kind:6} {g['name']:28} {value:>9} {g['op']} {g['threshold']:<8g} "
@@ -144,9 +160,9 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
           _f(r["size_mb"], 1), _f(r["accuracy"], pct=True), _f(r["mae"], 3),
           _f(r["agreement"], 1, pct=True), _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r["fps"], 1)]
          for r in rows]))
-    skipped = [r for r in rows if r["status"] != "ok"]
+    skipped = not_run_lines(rows)
     if skipped:
-        lines += [""] + [f"- {r['model']} on {r['backend']}: {r['reason']}" for r in skipped]
+        lines += [""] + [f"- {line}" for line in skipped]
     lines += ["", "## Gates and targets", "", "```", *gates_lines(report), "```", ""]
 
     lines += ["## Latency", "",

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from edge_smw.artifacts.sessions import SessionSettings, load_session, usable_cores
 from edge_smw.bench import latency as lat
 from edge_smw.bench.config import GateSet, Suite, load_gates, load_suite
 from edge_smw.bench.data import BenchData, load_bench_data
-from edge_smw.bench.machine import describe_machine, measure_peak_gflops, usable_cores
+from edge_smw.bench.machine import describe_machine, measure_peak_gflops
 from edge_smw.bench.models import (
     ALL_BACKENDS,
     TORCH_BACKEND,
@@ -110,16 +111,13 @@ def quiet_openmp() -> str:
     return f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} for torch's OpenMP pool"
 
 
-def _plain_options(ort: Any) -> Any:
-    """A plain session's defaults, except that idle threads sleep: in interleaved timing a
-    spinning pool steals the cores from whatever runs next (measured on 2 cores: torch eager
-    went from 18 ms to 53 ms per call right after a spinning onnxruntime call)."""
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
+# A plain session's defaults, except that idle threads sleep: in interleaved timing a
+# spinning pool steals the cores from whatever runs next (measured on 2 cores: torch eager
+# went from 18 ms to 53 ms per call right after a spinning onnxruntime call).
+PLAIN_SESSION = SessionSettings(threads=0, spinning=False, log_severity=2)
 
 
-def s_is_ort(sessions: list[Session]) -> bool:
+def uses_onnxruntime(sessions: list[Session]) -> bool:
     return any(s.backend.startswith("onnxruntime-") for s in sessions)
 
 
@@ -330,14 +328,11 @@ class Bench:
         """What a user writes without this toolkit: ``InferenceSession(path)``, defaults."""
         if not _wanted(self.options, "onnxruntime-cpu"):
             return []
-        import onnxruntime as ort
-
         out = []
         for m in self.models:
             if m.kind != "onnx" or not m.intended("onnxruntime-cpu"):
                 continue
-            sess = ort.InferenceSession(str(m.path), _plain_options(ort),
-                                        providers=["CPUExecutionProvider"])
+            sess = load_session(m.path, PLAIN_SESSION)
             name = sess.get_inputs()[0].name
 
             def run(x: np.ndarray, sess: Any = sess, name: str = name) -> Any:
@@ -401,10 +396,7 @@ class Bench:
                              threads=ref.threads, extra={"label": "torchvision + PyTorch"})]
         fp32 = reference_model(self.models)
         if fp32.kind == "onnx" and _wanted(self.options, "onnxruntime-cpu"):
-            import onnxruntime as ort
-
-            sess = ort.InferenceSession(str(fp32.path), _plain_options(ort),
-                                        providers=["CPUExecutionProvider"])
+            sess = load_session(fp32.path, PLAIN_SESSION)
             name = sess.get_inputs()[0].name
 
             def plain_ort(crop: np.ndarray) -> Any:
@@ -464,10 +456,10 @@ class Bench:
         # with spinning off, a 2-thread pool stops competing with decoding and face detection.
         many = self.threads > 1
         configs = [("single-threaded", self.threads, True)]
-        if many and s_is_ort(chosen):
+        if many and uses_onnxruntime(chosen):
             configs.append(("single-threaded", self.threads, False))
         configs.append(("pipelined", max(1, self.threads - 1), True))
-        if many and s_is_ort(chosen):
+        if many and uses_onnxruntime(chosen):
             configs.append(("pipelined", self.threads, False))
         runtimes: list[tuple[Session, str, int, bool, Any]] = []
         try:
@@ -553,6 +545,17 @@ class Bench:
 
     # -- everything ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Every section; the models' runtimes are closed however it ends."""
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for s in self.sessions:
+            s.runtime.close()
+
+    def _run(self) -> dict[str, Any]:
         t_start = time.perf_counter()
         machine = describe_machine()
         self.prepare()
@@ -598,8 +601,6 @@ class Bench:
         machine["load_average_end"] = describe_machine()["load_average_1_5_15"]
         self.timings["total_s"] = time.perf_counter() - t_start
         report["timings_s"] = {k: round(v, 2) for k, v in self.timings.items()}
-        for s in self.sessions:
-            s.runtime.close()
         return report
 
     def _timed(self, name: str, fn: Any) -> Any:

@@ -73,8 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _list_profiles() -> int:
-    from edge_smw.cli.common import table
     from edge_smw.export.profiles import list_profiles
+    from edge_smw.tables import text_table as table
 
     rows = []
     for prof in list_profiles():
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result) -> None:  # noqa: ANN001 - ExportResult, imported lazily
-    from edge_smw.cli.common import table
+    from edge_smw.tables import text_table as table
 
     rows = []
     for name, entry in result.summary["models"].items():

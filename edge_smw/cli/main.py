@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "fool": "fool",
     "serve": "serve",
     "label": "label",
+    "data": "data",
 }
 
 

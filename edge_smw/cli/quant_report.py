@@ -24,9 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from edge_smw.cli.common import table
     from edge_smw.errors import InputError
     from edge_smw.export.sensitivity import report_for_export
+    from edge_smw.tables import text_table as table
 
     if args.crops < 1:
         raise InputError(f"--crops {args.crops}: give at least 1")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from edge_smw.cli.common import add_json, add_no_detect, print_json, table
+from edge_smw.cli.common import add_json, add_no_detect, print_json
+from edge_smw.tables import text_table
 
 HELP = "score photos (or face crops) with an exported model: one line per image and face"
 EXAMPLES = """
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
             probs = " ".join(f"{p:.3f}" for p in face.probabilities)
             box = ",".join(str(v) for v in face.box) if face.box else "-"
             rows.append([photo.path, i, f"{face.expected_score:.2f}", face.level_name, probs, box])
-    print(table(rows, ["image", "face", "score", "level", "p(" + " ".join(levels) + ")", "box"]))
+    header = ["image", "face", "score", "level", "p(" + " ".join(levels) + ")", "box"]
+    print(text_table(rows, header))
     unreadable = sum(p.error is not None for p in photos)
     no_face = sum(p.error is None and not p.faces for p in photos)
     print(f"{len(photos)} image(s): {sum(len(p.faces) for p in photos)} face(s) scored, "

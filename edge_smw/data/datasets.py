@@ -210,3 +210,41 @@ def make_split(
             entries.append({"path": path, "level": level, "split": split})
     entries.sort(key=lambda e: (e["split"], e["level"], e["path"]))
     return SplitManifest(dataset.levels, seed, entries)
+
+
+def stratified_indices(levels: Sequence[int], size: int, seed: int = 0, *,
+                       keys: Sequence[str] | None = None) -> list[int]:
+    """Indices of ``size`` items, each level's share as in ``levels`` (largest remainder;
+    every level keeps at least one), fixed by ``seed``: the one sampler for calibration,
+    parity and bench subsets.
+
+    Items are ordered by (level, key) before each level's seeded shuffle, so the choice does
+    not depend on the order they came in. ``size`` <= 0 or >= their number: all of them.
+    """
+    n = len(levels)
+    order = sorted(range(n), key=lambda i: (int(levels[i]), keys[i] if keys else "", i))
+    if size <= 0 or size >= n:
+        return order
+    by_level: dict[int, list[int]] = {}
+    for i in order:
+        by_level.setdefault(int(levels[i]), []).append(i)
+    quotas = {lvl: size * len(g) / n for lvl, g in by_level.items()}
+    take = {lvl: int(q) for lvl, q in quotas.items()}
+    for lvl in sorted(quotas, key=lambda k: quotas[k] - take[k], reverse=True):
+        if sum(take.values()) >= size:
+            break
+        take[lvl] += 1
+    chosen: list[int] = []
+    for lvl, group in by_level.items():
+        random.Random(f"calib-{seed}-{lvl}").shuffle(group)
+        chosen += group[: max(1, take[lvl])]
+    return chosen
+
+
+def stratified_items(items: Sequence[LabelledImage], size: int,
+                     seed: int = 0) -> list[LabelledImage]:
+    """``stratified_indices`` over labelled images (ordered by path within a level)."""
+    picked = stratified_indices([i.level for i in items], size, seed,
+                                keys=[str(i.path) for i in items])
+    return [items[i] for i in picked]
+

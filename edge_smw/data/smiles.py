@@ -47,6 +47,8 @@ __all__ = [
     "SMILES_URL",
     "fetch_smiles",
     "find_shared_smiles",
+    "install_smiles",
+    "resolve_smiles_dir",
     "verify_smiles",
 ]
 
@@ -102,19 +104,84 @@ _MARKER_SUFFIX = ".verified.json"
 LevelFiles = dict[str, dict[str, Path]]
 
 
+SMILES_DIR_ENV = "EDGE_SMW_SMILES_DIR"
+GET_SMILES_COMMAND = "edge-smw data smiles"
+LOCAL_COPY_NAME = "SMILEsmileD-local"
+
+
 def default_cache_dir() -> Path:
     """The cache root: ``$EDGE_SMW_CACHE`` or ``~/.cache/edge-smw``, plus ``smiles``."""
-    return Path(os.environ.get("EDGE_SMW_CACHE", Path.home() / ".cache" / "edge-smw")) / "smiles"
+    from edge_smw.cache import cache_root
+
+    return cache_root() / "smiles"
 
 
 def find_shared_smiles() -> Path | None:
-    """The test share at ``../shared/data/smilesmiled`` from the project root, if present.
-
-    For tests only: the toolkit never depends on it at run time.
-    """
+    """The development share at ``../shared/data/smilesmiled`` beside a source checkout."""
     project_root = Path(__file__).resolve().parents[2]
     shared = project_root.parent / "shared" / "data" / "smilesmiled"
     return shared if shared.is_dir() else None
+
+
+def resolve_smiles_dir(*, download: bool = False, progress: bool = True,
+                       cache_dir: str | Path | None = None) -> tuple[Path, str] | None:
+    """The one resolver for real faces: (verified level folder, where it came from), or None.
+
+    In order: ``$EDGE_SMW_SMILES_DIR``; ``../shared/data/smilesmiled`` beside a source
+    checkout; a verified copy in the user cache (a download, or one installed with
+    ``edge-smw data smiles --from DIR``); and, with ``download``, the pinned archive fetched and
+    verified now. A variable that names a bad copy is an error, never silently skipped.
+    ``cache_dir`` overrides the user cache's ``smiles`` folder.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    env = os.environ.get(SMILES_DIR_ENV)
+    if env:
+        try:
+            return fetch_smiles(from_dir=env, cache_dir=cache, progress=progress), SMILES_DIR_ENV
+        except DataError as exc:
+            reason = str(exc).replace(f"--from {env}: ", "")
+            raise DataError(f"${SMILES_DIR_ENV}={env}: {reason}") from None
+    shared = find_shared_smiles()
+    if shared is not None:
+        verify_smiles(shared)
+        return shared, "../shared/data/smilesmiled"
+    for name in (LOCAL_COPY_NAME, _cache_name(SMILES_URL)):
+        folder = cache / name
+        if (cache / f"{name}{_MARKER_SUFFIX}").is_file() and _collect_level_layout(folder):
+            return folder, f"the user cache ({folder})"
+    if download:
+        return fetch_smiles(cache_dir=cache, progress=progress), f"a download of {SMILES_URL}"
+    return None
+
+
+def install_smiles(from_dir: str | Path, *, progress: bool = True) -> Path:
+    """Verify a copy the user brought and copy it into the user cache in level layout, where
+    the resolver finds it from then on (no network needed)."""
+    cache = default_cache_dir()
+    source = fetch_smiles(from_dir=from_dir, cache_dir=cache, progress=progress)
+    files = _collect_level_layout(source)
+    assert files is not None  # fetch_smiles returns level layout
+    target = cache / LOCAL_COPY_NAME
+    marker = cache / f"{LOCAL_COPY_NAME}{_MARKER_SUFFIX}"
+    _mkdir(cache)
+    with contextlib.suppress(FileNotFoundError):
+        marker.unlink()
+    work = Path(tempfile.mkdtemp(prefix=f".{LOCAL_COPY_NAME}.", dir=cache))
+    try:
+        for level in SMILES_LEVELS:
+            (work / level).mkdir()
+            for name, src in tqdm(sorted(files[level].items()), desc=f"copy {level}",
+                                  disable=not progress, leave=False):
+                shutil.copyfile(src, work / level / name)
+        _swap_into_place(work, target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    write_json(marker, {"dataset": "SMILEsmileD", "source": str(Path(from_dir).resolve()),
+                        "counts": {level: len(files[level]) for level in SMILES_LEVELS},
+                        "known_files_verified": len(KNOWN_FILES),
+                        "verified_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return target
 
 
 def fetch_smiles(

@@ -33,8 +33,13 @@ def resolve_data(
         generate_synthetic(folder, count=synthetic_count, size=128, seed=seed, progress=progress)
         return DataSource(load_dataset(folder), True, "synthetic")
     if str(spec) == "smiles":
-        from edge_smw.data.smiles import SMILES_LEVELS, fetch_smiles
+        from edge_smw.data.smiles import SMILES_LEVELS, fetch_smiles, resolve_smiles_dir
 
-        folder = fetch_smiles(from_dir=from_dir, progress=progress)
+        if from_dir is not None:
+            folder = fetch_smiles(from_dir=from_dir, progress=progress)
+        else:
+            found = resolve_smiles_dir(download=True, progress=progress)
+            assert found is not None  # download=True returns a copy or raises
+            folder = found[0]
         return DataSource(load_dataset(folder, levels=SMILES_LEVELS), True, "smiles")
     return DataSource(load_dataset(spec, levels=levels), False, str(spec))

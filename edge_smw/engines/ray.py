@@ -33,6 +33,9 @@ ray = require_ray()  # before pyarrow: without the [ray] extra, one line says wh
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
+from edge_smw.artifacts.folders import is_onnx, resolve_model_path  # noqa: E402
+from edge_smw.artifacts.formats import GPU_BACKENDS, ONNX_BACKENDS  # noqa: E402
+from edge_smw.artifacts.sessions import SessionSettings, load_session  # noqa: E402
 from edge_smw.atomic import write_json  # noqa: E402
 from edge_smw.cache import file_sha256  # noqa: E402
 from edge_smw.contract import PreprocessContract  # noqa: E402
@@ -48,12 +51,9 @@ from edge_smw.faces import face_crops  # noqa: E402
 from edge_smw.images import decode_image_bytes  # noqa: E402
 from edge_smw.metadata import ModelInfo, sidecar_path  # noqa: E402
 from edge_smw.rank import AlbumRanking, make_thumbnail, write_csv  # noqa: E402
-from edge_smw.runtime.backends import open_runner  # noqa: E402
-from edge_smw.runtime.runtime import resolve_model_path  # noqa: E402
 
 log = logging.getLogger("edge_smw.engines.ray")
 
-GPU_BACKENDS = ("onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 STATUS_OK = "ok"
 STATUS_RECORDED = "recorded"  # scored by an earlier run: path and file sha256 unchanged
 STAGES = ("read", "decode", "detect", "preprocess", "infer")
@@ -108,19 +108,6 @@ def _actor_layout(options: RayOptions, backend: str) -> tuple[int, float, float]
 
 
 # -- model ------------------------------------------------------------------------------------
-def model_info(path: Path) -> ModelInfo:
-    """An exported model's metadata, read on the driver (an engine's from its sidecar, so a
-    driver without the GPU library can plan the job)."""
-    if path.suffix != ".onnx":
-        return ModelInfo.from_sidecar(sidecar_path(path))
-    runner = open_runner("onnxruntime-cpu", path)
-    runner.activate()
-    try:
-        return ModelInfo.from_props(runner.metadata(), source=path)
-    finally:
-        runner.deactivate()
-
-
 @dataclass(frozen=True)
 class ShippedModel:
     """A model file (and an engine's sidecar) in Ray's object store, so every node gets it
@@ -216,7 +203,11 @@ class FaceScorer:
 
         self._folder = tempfile.TemporaryDirectory(prefix="edge-smw-model-")
         path = model.materialise(Path(self._folder.name))
-        self.runtime = Runtime(path, backend=backend, threads=threads, detect_faces=False)
+        # idle onnxruntime threads must not spin: decode tasks share the node's cores
+        quiet = ({"allow_spinning": False}
+                 if is_onnx(path) and backend in ("auto", *ONNX_BACKENDS) else {})
+        self.runtime = Runtime(path, backend=backend, threads=threads, detect_faces=False,
+                               backend_options=quiet)
         self.size = self.runtime.contract.input_size
         # prepare_photos sends model pixels (contract.to_model_pixels), already in the
         # model's colour order: naming that order makes score_batch's own conversion exact.
@@ -382,7 +373,7 @@ def score_library(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
         raise InputError(f"--max-faces must be >= 1, got {max_faces}")
     out = Path(out)
     model_path = resolve_model_path(model)
-    info = model_info(model_path)
+    info = ModelInfo.from_file(model_path)
     photos = list_photos(inputs, exclude=exclude)
     settings = StoreSettings(file_sha256(model_path), info.levels, detect, max_faces)
     store = ResultStore(out, settings)
@@ -461,13 +452,9 @@ class FeatureExtractor:
     own ONNX file, shipped from the driver)."""
 
     def __init__(self, backbone: ShippedModel, *, contract_json: str, threads: int) -> None:
-        import onnxruntime as ort
-
         self.contract = PreprocessContract.from_json(contract_json)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(ray.get(backbone.data), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = load_session(ray.get(backbone.data),
+                                    SessionSettings(threads=threads, spinning=False))
 
     def _features(self, pixels: np.ndarray) -> np.ndarray:
         return self.session.run(None, {"input": self.contract.normalize(pixels)})[0]

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_smw.artifacts.folders import is_exported_model
 from edge_smw.errors import InputError
 from edge_smw.explain import METHODS
 from edge_smw.explain.cam_numpy import HeatMap, runtime_cam
 from edge_smw.explain.inputs import load_crops, resolve_level, unique_stems
 from edge_smw.explain.render import Image, heatmap_figure, probabilities_line, write_index
 
-EXPORTED_SUFFIXES = (".onnx", ".engine", ".plan")
 _CHUNK = 16
 
 
@@ -39,15 +39,6 @@ class ExplainReport:
             "index": str(self.index),
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
         }
-
-
-def is_exported_model(model: str | Path) -> bool:
-    """An .onnx/.engine file, or a folder holding one but no training checkpoint."""
-    path = Path(model)
-    if path.is_dir():
-        return not (path / "checkpoint.pt").is_file() and any(
-            p.suffix in EXPORTED_SUFFIXES for p in path.iterdir())
-    return path.suffix in EXPORTED_SUFFIXES
 
 
 def explain_images(

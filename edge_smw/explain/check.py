@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_smw.artifacts.folders import RunDir
 from edge_smw.atomic import write_json, write_text
 from edge_smw.errors import DataError
 from edge_smw.explain import METHODS
@@ -164,7 +165,7 @@ def synthetic_check(
                                       max_per_level=max_per_level, progress=progress)
     run_dir = Path(run_dir)
     checkpoint = load_checkpoint(run_dir)
-    items = SplitManifest.load(run_dir / "split.json").items("test")
+    items = SplitManifest.load(RunDir(run_dir).split).items("test")
     if not items:
         raise DataError(f"{run_dir}: the split has no test images to check heat maps on")
     data_dir = items[0].path.parent.parent

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_smw.artifacts.folders import SPLIT_NAME, RunDir
 from edge_smw.contract import PreprocessContract
 from edge_smw.data.crops import SkipReport, load_crop
-from edge_smw.data.datasets import LabelledImage, SplitManifest
+from edge_smw.data.datasets import LabelledImage, SplitManifest, stratified_items
 from edge_smw.errors import DataError, InputError
 from edge_smw.images import is_image_path
 
 MIN_CALIBRATION = 64
-SPLIT_NAME = "split.json"
 
 
 @dataclass
@@ -93,9 +93,7 @@ def load_crops(items: Sequence[LabelledImage | Path], contract: PreprocessContra
 # -- the run's split manifest ----------------------------------------------------------------
 def find_split(run_or_checkpoint: str | Path) -> Path | None:
     """``split.json`` of a run folder, or beside a checkpoint file."""
-    path = Path(run_or_checkpoint)
-    candidate = (path if path.is_dir() else path.parent) / SPLIT_NAME
-    return candidate if candidate.is_file() else None
+    return RunDir.of(run_or_checkpoint).find_split()
 
 
 def split_items(split_path: Path, split: str, levels: Sequence[str]) -> list[LabelledImage]:
@@ -127,28 +125,6 @@ def split_items(split_path: Path, split: str, levels: Sequence[str]) -> list[Lab
     return resolved
 
 
-def stratified(items: Sequence[LabelledImage], size: int, seed: int) -> list[LabelledImage]:
-    """``size`` items, each level's share as in ``items`` (largest remainder), fixed by seed."""
-    by_level: dict[int, list[LabelledImage]] = {}
-    for item in sorted(items, key=lambda i: (i.level, str(i.path))):
-        by_level.setdefault(item.level, []).append(item)
-    total = sum(len(g) for g in by_level.values())
-    if size >= total:
-        return [i for g in by_level.values() for i in g]
-    quotas = {lvl: size * len(g) / total for lvl, g in by_level.items()}
-    take = {lvl: int(q) for lvl, q in quotas.items()}
-    for lvl in sorted(quotas, key=lambda k: quotas[k] - take[k], reverse=True):
-        if sum(take.values()) >= size:
-            break
-        take[lvl] += 1
-    chosen: list[LabelledImage] = []
-    for lvl, group in by_level.items():
-        group = list(group)
-        random.Random(f"calib-{seed}-{lvl}").shuffle(group)
-        chosen += group[: max(1, take[lvl])]
-    return chosen
-
-
 def folder_items(folder: Path, levels: Sequence[str]) -> list[LabelledImage | Path]:
     """A ``--calib-data`` folder: level sub-folders (named like the model's levels) or images."""
     if not folder.is_dir():
@@ -173,7 +149,7 @@ def calibration_crops(
         found = folder_items(folder, contract.levels)
         labelled = [i for i in found if isinstance(i, LabelledImage)]
         if labelled and len(labelled) == len(found):
-            chosen: list = stratified(labelled, size, seed)
+            chosen: list = stratified_items(labelled, size, seed)
         else:
             chosen = list(found)
             random.Random(f"calib-{seed}").shuffle(chosen)
@@ -186,7 +162,7 @@ def calibration_crops(
                 f"no {SPLIT_NAME} beside {run_or_checkpoint}: calibration crops come from the "
                 "run's training split; export the run folder, or pass --calib-data DIR"
             )
-        chosen = stratified(split_items(split, "train", contract.levels), size, seed)
+        chosen = stratified_items(split_items(split, "train", contract.levels), size, seed)
         source = f"train split of {split.parent}"
     crops = load_crops(chosen, contract, detect=detect, source=source, progress=progress,
                        desc="calibration crops")
@@ -211,7 +187,7 @@ def validation_crops(contract: PreprocessContract, *, detect: bool,
         )
     items = split_items(split, "val", contract.levels)
     if limit is not None and limit < len(items):
-        items = stratified(items, limit, seed)
+        items = stratified_items(items, limit, seed)
     crops = load_crops(items, contract, detect=detect, source=f"val split of {split.parent}",
                        progress=progress, desc="validation crops")
     if len(crops) == 0:

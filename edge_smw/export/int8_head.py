@@ -55,20 +55,17 @@ def quantized_features(model: onnx.ModelProto, items: Sequence[LabelledImage],
                        batch_size: int = 32, progress: bool = True
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features of ``items`` as the given (quantized) model computes them."""
-    import os
     import tempfile
     from pathlib import Path
 
-    import onnxruntime as ort
     from tqdm.auto import tqdm
+
+    from edge_smw.artifacts.sessions import SessionSettings, load_session
 
     with tempfile.TemporaryDirectory(prefix="edge-smw-head-") as scratch:
         path = Path(scratch) / "features.onnx"
         onnx.save_model(with_pooled_output(model), str(path))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = os.cpu_count() or 1
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = load_session(path, SessionSettings())
     report = SkipReport()
     feats, levels = [], []
     bar = tqdm(total=len(items), desc="int8 features (train split)", unit="crop",

@@ -7,7 +7,6 @@ contract-normalised crops, which also proves the runtime needs nothing but the .
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edge_smw.artifacts.sessions import SessionSettings, load_session, usable_cores
 from edge_smw.contract import PreprocessContract
 from edge_smw.export.crops import CropSet
 from edge_smw.train.model import ScoreModel
@@ -88,19 +88,10 @@ def latency(paths: Mapping[str, str | Path], size: int, *, runs: int = 30, warmu
             threads: int | None = None) -> dict[str, dict[str, float]]:
     """Batch-1 latency of several models in ONE process, runs interleaved round-robin so a
     busy machine slows them alike; p50/p90 in milliseconds."""
-    import onnxruntime as ort
-
-    sessions = {}
-    for name, path in paths.items():
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        # Idle worker threads of one session must not spin while another session runs:
-        # with several sessions in one process, spinning pools starve each other.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sessions[name] = ort.InferenceSession(str(path), options,
-                                              providers=["CPUExecutionProvider"])
+    # Idle worker threads of one session must not spin while another session runs: with
+    # several sessions in one process, spinning pools starve each other.
+    settings = SessionSettings(threads=threads, spinning=False)
+    sessions = {name: load_session(path, settings) for name, path in paths.items()}
     feed = {"input": np.random.default_rng(0).standard_normal((1, 3, size, size),
                                                                 dtype=np.float32)}
     times: dict[str, list[float]] = {name: [] for name in sessions}
@@ -112,5 +103,5 @@ def latency(paths: Mapping[str, str | Path], size: int, *, runs: int = 30, warmu
                 times[name].append((time.perf_counter() - start) * 1000.0)
     return {name: {"p50_ms": statistics.median(t),
                    "p90_ms": float(np.percentile(t, 90)), "runs": len(t),
-                   "threads": threads or os.cpu_count() or 1}
+                   "threads": threads or usable_cores()}
             for name, t in times.items()}

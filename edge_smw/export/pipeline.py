@@ -29,6 +29,8 @@ import onnx
 import torch
 
 from edge_smw import __version__
+from edge_smw.artifacts.folders import CALIBRATION_DIR, EXPORT_JSON
+from edge_smw.artifacts.formats import FP16, FP32
 from edge_smw.atomic import write_json
 from edge_smw.cache import file_sha256
 from edge_smw.errors import GateFailure, InputError
@@ -54,8 +56,6 @@ from edge_smw.metadata import ModelInfo
 from edge_smw.train.checkpoint import Checkpoint, load_checkpoint
 
 log = logging.getLogger("edge_smw.export")
-
-EXPORT_JSON = "export.json"
 
 
 @dataclass
@@ -254,7 +254,7 @@ def _export(source: str | Path, checkpoint: Checkpoint, options: ExportOptions,
         "versions": _versions(), "machine": Q.cpu_features(), "models": {},
     }
     torch_model = checkpoint.build_model()
-    fp32_path = stage.file("model.onnx")
+    fp32_path = stage.file(FP32.file_name)
     export_fp32(checkpoint, fp32_path, feature_map=options.feature_map, model=torch_model)
     fp32 = onnx.load_model(str(fp32_path))
     val = validation_crops(contract, detect=checkpoint.detect, run_or_checkpoint=source,
@@ -281,7 +281,7 @@ def _export(source: str | Path, checkpoint: Checkpoint, options: ExportOptions,
     if resolved.fp16:
         from edge_smw.export.fp16 import convert_fp16
 
-        fp16_path = stage.file("model.fp16.onnx")
+        fp16_path = stage.file(FP16.file_name)
         fp16 = convert_fp16(fp32)
         set_metadata(fp16, model_info(checkpoint, precision="fp16",
                                       feature_map=options.feature_map))
@@ -500,7 +500,7 @@ def _write_calibration(calibration: Q.Calibration, crops: CropSet, stage: _Stage
     from onnxruntime.quantization.calibrate import save_tensors_data
     from onnxruntime.quantization.quant_utils import write_calibration_table
 
-    folder = stage.file("calibration")
+    folder = stage.file(CALIBRATION_DIR)
     folder.mkdir()
     with Q.quiet_ort():  # it logs the whole table at INFO on the root logger
         write_calibration_table(calibration.tensors_data().data, dir=str(folder))
@@ -521,11 +521,10 @@ def _engines(checkpoint: Checkpoint, options: ExportOptions, resolved: Resolved,
     if resolved.int8 and "tensorrt" in resolved.flavours:
         jobs.append(("int8", Q.Flavour.TENSORRT.file_name))
     if resolved.fp16 or not jobs:
-        jobs.append(("fp16", "model.onnx"))
+        jobs.append(("fp16", FP32.file_name))
     for precision, name in jobs:
         onnx_path = stage.path / name
-        info = ModelInfo.from_props({p.key: p.value for p in onnx.load_model(
-            str(onnx_path), load_external_data=False).metadata_props}, source=onnx_path)
+        info = ModelInfo.from_file(onnx_path)
         info.precision = precision
         calib = summary.get("int8", {}).get("calibration", {}).get("crops_sha256") \
             if precision == "int8" else None

@@ -60,6 +60,8 @@ from onnxruntime.quantization.calibrate import (
     save_tensors_data,
 )
 
+from edge_smw.artifacts.formats import int8_format
+from edge_smw.artifacts.sessions import SessionSettings, load_session
 from edge_smw.contract import PreprocessContract
 from edge_smw.errors import InputError, ModelError
 from edge_smw.export.crops import CropSet
@@ -81,7 +83,7 @@ class Flavour(Enum):
 
     @property
     def file_name(self) -> str:
-        return "model.int8.onnx" if self is Flavour.CPU else "model.int8-trt.onnx"
+        return int8_format(self.value).file_name
 
 
 class CalibMethod(Enum):
@@ -277,18 +279,8 @@ def _calibration_tensors(model_path: Path) -> tuple[onnx.ModelProto, list[str]]:
     return model, sorted(tensors)
 
 
-def _session(path: str | Path, *, optimize: bool = True, threads: int | None = None):
-    import os
-
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+# Reading intermediate tensors needs the graph as written: no fusion may remove them.
+UNOPTIMIZED = SessionSettings(optimization="none")
 
 
 def input_range(contract: PreprocessContract) -> tuple[float, float]:
@@ -323,7 +315,7 @@ def calibrate(
         augmented, tensors = _calibration_tensors(Path(fp32_path))
         aug_path = Path(scratch) / "augmented.onnx"
         onnx.save_model(augmented, str(aug_path))
-        session = _session(aug_path, optimize=False)
+        session = load_session(aug_path, UNOPTIMIZED)
         names = [o.name for o in session.get_outputs()]
         lows = {t: np.inf for t in tensors}
         highs = {t: -np.inf for t in tensors}
@@ -560,7 +552,7 @@ def measure_weight_shift(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: Cro
     with tempfile.TemporaryDirectory(prefix="edge-smw-bias-") as scratch:
         path = Path(scratch) / "twins.onnx"
         onnx.save_model(model, str(path))
-        session = _session(path, optimize=False)
+        session = load_session(path, UNOPTIMIZED)
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             values = dict(zip(wanted, session.run(

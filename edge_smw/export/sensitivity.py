@@ -31,10 +31,11 @@ from onnxruntime.quantization.qdq_loss_debug import (
     modify_model_output_intermediate_tensors,
 )
 
+from edge_smw.artifacts.sessions import SessionSettings, load_session
 from edge_smw.atomic import atomic_path, write_json, write_text
 from edge_smw.contract import PreprocessContract
 from edge_smw.export.crops import CropSet
-from edge_smw.export.quantize import _session, float_tail
+from edge_smw.export.quantize import UNOPTIMIZED, float_tail
 from edge_smw.metadata import INPUT_NAME
 
 _SAVED = "_ReshapedSavedOutput"  # qdq_loss_debug's suffix for saved activations
@@ -116,7 +117,7 @@ def tensor_errors(
         aug_f, aug_q = Path(scratch) / "float.onnx", Path(scratch) / "qdq.onnx"
         modify_model_output_intermediate_tensors(str(fp32_path), str(aug_f))
         modify_model_output_intermediate_tensors(str(qdq_path), str(aug_q))
-        sessions = (_session(aug_f, optimize=False), _session(aug_q, optimize=False))
+        sessions = (load_session(aug_f, UNOPTIMIZED), load_session(aug_q, UNOPTIMIZED))
         for start in tqdm(range(0, n, batch_size), desc="sensitivity", unit="batch",
                           disable=not progress, leave=False):
             feed = {INPUT_NAME: crops.inputs(contract, start, min(start + batch_size, n))}
@@ -247,21 +248,24 @@ def report_for_export(export_dir: str | Path, *, out: str | Path | None = None, 
     """
     import json
 
+    from edge_smw.artifacts.folders import ExportDir
+    from edge_smw.artifacts.formats import FP32
     from edge_smw.errors import InputError, ModelError
     from edge_smw.export.crops import load_crops
     from edge_smw.export.quantize import Flavour
     from edge_smw.metadata import ModelInfo
 
-    folder = Path(export_dir)
-    fp32 = folder / "model.onnx"
+    folder = ExportDir(Path(export_dir))
+    fp32 = folder.path / FP32.file_name
     if not fp32.is_file():
-        raise InputError(f"{folder} holds no model.onnx: give a folder written by "
+        raise InputError(f"{folder.path} holds no {FP32.file_name}: give a folder written by "
                          "`edge-smw export`")
-    models = {f.value: folder / f.file_name for f in Flavour if (folder / f.file_name).is_file()}
+    models = {f.value: folder.path / f.file_name for f in Flavour
+              if (folder.path / f.file_name).is_file()}
     if not models:
-        raise InputError(f"{folder} holds no INT8 model (model.int8.onnx / model.int8-trt.onnx): "
-                         "export with --int8 first")
-    crops_json = folder / "calibration" / "crops.json"
+        names = " / ".join(f.file_name for f in Flavour)
+        raise InputError(f"{folder.path} holds no INT8 model ({names}): export with --int8 first")
+    crops_json = folder.calibration / "crops.json"
     try:
         listed = json.loads(crops_json.read_text(encoding="utf-8"))
         paths = [Path(p) for p in listed["paths"]]
@@ -270,22 +274,21 @@ def report_for_export(export_dir: str | Path, *, out: str | Path | None = None, 
                          "(re-export with --int8)") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{crops_json} is corrupt ({exc}); re-export with --int8") from None
-    proto = onnx.load_model(str(fp32), load_external_data=False)
-    info = ModelInfo.from_props({p.key: p.value for p in proto.metadata_props}, source=fp32)
+    info = ModelInfo.from_file(fp32)
     detect = bool(info.extra.get("detect", False))
     crops = load_crops(paths[:limit], info.contract, detect=detect, source=str(crops_json),
                        progress=progress, desc="calibration crops")
     if len(crops) == 0:
         raise InputError(f"none of the calibration images listed in {crops_json} can be read "
                          f"here ({crops.skipped.summary()})")
-    target = Path(out) if out else folder
+    target = Path(out) if out else folder.path
     written = {}
     for flavour, path in models.items():
         errors = tensor_errors(fp32, path, crops, info.contract, limit=limit, progress=progress)
         written[flavour] = write_report(
             errors, target, name=f"quant_report.{flavour}",
             title=f"INT8 sensitivity, {flavour} flavour ({path.name})",
-            meta={"crops": len(crops), "model": path.name, "export": str(folder)})
+            meta={"crops": len(crops), "model": path.name, "export": str(folder.path)})
     return written
 
 
@@ -313,7 +316,7 @@ def unit_noise(
     def logits(model: onnx.ModelProto, folder: Path) -> np.ndarray:
         path = folder / "unit.onnx"
         onnx.save_model(model, str(path))
-        session = _session(path)
+        session = load_session(path, SessionSettings())
         out = [session.run(["logits"], {INPUT_NAME: crops.inputs(contract, s, min(s + 16, n))})[0]
                for s in range(0, n, 16)]
         values = np.concatenate(out).astype(np.float64)

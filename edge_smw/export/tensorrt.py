@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_smw.artifacts.formats import engine_format
 from edge_smw.atomic import atomic_path, write_bytes, write_json
 from edge_smw.cache import cache_root
 from edge_smw.errors import BackendUnavailableError, InputError, ModelError
@@ -167,7 +168,7 @@ def build_engine(onnx_path: str | Path, settings: EngineSettings, *, info: Model
         size = input_size or info.contract.input_size
         plan = _build(trt, onnx_path, settings, timing_cache, size)
         write_bytes(cached, plan)
-    target = Path(out_dir) / f"model.{gpu.slug}.{settings.precision}.engine"
+    target = Path(out_dir) / engine_format(settings.precision).engine_name(gpu.slug)
     with atomic_path(target) as tmp:
         shutil.copyfile(cached, tmp)  # the plan, untouched
     engine = {"file": target.name, "tensorrt": trt.__version__, "gpu": gpu.name,

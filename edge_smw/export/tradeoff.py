@@ -16,7 +16,6 @@ with another thread count) without redoing the accuracy part.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import onnx
 
+from edge_smw.artifacts.sessions import usable_cores
 from edge_smw.atomic import atomic_path, write_json, write_text
 from edge_smw.export import mixed
 from edge_smw.export import quantize as Q
@@ -155,7 +155,7 @@ def retime(out: Path, result: dict[str, Any] | None = None, *, runs: int = 200,
         row["latency_ms_p90"] = s["p90_ms"]
         row["speedup_vs_fp32"] = base / s["p50_ms"]
     result.update(machine=Q.cpu_features(), latency_runs=runs,
-                  threads=threads or os.cpu_count())
+                  threads=threads or usable_cores())
     write_json(out / "tradeoff.json", result)
     write_text(out / "tradeoff.md", table(result))
     return result

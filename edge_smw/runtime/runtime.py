@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from edge_smw.artifacts.folders import is_onnx, resolve_model_path
+from edge_smw.artifacts.formats import ENGINE_BACKENDS
 from edge_smw.contract import Box
 from edge_smw.errors import BackendUnavailableError, InputError, ModelError
 from edge_smw.faces import face_crops
@@ -28,8 +30,8 @@ log = logging.getLogger("edge_smw.runtime")
 
 # Preference order for backend="auto", fastest first.
 _AUTO_ORDER = ("onnxruntime-tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
-# What an export folder offers, most deployable first.
-_FOLDER_CANDIDATES = ("model.int8.onnx", "model.onnx", "model.fp16.onnx")
+
+__all__ = ["FaceScore", "Runtime", "ScoreResult", "resolve_model_path"]
 
 
 @dataclass
@@ -71,23 +73,6 @@ class ScoreResult:
         }
 
 
-def resolve_model_path(model: str | Path) -> Path:
-    """An .onnx or .engine file, or an export folder (its int8 model first, then fp32)."""
-    path = Path(model)
-    if path.is_dir():
-        for name in _FOLDER_CANDIDATES:
-            if (path / name).is_file():
-                return path / name
-        raise ModelError(f"{path} holds no exported model ({', '.join(_FOLDER_CANDIDATES)}); "
-                         "run `edge-smw export RUN_DIR --out DIR` first")
-    if not path.is_file():
-        raise ModelError(f"model {path} not found")
-    if path.suffix not in (".onnx", ".engine", ".plan"):
-        raise ModelError(f"{path}: expected an .onnx or .engine model (or an export folder); a "
-                         "training checkpoint must be exported first with `edge-smw export`")
-    return path
-
-
 class Runtime:
     """Score frames with an exported edge-smw model.
 
@@ -127,7 +112,7 @@ class Runtime:
         self._local = threading.local()
         # An engine's metadata is read first: a missing sidecar is reported even where
         # TensorRT itself is not installed.
-        sidecar = None if self.path.suffix == ".onnx" else ModelInfo.from_sidecar(
+        sidecar = None if is_onnx(self.path) else ModelInfo.from_sidecar(
             sidecar_path(self.path))
         self.runner = self._open(backend, device, threads, backend_options or {})
         try:
@@ -152,7 +137,7 @@ class Runtime:
             runner.activate()
             log.debug("backend %s for %s", backend, self.path)
             return runner
-        candidates = ("tensorrt",) if self.path.suffix != ".onnx" else _AUTO_ORDER
+        candidates = ENGINE_BACKENDS if not is_onnx(self.path) else _AUTO_ORDER
         reasons = []
         for name in candidates:
             try:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edge_smw import __version__
+from edge_smw.artifacts.folders import CHECKPOINT_NAME, checkpoint_file
 from edge_smw.atomic import atomic_path
 from edge_smw.cache import file_sha256
 from edge_smw.contract import PreprocessContract
@@ -26,7 +27,6 @@ from edge_smw.train.model import ScoreModel
 
 FORMAT = "edge-smw-checkpoint"
 FORMAT_VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 @dataclass
@@ -98,9 +98,7 @@ def current_versions() -> dict[str, str]:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
+    path = checkpoint_file(path)
     if not path.is_file():
         raise ModelError(
             f"no checkpoint at {path}; give a run folder made by `edge-smw train` or its "

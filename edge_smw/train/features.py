@@ -8,7 +8,6 @@ thread decodes and crops the next batch, and caches each crop's features by
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from edge_smw.artifacts.sessions import SessionSettings, load_session
 from edge_smw.atomic import atomic_path
 from edge_smw.cache import cache_root, file_sha256
 from edge_smw.contract import PreprocessContract
@@ -48,19 +48,13 @@ class FeaturePass:
     def __init__(
         self, spec: BackboneSpec, *, weights: str | Path | None = None, threads: int | None = None
     ) -> None:
-        import onnxruntime as ort
-
         self.spec = spec
         self.module = build_feature_maps(spec, weights)
         self.fingerprint = weights_fingerprint(self.module)
         self.onnx_path = cache_root() / "backbones" / f"{spec.name}-{self.fingerprint}.onnx"
         if not self.onnx_path.is_file():
             export_pooled_backbone(self.module, spec.input_size, self.onnx_path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        self._session = ort.InferenceSession(
-            str(self.onnx_path), options, providers=["CPUExecutionProvider"]
-        )
+        self._session = load_session(self.onnx_path, SessionSettings(threads=threads))
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         return self._session.run(None, {"input": inputs})[0]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edge_smw.artifacts.folders import RunDir
 from edge_smw.atomic import write_json
 from edge_smw.data.crops import SkipReport
 from edge_smw.data.datasets import LabelledImage, SplitManifest, make_split
@@ -24,7 +25,7 @@ from edge_smw.data.sources import DataSource
 from edge_smw.engines import ENGINE_INPROCESS, ENGINE_RAY, ENGINES, RayOptions
 from edge_smw.evaluate import compute_metrics, poster_table, write_report
 from edge_smw.train.backbones import DEFAULT_BACKBONE, get_backbone
-from edge_smw.train.checkpoint import CHECKPOINT_NAME, Checkpoint, current_versions
+from edge_smw.train.checkpoint import Checkpoint, current_versions
 from edge_smw.train.features import FeaturePass, FeatureSet, compute_features
 from edge_smw.train.heads import LOSSES, HeadConfig, grid_search, predict_proba, train_head
 
@@ -74,6 +75,7 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
     seed_everything(options.seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    run = RunDir(out)
     if options.loss not in LOSSES:
         from edge_smw.errors import InputError
 
@@ -82,7 +84,7 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
     if options.max_per_level:
         dataset.items = _subsample(dataset.items, options.max_per_level, options.seed)
     manifest = make_split(dataset, seed=options.seed)
-    manifest.save(out / "split.json")
+    manifest.save(run.split)
     detect = options.detect and not source.precropped
     spec = get_backbone(options.backbone)
     contract = spec.contract(dataset.levels, crop_margin=options.crop_margin)
@@ -99,9 +101,9 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
         )
         skipped.unreadable += feats[split].skipped.unreadable
         skipped.no_face += feats[split].skipped.no_face
-    write_json(out / "skipped.json", skipped.to_dict())
+    write_json(run.skipped_json, skipped.to_dict())
     if skipped.count:
-        log.warning("skipped %s (listed in %s)", skipped.summary(), out / "skipped.json")
+        log.warning("skipped %s (listed in %s)", skipped.summary(), run.skipped_json)
 
     k = len(dataset.levels)
     train_xy = (feats["train"].features, feats["train"].levels)
@@ -140,7 +142,7 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
         metrics={"test": _brief(chosen["test"]), "val": _brief(chosen["val"])},
         config=config, versions=current_versions(),
     )
-    ckpt_path = checkpoint.save(out / CHECKPOINT_NAME)
+    ckpt_path = checkpoint.save(run.checkpoint)
     _write_train_report(out, source, manifest, options, by_loss, skipped, contract,
                         time.perf_counter() - started)
     return TrainResult(out, ckpt_path, chosen["test"], by_loss)
@@ -212,4 +214,4 @@ def _write_train_report(out: Path, source: DataSource, manifest: SplitManifest,
         "losses": by_loss, "skipped": skipped.to_dict(), "seconds": seconds,
         "poster_table": poster_table(chosen["test"]),
     }
-    write_json(out / "train.json", summary)
+    write_json(RunDir(out).train_json, summary)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+from edge_smw.artifacts.formats import BACKENDS
+
+__all__ = ["BACKENDS", "Runner", "open_runner"]
 
 
 class Runner(abc.ABC):

@@ -7,12 +7,12 @@ CUDA); this runner checks which provider the session really got and reports a fa
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge_smw.artifacts.sessions import SessionSettings, load_session
 from edge_smw.cache import cache_root
 from edge_smw.errors import BackendUnavailableError, InputError, ModelError
 from edge_smw.metadata import INPUT_NAME
@@ -95,15 +95,8 @@ class OnnxRuntimeRunner(Runner):
             options["trt_max_workspace_size"] = int(self.trt_workspace_bytes)
         return [("TensorrtExecutionProvider", options), cuda, "CPUExecutionProvider"]
 
-    def _options(self, ort: Any) -> Any:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(self.threads or os.cpu_count() or 1)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        if not self.allow_spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return options
+    def _settings(self) -> SessionSettings:
+        return SessionSettings(threads=self.threads, spinning=self.allow_spinning)
 
     def activate(self) -> None:
         import onnxruntime as ort
@@ -115,11 +108,10 @@ class OnnxRuntimeRunner(Runner):
                              "`edge-smw export`")
         providers = self._providers(ort)
         try:
-            session = ort.InferenceSession(str(self.path), self._options(ort),
-                                           providers=providers)
+            session = load_session(self.path, self._settings(), providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            if self.provider != "cpu" and self._loads_on_cpu(ort):
+            if self.provider != "cpu" and self._loads_on_cpu():
                 raise BackendUnavailableError(
                     f"{PROVIDERS[self.provider]} could not start ({reason}); check the NVIDIA "
                     f"driver and CUDA/cuDNN/TensorRT versions for this onnxruntime-gpu"
@@ -148,11 +140,10 @@ class OnnxRuntimeRunner(Runner):
             self._input_shape = tuple(shape[1:])
         self.active = True
 
-    def _loads_on_cpu(self, ort: Any) -> bool:
+    def _loads_on_cpu(self) -> bool:
         """Tell a broken file from a GPU provider that cannot start."""
         try:
-            ort.InferenceSession(str(self.path), self._options(ort),
-                                 providers=["CPUExecutionProvider"])
+            load_session(self.path, self._settings(), providers=["CPUExecutionProvider"])
         except Exception:  # noqa: BLE001 - any failure means the file itself is bad
             return False
         return True

@@ -1,0 +1,150 @@
+"""Run and export folders as objects that know their files.
+
+A run folder is what ``edge-smw train`` writes (the checkpoint, the split manifest every later
+step reuses, the reports); an export folder is what ``edge-smw export`` writes (models from the
+formats table, ``export.json``, the calibration folder). Every module asks these objects for a
+path instead of spelling a file name, and ``is_exported_model`` is the one rule for telling an
+exported model from a training run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_smw.artifacts.formats import (
+    CHECKPOINT,
+    ENGINE_SUFFIXES,
+    MODEL_SUFFIXES,
+    ONNX_SUFFIX,
+    offered_models,
+)
+from edge_smw.errors import ModelError
+
+CHECKPOINT_NAME = CHECKPOINT.file_name
+SPLIT_NAME = "split.json"
+TRAIN_JSON = "train.json"
+SKIPPED_JSON = "skipped.json"
+EXPORT_JSON = "export.json"
+CALIBRATION_DIR = "calibration"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A training run folder (or the folder of a checkpoint file given directly)."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, run_or_checkpoint: str | Path) -> RunDir:
+        """The run a folder or a checkpoint file belongs to."""
+        path = Path(run_or_checkpoint)
+        return cls(path if path.is_dir() or path.suffix != CHECKPOINT.suffix else path.parent)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT_NAME
+
+    @property
+    def split(self) -> Path:
+        return self.path / SPLIT_NAME
+
+    @property
+    def train_json(self) -> Path:
+        return self.path / TRAIN_JSON
+
+    @property
+    def skipped_json(self) -> Path:
+        return self.path / SKIPPED_JSON
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint.is_file()
+
+    def find_split(self) -> Path | None:
+        """``split.json`` of the run, or None where there is none."""
+        return self.split if self.split.is_file() else None
+
+
+def checkpoint_file(run_or_checkpoint: str | Path) -> Path:
+    """A run folder's checkpoint, or the checkpoint file itself (not checked to exist)."""
+    path = Path(run_or_checkpoint)
+    return RunDir(path).checkpoint if path.is_dir() else path
+
+
+@dataclass(frozen=True)
+class ExportDir:
+    """An export folder: models named by the formats table, ``export.json``, calibration."""
+
+    path: Path
+
+    @property
+    def export_json(self) -> Path:
+        return self.path / EXPORT_JSON
+
+    @property
+    def calibration(self) -> Path:
+        return self.path / CALIBRATION_DIR
+
+    def model_files(self) -> list[Path]:
+        """Every model-like file (by suffix), sorted by name; hidden staging files excluded."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p for p in self.path.iterdir()
+                      if p.is_file() and not p.name.startswith(".")
+                      and p.suffix in MODEL_SUFFIXES)
+
+    def default_model(self) -> Path:
+        """The model ``Runtime`` takes from this folder: the most deployable one present."""
+        for fmt in offered_models():
+            candidate = self.path / fmt.file_name
+            if candidate.is_file():
+                return candidate
+        names = ", ".join(f.file_name for f in offered_models())
+        raise ModelError(f"{self.path} holds no exported model ({names}); run `edge-smw export "
+                         "RUN_DIR --out DIR` first")
+
+    def read_export_json(self) -> dict[str, Any] | None:
+        """``export.json`` as a dict, None where absent; a corrupt one is a clear error."""
+        path = self.export_json
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{path} is not valid JSON ({exc}); re-export the folder") from None
+        return data if isinstance(data, dict) else None
+
+
+def is_exported_model(model: str | Path) -> bool:
+    """An .onnx/.engine file, or a folder holding one but no training checkpoint.
+
+    The one rule every command uses to choose between the torch path (a run folder or
+    checkpoint) and the torch-free ``Runtime`` path (an exported model).
+    """
+    path = Path(model)
+    if path.is_dir():
+        return not RunDir(path).has_checkpoint() and bool(ExportDir(path).model_files())
+    return path.suffix in MODEL_SUFFIXES
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """An .onnx or .engine file, or an export folder (its most deployable model)."""
+    path = Path(model)
+    if path.is_dir():
+        return ExportDir(path).default_model()
+    if not path.is_file():
+        raise ModelError(f"model {path} not found")
+    if path.suffix not in MODEL_SUFFIXES:
+        raise ModelError(f"{path}: expected an .onnx or .engine model (or an export folder); a "
+                         "training checkpoint must be exported first with `edge-smw export`")
+    return path
+
+
+def is_engine(path: str | Path) -> bool:
+    return Path(path).suffix in ENGINE_SUFFIXES
+
+
+def is_onnx(path: str | Path) -> bool:
+    return Path(path).suffix == ONNX_SUFFIX

@@ -1,0 +1,89 @@
+"""The one onnxruntime session loader (as Polygraphy's ``SessionFromOnnx``): loaders build
+sessions, runners only run them.
+
+Threads, spinning, graph optimisation, logging and providers are decided here and nowhere
+else, so a measurement, a calibration pass and the camera runtime cannot drift apart by an
+option one of them forgot.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+OPTIMIZATION_LEVELS = ("none", "basic", "extended", "all")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), not the machine's total."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """How a session runs.
+
+    ``spinning``: idle intra-op threads spin-wait after each run. That shaves a little latency
+    off back-to-back runs of one model, but steals the cores from whatever runs next (another
+    model, face detection, a decode thread): measurement, calibration and batch passes turn
+    it off. ``threads`` None means every usable core; 0 leaves onnxruntime's own thread
+    defaults (what a plain ``InferenceSession(path)`` gets: the bench's "theirs" baseline).
+    """
+
+    threads: int | None = None
+    spinning: bool = True
+    optimization: str = "all"
+    providers: tuple[Any, ...] = ("CPUExecutionProvider",)
+    log_severity: int = 3
+
+    def options(self) -> Any:
+        """The ``onnxruntime.SessionOptions`` these settings stand for."""
+        import onnxruntime as ort
+
+        if self.optimization not in OPTIMIZATION_LEVELS:
+            from edge_smw.errors import InputError
+
+            raise InputError(f"graph optimisation {self.optimization!r}: choose one of "
+                             f"{list(OPTIMIZATION_LEVELS)}")
+        levels = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+        options = ort.SessionOptions()
+        if self.threads != 0:
+            options.intra_op_num_threads = int(self.threads or usable_cores())
+            options.inter_op_num_threads = 1
+        options.graph_optimization_level = levels[self.optimization]
+        options.log_severity_level = self.log_severity
+        if not self.spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return options
+
+
+def load_session(model: str | Path | bytes, settings: SessionSettings | None = None, *,
+                 providers: Sequence[Any] | None = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` for a model file (or serialized bytes).
+
+    ``providers`` overrides the settings' providers (a runner passes the GPU providers it
+    resolved with their options); onnxruntime's own load errors propagate unchanged for the
+    caller to word.
+    """
+    import onnxruntime as ort
+
+    settings = settings or SessionSettings()
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, settings.options(),
+                                providers=list(providers or settings.providers))
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """An ONNX file's ``metadata_props`` through onnxruntime (present wherever edge-smw is;
+    ``onnx`` may not be), with no graph optimisation: only the header is wanted."""
+    session = load_session(path, SessionSettings(optimization="none", threads=1))
+    return dict(session.get_modelmeta().custom_metadata_map)

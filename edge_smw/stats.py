@@ -1,0 +1,90 @@
+"""Proportions as statistical claims: a gate such as "int8 agrees with torch on >= 98% of
+crops" is judged on a sample, so it carries an interval and a minimum sample size.
+
+The Wilson score interval is used (it behaves at proportions near 1 and at small n, where the
+normal approximation claims certainty it does not have). One module, used by bench gates and
+the export's INT8 gate alike.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from edge_smw.errors import InputError
+
+CONFIDENCE = 0.95
+
+
+def _z(confidence: float) -> float:
+    """Two-sided standard-normal quantile for ``confidence`` (0.95 -> 1.96)."""
+    if not 0.0 < confidence < 1.0:
+        raise InputError(f"confidence {confidence}: give a fraction in (0, 1), e.g. 0.95")
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+
+
+def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE
+                    ) -> tuple[float, float]:
+    """Wilson score interval for ``successes`` out of ``n``; (0, 1) when ``n`` is 0."""
+    if n < 0 or not 0 <= successes <= n:
+        raise InputError(f"a proportion needs 0 <= successes <= n, got {successes} of {n}")
+    if n == 0:
+        return 0.0, 1.0
+    z = _z(confidence)
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def min_n_to_show(threshold: float, confidence: float = CONFIDENCE) -> int:
+    """The smallest sample on which even a perfect score would show a proportion of at
+    least ``threshold`` (Wilson lower bound of n/n >= threshold): n >= z^2 t / (1 - t).
+
+    Below it a claim such as ">= 98%" cannot be judged at all: one miss in 16 is 93.8%, and
+    16 of 16 only shows >= 80.6%.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise InputError(f"threshold {threshold}: a proportion in (0, 1)")
+    z = _z(confidence)
+    n = max(1, math.floor(z * z * threshold / (1.0 - threshold)))
+    while wilson_interval(n, n, confidence)[0] < threshold:
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class Proportion:
+    """``successes`` of ``n`` (agreement, accuracy) with its interval."""
+
+    successes: int
+    n: int
+    confidence: float = CONFIDENCE
+
+    @classmethod
+    def from_fraction(cls, fraction: float, n: int, confidence: float = CONFIDENCE
+                      ) -> Proportion:
+        return cls(int(round(fraction * n)), int(n), confidence)
+
+    @property
+    def value(self) -> float:
+        return self.successes / self.n if self.n else float("nan")
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.successes, self.n, self.confidence)
+
+    def shows_at_least(self, threshold: float) -> bool | None:
+        """True: the interval's lower bound reaches ``threshold``; False: it does not; None:
+        ``n`` is too small for any result to show it (not judged)."""
+        if self.n < min_n_to_show(threshold, self.confidence):
+            return None
+        return self.interval[0] >= threshold
+
+    def describe(self) -> str:
+        lo, hi = self.interval
+        return (f"{100 * self.value:.2f}% of {self.n} ({100 * self.confidence:.0f}% Wilson "
+                f"interval {100 * lo:.2f}-{100 * hi:.2f}%)")
