@@ -129,6 +129,9 @@ def test_ray_scores_real_crops_as_inprocess(ray_local, smiles_onnx: Path, crop_l
     assert summary.no_face == summary.unreadable == 0
     assert summary.backends == ["onnxruntime-cpu"] and summary.seconds > 0
     assert all(v > 0 for k, v in summary.stage_seconds.items() if k != "detect")
+    # decoding runs in its own CPU tasks, not fused into the model actors
+    assert "MapBatches(prepare_photos)->MapBatches(FaceScorer)" not in summary.ray_stats
+    assert "MapBatches(FaceScorer)" in summary.ray_stats
 
     want = _inprocess(smiles_onnx, files, detect=False)
     got = _faces_table(out)
@@ -339,3 +342,96 @@ def test_training_features_on_ray_fill_the_cache_as_inprocess(ray_local, smiles_
         assert np.array_equal(ray_set.levels, local_set.levels)
         np.testing.assert_allclose(ray_set.features, local_set.features, rtol=0, atol=1e-5)
     assert len(from_ray[0].paths) == 2 * len(flipped)  # each flipped item twice
+
+
+def _cli(capsys, *argv) -> tuple[int, str, str]:
+    from edge_smw.cli.main import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_score_and_rank_with_engine_ray(ray_local, smiles_onnx: Path, album: Path,
+                                            tmp_path: Path, capsys) -> None:
+    import json
+
+    ray_flags = ["--engine", "ray", "--backend", "onnxruntime-cpu", "--actors", "1",
+                 "--batch-size", "4"]
+    code, out, _ = _cli(capsys, "score", smiles_onnx, album, "--out", tmp_path / "scores",
+                        "--json", *ray_flags)
+    assert code == 0
+    summary = json.loads(out)
+    assert (summary["photos"], summary["unreadable"], summary["no_face"]) == (12, 3, 2)
+    assert len(_faces_table(tmp_path / "scores")) == 7
+
+    code, out, _ = _cli(capsys, "rank", smiles_onnx, album, "--out", tmp_path / "ray-rank",
+                        "--top", "3", *ray_flags)
+    assert code == 0
+    assert "12 photo(s): 12 scored" in out and "wrote" in out
+    code, _, _ = _cli(capsys, "rank", smiles_onnx, album, "--out", tmp_path / "local-rank",
+                      "--top", "3", "--backend", "onnxruntime-cpu")
+    assert code == 0
+    _assert_same_csv(tmp_path / "ray-rank" / "ranking.csv",
+                     tmp_path / "local-rank" / "ranking.csv")
+    page = (tmp_path / "ray-rank" / "contact_sheet.html").read_text(encoding="utf-8")
+    assert page.count("<figure>") == 3
+    assert len(list((tmp_path / "ray-rank" / "thumbs").iterdir())) == 3
+
+
+def test_cli_engine_mistakes_are_one_line_exit_2(smiles_onnx: Path, album: Path,
+                                                 tmp_path: Path, capsys) -> None:
+    for argv, words in [
+        (["score", smiles_onnx, album, "--engine", "ray"], "pass --out DIR"),
+        (["score", smiles_onnx, album, "--ray-address", "auto"], "add --engine ray"),
+        (["score", smiles_onnx, album, "--actors", "2"], "add --engine ray"),
+        (["score", smiles_onnx, album, "--out", tmp_path], "--engine ray writes"),
+        (["score", smiles_onnx, album, "--engine", "ray", "--out", tmp_path, "--threads", "2"],
+         "--cpus-per-actor"),
+        (["rank", smiles_onnx, "s3://bucket/album/", "--engine", "ray"], "is not a folder"),
+        (["train", "--data", album, "--out", tmp_path, "--batch-size", "8"], "add --engine ray"),
+    ]:
+        code, _, err = _cli(capsys, *argv)
+        assert code == 2, (argv, err)
+        assert err.count("\n") == 1 and words in err and "Traceback" not in err
+
+
+def test_engine_ray_without_the_extra_says_what_to_install(smiles_onnx: Path, album: Path,
+                                                           tmp_path: Path) -> None:
+    """A real process where Ray cannot be imported, as after `pip install edge-smw`."""
+    import subprocess
+    import sys
+
+    script = ("import sys; sys.modules['ray'] = None\n"
+              "from edge_smw.cli.main import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    result = subprocess.run(
+        [sys.executable, "-c", script, "score", str(smiles_onnx), str(album), "--engine", "ray",
+         "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "pip install 'edge-smw[ray]'" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_train_with_engine_ray_trains_the_same_head(ray_local, smiles_dir: Path,
+                                                        tmp_path: Path, capsys,
+                                                        monkeypatch) -> None:
+    """Features from Ray (fresh cache) and from the in-process pass (another fresh cache)
+    give the same head and the same test metrics."""
+    from edge_smw.train.checkpoint import load_checkpoint
+
+    common = ["--data", smiles_dir, "--levels", "not_smiling,smiling", "--no-detect",
+              "--max-per-level", "24", "--no-compare", "--epochs", "10", "--json"]
+    runs = {}
+    for engine in ("ray", "inprocess"):
+        monkeypatch.setenv("EDGE_SMW_CACHE", str(tmp_path / f"cache-{engine}"))
+        extra = ["--engine", "ray", "--actors", "1", "--batch-size", "8"] \
+            if engine == "ray" else []
+        code, _, err = _cli(capsys, "train", *common, "--out", tmp_path / engine, *extra)
+        assert code == 0, err
+        runs[engine] = load_checkpoint(tmp_path / engine)
+    ray_ckpt, local_ckpt = runs["ray"], runs["inprocess"]
+    np.testing.assert_allclose(ray_ckpt.head_weight, local_ckpt.head_weight, atol=1e-4)
+    np.testing.assert_allclose(ray_ckpt.head_bias, local_ckpt.head_bias, atol=1e-4)
+    assert ray_ckpt.metrics == local_ckpt.metrics

@@ -38,9 +38,10 @@ class RayOptions:
 
     ``address``: None starts a local Ray in this process (or joins one already started);
     ``"auto"`` or ``"ray://head:10001"`` joins a cluster. ``batch_size`` photos go to one
-    ``Runtime.score_batch`` call. ``actors``: model replicas, one ``Runtime`` each (None: one
-    per GPU for GPU backends, else one per two CPUs of the cluster, so decoding keeps the
-    other half busy). ``cpus_per_actor`` is also each replica's onnxruntime thread count.
+    ``Runtime.score_batch`` call. ``actors``: model replicas, one ``Runtime`` each (None: a pool
+    that Ray grows from 1 up to one per GPU for GPU backends, else one per two CPUs of the
+    cluster, while batches wait for the model). ``cpus_per_actor`` is also each replica's
+    onnxruntime thread count.
     ``gpus_per_actor``: None gives 1 for GPU backends (and ``auto`` on a cluster with GPUs).
     """
 

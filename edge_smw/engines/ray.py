@@ -41,6 +41,8 @@ from edge_smw.cache import file_sha256  # noqa: E402
 from edge_smw.contract import PreprocessContract  # noqa: E402
 from edge_smw.engines.inputs import Photo, list_photos, read_source  # noqa: E402
 from edge_smw.engines.store import (  # noqa: E402
+    FACES_SCHEMA,
+    SKIPPED_SCHEMA,
     STATUS_NO_FACE,
     STATUS_UNREADABLE,
     ResultStore,
@@ -57,6 +59,11 @@ log = logging.getLogger("edge_smw.engines.ray")
 STATUS_OK = "ok"
 STATUS_RECORDED = "recorded"  # scored by an earlier run: path and file sha256 unchanged
 STAGES = ("read", "decode", "detect", "preprocess", "infer")
+# Heap a decoding task may need (an 80-megapixel photo decodes to about 240 MB, twice while
+# converting). Asking for it keeps Ray from packing more decoders on a node than its memory
+# holds, and from fusing decoding into the model actors, which would leave every CPU but the
+# actors' idle.
+DECODE_MEMORY = 512 * 1024 * 1024
 SUMMARY = "summary.json"
 CSV_NAME = "ranking.csv"
 
@@ -87,8 +94,13 @@ def _configure_data_context(progress: bool) -> None:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def _actor_layout(options: RayOptions, backend: str) -> tuple[int, float, float]:
-    """(actors, CPUs per actor, GPUs per actor) from the options and the cluster."""
+def _actor_layout(options: RayOptions, backend: str) -> tuple[Any, int, float, float]:
+    """(Ray's compute strategy, most actors, CPUs per actor, GPUs per actor).
+
+    ``--actors N`` is a fixed pool. Without it the pool autoscales from 1 up to one actor per
+    GPU (GPU backends) or per two CPUs: Ray adds replicas while batches wait for the model,
+    so photos that are costly to decode (large JPEGs) leave their CPUs to the decoders.
+    """
     resources = ray.cluster_resources()
     cluster_gpus = float(resources.get("GPU", 0))
     gpus = options.gpus_per_actor
@@ -98,13 +110,24 @@ def _actor_layout(options: RayOptions, backend: str) -> tuple[int, float, float]
         raise BackendUnavailableError(
             f"backend {backend} asks for {gpus:g} GPU per actor but the Ray cluster has "
             f"{cluster_gpus:g}; use a CPU backend or --gpus-per-actor 0")
+    cluster_cpus = float(resources.get("CPU", 0))
     actors = options.actors
     if actors is None:
         if gpus:
-            actors = max(1, int(cluster_gpus // gpus))
+            most = max(1, int(cluster_gpus // gpus))
         else:
-            actors = max(1, int(float(resources.get("CPU", 1)) // (2 * options.cpus_per_actor)))
-    return actors, options.cpus_per_actor, gpus
+            most = max(1, int(cluster_cpus // (2 * options.cpus_per_actor)))
+        strategy = ray.data.ActorPoolStrategy(min_size=1, max_size=most)
+    else:
+        most = actors
+        strategy = ray.data.ActorPoolStrategy(size=actors)
+    # a warning, not an error: an autoscaling cluster may add nodes later
+    if (actors or 1) * options.cpus_per_actor > cluster_cpus - 1:
+        log.warning("%d actor(s) x %g CPU leave the %g CPUs of the Ray cluster no whole CPU "
+                    "for decoding tasks: the job waits for more nodes; lower --actors or "
+                    "--cpus-per-actor (fractions such as 0.5 are allowed)", actors or 1,
+                    options.cpus_per_actor, cluster_cpus)
+    return strategy, most, options.cpus_per_actor, gpus
 
 
 # -- model ------------------------------------------------------------------------------------
@@ -253,8 +276,9 @@ class RunSummary:
     unreadable: int = 0
     seconds: float = 0.0  # pipeline wall time (Ray start not included)
     startup_seconds: float = 0.0
+    driver_seconds: float = 0.0  # the driver turning results into Parquet parts
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
-    actors: int = 0
+    actors: int = 0  # the pool's size (its largest, when it autoscales)
     cpus_per_actor: float = 0.0
     gpus_per_actor: float = 0.0
     batch_size: int = 0
@@ -281,8 +305,9 @@ class RunSummary:
             f"({self.photos_per_s:.1f} photos/s), {self.recorded} already recorded; "
             f"{self.faces} face(s), {self.no_face} without a face, {self.unreadable} unreadable",
             "per photo, summed over workers: " + ", ".join(
-                f"{k} {v:.1f} ms" for k, v in per.items()),
-            f"{self.actors} actor(s) x {self.cpus_per_actor:g} CPU"
+                f"{k} {v:.1f} ms" for k, v in per.items())
+            + f"; driver {1000 * self.driver_seconds / max(1, self.scored):.2f} ms",
+            f"up to {self.actors} actor(s) x {self.cpus_per_actor:g} CPU"
             + (f" + {self.gpus_per_actor:g} GPU" if self.gpus_per_actor else "")
             + f", batches of {self.batch_size}, backend {', '.join(self.backends) or '-'}; "
             f"cluster {self.cluster}",
@@ -313,6 +338,11 @@ class _PartWriter:
         self._photos = 0
 
     def add(self, batch: pa.Table) -> None:
+        started = time.perf_counter()
+        self._add(batch)
+        self.summary.driver_seconds += time.perf_counter() - started
+
+    def _add(self, batch: pa.Table) -> None:
         s = self.summary
         for row in batch.to_pylist():
             for stage in STAGES:
@@ -347,11 +377,11 @@ class _PartWriter:
     def flush(self) -> None:
         if not self._photos:
             return
-        from edge_smw.engines.store import FACES_SCHEMA, SKIPPED_SCHEMA
-
+        started = time.perf_counter()
         self.store.append(pa.Table.from_pylist(self._faces, schema=FACES_SCHEMA),
                           pa.Table.from_pylist(self._skipped, schema=SKIPPED_SCHEMA))
         self._faces, self._skipped, self._photos = [], [], 0
+        self.summary.driver_seconds += time.perf_counter() - started
 
 
 def score_library(model: str | Path, inputs: Sequence[str | Path], out: str | Path, *,
@@ -383,7 +413,7 @@ def score_library(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
     with ray_session(options.address):
         summary.startup_seconds = time.perf_counter() - started
         _configure_data_context(options.progress)
-        actors, cpus, gpus = _actor_layout(options, backend)
+        strategy, actors, cpus, gpus = _actor_layout(options, backend)
         summary.actors, summary.cpus_per_actor, summary.gpus_per_actor = actors, cpus, gpus
         summary.cluster = {k: float(v) for k, v in ray.cluster_resources().items()
                            if k in ("CPU", "GPU")}
@@ -394,12 +424,12 @@ def score_library(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
             prepare_photos, batch_format="pyarrow", batch_size=options.batch_size,
             fn_kwargs={"contract_json": info.contract.to_json(), "detect": detect,
                        "max_faces": max_faces},
-            num_cpus=1)
+            num_cpus=1, memory=DECODE_MEMORY)
         ds = ds.map_batches(
             scorer or FaceScorer, batch_format="pyarrow", batch_size=options.batch_size,
             fn_constructor_args=(shipped,),
             fn_constructor_kwargs={"backend": backend, "threads": max(1, math.floor(cpus))},
-            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus, num_gpus=gpus or None)
+            compute=strategy, num_cpus=cpus, num_gpus=gpus or None)
         writer = _PartWriter(store, info.levels, options.part_photos, summary)
         try:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
@@ -527,7 +557,7 @@ def warm_feature_cache(items: Sequence[Any], contract: PreprocessContract, featu
     digests = list(todo)
     with ray_session(options.address):
         _configure_data_context(options.progress)
-        actors, cpus, _ = _actor_layout(options, "onnxruntime-cpu")
+        strategy, _, cpus, _ = _actor_layout(options, "onnxruntime-cpu")
         began = time.perf_counter()
         backbone = ShippedModel.put(Path(feature_pass.onnx_path))
         size = options.batch_size
@@ -537,13 +567,13 @@ def warm_feature_cache(items: Sequence[Any], contract: PreprocessContract, featu
         ds = ray.data.from_arrow(blocks)
         ds = ds.map_batches(prepare_crops, batch_format="pyarrow", batch_size=size,
                             fn_kwargs={"contract_json": contract.to_json(), "detect": detect},
-                            num_cpus=1)
+                            num_cpus=1, memory=DECODE_MEMORY)
         ds = ds.map_batches(
             FeatureExtractor, batch_format="pyarrow", batch_size=size,
             fn_constructor_args=(backbone,),
             fn_constructor_kwargs={"contract_json": contract.to_json(),
                                    "threads": max(1, math.floor(cpus))},
-            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus)
+            compute=strategy, num_cpus=cpus)
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():
                 summary.stage_seconds["prepare"] += row["prepare_s"]
