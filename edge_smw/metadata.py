@@ -47,6 +47,12 @@ class ModelInfo:
     def levels(self) -> tuple[str, ...]:
         return self.contract.levels
 
+    @property
+    def detect(self) -> bool:
+        """Was the model trained on detected faces (True) or on whole images / face crops?
+        Models exported before this was recorded were trained with detection on."""
+        return bool(self.extra.get("detect", True))
+
     def info_dict(self) -> dict[str, Any]:
         return {
             "backbone": self.backbone,

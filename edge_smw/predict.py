@@ -41,7 +41,7 @@ def model_contract(model: str | Path) -> tuple[PreprocessContract, bool]:
         from edge_smw.metadata import ModelInfo
 
         info = ModelInfo.from_file(resolve_model_path(model))
-        return info.contract, bool(info.extra.get("detect", True))
+        return info.contract, info.detect
     from edge_smw.train.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(model)
@@ -49,13 +49,32 @@ def model_contract(model: str | Path) -> tuple[PreprocessContract, bool]:
 
 
 def predict_items(
-    model: str | Path, items: Sequence[LabelledImage], *, detect: bool,
+    model: str | Path, items: Sequence[LabelledImage], *, detect: bool | None = None,
     backend: str = "auto", progress: bool = True, batch_size: int = 32,
 ) -> Predictions:
+    """Score ``items``; ``detect`` None finds faces only if the model was trained on them.
+
+    Refuses (one line naming the flag) when most images yield no face: an accuracy over the
+    few that did would read as the whole set's.
+    """
+    if detect is None:
+        detect = model_contract(model)[1]
     if is_exported_model(model):
-        return _predict_runtime(model, items, detect=detect, backend=backend, progress=progress,
-                                batch_size=batch_size)
-    return _predict_checkpoint(model, items, detect=detect, progress=progress)
+        preds = _predict_runtime(model, items, detect=detect, backend=backend,
+                                 progress=progress, batch_size=batch_size)
+    else:
+        preds = _predict_checkpoint(model, items, detect=detect, progress=progress)
+    check_faces_found(len(items), len(preds.skipped.no_face))
+    return preds
+
+
+def check_faces_found(total: int, no_face: int) -> None:
+    """More than half the images without a face means the wrong detection setting."""
+    if total and 2 * no_face > total:
+        from edge_smw.errors import DataError
+
+        raise DataError(f"{no_face} of {total} images yield no face with face detection on: "
+                        "they look like face crops already; score them whole with --no-detect")
 
 
 def _predict_checkpoint(model: str | Path, items: Sequence[LabelledImage], *, detect: bool,
@@ -99,5 +118,7 @@ def _predict_runtime(model: str | Path, items: Sequence[LabelledImage], *, detec
     if not probs:
         from edge_smw.errors import DataError
 
+        if detect:
+            check_faces_found(len(items), len(report.no_face))
         raise DataError(f"no usable images among {len(items)} ({report.summary()})")
     return Predictions(paths, np.asarray(true), np.concatenate(probs), levels, report)

@@ -57,6 +57,15 @@ class PhotoScore:
         return {"path": str(self.path), "faces": [f.to_dict() for f in self.faces],
                 "error": self.error}
 
+    def records(self) -> list[dict]:
+        """One flat record per face (``face`` counts from 1, largest first); a photo with no
+        scorable face gives one record with ``face`` null, its status and error."""
+        if not self.faces:
+            return [{"path": str(self.path), "face": None, "status": self.status,
+                     "error": self.error}]
+        return [{"path": str(self.path), "face": i, **face.to_dict()}
+                for i, face in enumerate(self.faces, 1)]
+
 
 @dataclass
 class AlbumRanking:

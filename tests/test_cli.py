@@ -30,7 +30,7 @@ def test_bad_data_is_one_clear_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nowhere" in err[0] and "not found" in err[0]
     assert main(["evaluate", str(tmp_path), "--data", str(tmp_path)]) == 2
-    assert "holds no exported model" in capsys.readouterr().err
+    assert "holds neither a training checkpoint" in capsys.readouterr().err
 
 
 @pytest.fixture()

@@ -180,7 +180,7 @@ def test_ray_detects_faces_and_skips_bad_files_as_inprocess(ray_local, smiles_on
 
     out = tmp_path / "folder"
     summary, _ = score_library(smiles_onnx, [album], out, backend="onnxruntime-cpu",
-                               options=_options(batch_size=4))
+                               detect=True, options=_options(batch_size=4))
     _assert_same_as_inprocess(out, want, smiles_onnx)
     assert (summary.unreadable, summary.no_face) == (3, 2)
     assert summary.faces == sum(len(p.faces) for p in want.values())
@@ -191,8 +191,8 @@ def test_ray_detects_faces_and_skips_bad_files_as_inprocess(ray_local, smiles_on
     # the same folder as a URI goes through pyarrow.fs, as s3:// and gs:// do
     uri = album.resolve().as_uri()
     out = tmp_path / "uri"
-    score_library(smiles_onnx, [uri + "/"], out, backend="onnxruntime-cpu",
-                  options=_options(batch_size=4))
+    score_library(smiles_onnx, [uri + "/"], out, backend="onnxruntime-cpu", detect=True,
+                  options=_options(batch_size=4, actors=None))  # the autoscaling pool
     _assert_same_as_inprocess(out, want, smiles_onnx,
                               key=lambda p: str(Path(p).resolve()) if "://" not in p
                               else p.removeprefix("file://"))
@@ -209,12 +209,12 @@ def test_ray_resumes_and_rescored_files_replace_old_rows(ray_local, smiles_onnx:
     photos = Path(shutil.copytree(album, tmp_path / "album"))
     out = tmp_path / "out"
     first, _ = score_library(smiles_onnx, [photos], out, backend="onnxruntime-cpu",
-                             options=_options(batch_size=2, part_photos=3))
+                             detect=True, options=_options(batch_size=2, part_photos=3))
     parts = sorted(p.name for p in (out / "faces").iterdir())
     assert first.scored == first.photos == 12 and len(parts) >= 2
 
     again, _ = score_library(smiles_onnx, [photos], out, backend="onnxruntime-cpu",
-                             options=_options(batch_size=2, part_photos=3))
+                             detect=True, options=_options(batch_size=2, part_photos=3))
     assert (again.recorded, again.scored, again.faces) == (12, 0, 0)
     assert sorted(p.name for p in (out / "faces").iterdir()) == parts  # nothing rewritten
 
@@ -222,7 +222,7 @@ def test_ray_resumes_and_rescored_files_replace_old_rows(ray_local, smiles_onnx:
     changed = photos / "face_0.png"
     shutil.copyfile(photos / "sub" / "face_1.png", changed)
     third, ranking = score_library(smiles_onnx, [photos], out, backend="onnxruntime-cpu",
-                                   options=_options(batch_size=2))
+                                   detect=True, options=_options(batch_size=2))
     assert (third.recorded, third.scored) == (11, 1)
     want = _inprocess(smiles_onnx, [changed, photos / "sub" / "face_1.png"], detect=True)
     _assert_same_faces(_current_faces(out, smiles_onnx)[str(changed)], want[str(changed)],
@@ -290,8 +290,9 @@ def test_a_worker_that_dies_is_replaced_and_its_batch_retried(ray_local, smiles_
             return super().__call__(batch)
 
     out = tmp_path / "out"
+    # detect=None: as the model was trained (on whole crops), as Runtime decides it
     summary, _ = score_library(smiles_onnx, [listing], out, backend="onnxruntime-cpu",
-                               detect=False, options=_options(batch_size=16), scorer=DiesOnce)
+                               detect=None, options=_options(batch_size=16), scorer=DiesOnce)
     assert marker.exists()  # it did die
     assert summary.scored == len(files) and summary.faces == len(files)
     _assert_same_as_inprocess(out, _inprocess(smiles_onnx, files, detect=False), smiles_onnx)
@@ -357,10 +358,10 @@ def test_cli_score_and_rank_with_engine_ray(ray_local, smiles_onnx: Path, album:
     import json
 
     ray_flags = ["--engine", "ray", "--backend", "onnxruntime-cpu", "--actors", "1",
-                 "--batch-size", "4"]
+                 "--batch-size", "4", "--detect"]
     code, out, _ = _cli(capsys, "score", smiles_onnx, album, "--out", tmp_path / "scores",
                         "--json", *ray_flags)
-    assert code == 0
+    assert code == 0 and len(out.splitlines()) == 1
     summary = json.loads(out)
     assert (summary["photos"], summary["unreadable"], summary["no_face"]) == (12, 3, 2)
     assert len(_faces_table(tmp_path / "scores")) == 7
@@ -370,7 +371,7 @@ def test_cli_score_and_rank_with_engine_ray(ray_local, smiles_onnx: Path, album:
     assert code == 0
     assert "12 photo(s): 12 scored" in out and "wrote" in out
     code, _, _ = _cli(capsys, "rank", smiles_onnx, album, "--out", tmp_path / "local-rank",
-                      "--top", "3", "--backend", "onnxruntime-cpu")
+                      "--top", "3", "--backend", "onnxruntime-cpu", "--detect")
     assert code == 0
     _assert_same_csv(tmp_path / "ray-rank" / "ranking.csv",
                      tmp_path / "local-rank" / "ranking.csv")

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def runtime(smiles_onnx: Path):
-    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1) as rt:
+    """The crop-trained model, asked to find faces in frames (as a camera build would)."""
+    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1, detect_faces=True) as rt:
         yield rt
 
 
@@ -117,6 +118,13 @@ def test_score_finds_faces_in_frames_and_none_in_a_gradient(runtime: Runtime,
     np.testing.assert_array_equal(rgb.faces[0].probabilities, face.probabilities)
     gray = face_frames[0][..., 0]
     assert len(runtime.score(gray, color="gray").faces) >= 1
+
+
+def test_detection_defaults_to_how_the_model_was_trained(smiles_onnx: Path, crops) -> None:
+    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1) as rt:
+        assert rt.info.detect is False and rt.detect is False  # trained on face crops
+        result = rt.score(crops[0])  # a 64x64 crop Haar cannot find a face in
+    assert len(result.faces) == 1 and result.faces[0].box == (0, 0, 64, 64)
 
 
 def test_no_detect_scores_the_whole_frame(smiles_onnx: Path, crops) -> None:
@@ -250,10 +258,20 @@ def test_missing_gpu_providers_are_backend_unavailable(smiles_onnx: Path, caplog
         Runtime(smiles_onnx, backend="onnxruntime-cuda")
     with pytest.raises(BackendUnavailableError, match="onnxruntime-gpu"):
         Runtime(smiles_onnx, backend="onnxruntime-tensorrt")
+    from edge_smw.runtime import runtime as runtime_module
+
+    runtime_module._CHOICES_LOGGED.clear()
     caplog.set_level("INFO", logger="edge_smw.runtime")
-    with Runtime(smiles_onnx, threads=1, warmup=False) as rt:  # auto falls back, and says why
+    with Runtime(smiles_onnx, threads=1, warmup=False) as rt:  # auto falls back quietly...
         assert rt.backend == "onnxruntime-cpu"
-    assert "TensorrtExecutionProvider" in caplog.text and "auto -> onnxruntime-cpu" in caplog.text
+    assert "auto ->" not in caplog.text
+    runtime_module._CHOICES_LOGGED.clear()
+    caplog.set_level("DEBUG", logger="edge_smw.runtime")
+    for _ in range(3):  # ...and says why once per process, at DEBUG (-v)
+        with Runtime(smiles_onnx, threads=1, warmup=False):
+            pass
+    assert caplog.text.count("auto -> onnxruntime-cpu") == 1
+    assert "TensorrtExecutionProvider" in caplog.text
 
 
 # -- bad model files ----------------------------------------------------------------------
@@ -362,7 +380,7 @@ with contextlib.redirect_stdout(io.StringIO()) as cli_out:
     code = main(["score", model, crop_path, "--no-detect", "--json", "--threads", "1"])
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "timm"))
 print(json.dumps({"result": result.to_dict(), "heavy": heavy, "code": code,
-                  "cli": json.loads(cli_out.getvalue())}))
+                  "cli": [json.loads(line) for line in cli_out.getvalue().splitlines()]}))
 """
 
 
@@ -375,7 +393,7 @@ def test_runtime_and_cli_run_where_torch_cannot_be_imported(smiles_onnx: Path,
     out = json.loads(proc.stdout)
     assert out["heavy"] == [] and out["code"] == 0
     assert len(out["result"]["faces"]) == 1
-    assert out["cli"][0]["faces"][0]["probabilities"] == out["result"]["faces"][0]["probabilities"]
+    assert out["cli"][0]["probabilities"] == out["result"]["faces"][0]["probabilities"]
 
 
 def test_importing_edge_smw_imports_no_torch() -> None:

@@ -59,33 +59,39 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
 
 def test_score_json_reports_every_file(smiles_onnx: Path, album, capsys) -> None:
     root = album["face_a"].parent
-    code, out, _ = _run(capsys, "score", smiles_onnx, root, "--json", "--threads", "1",
-                        "--backend", "onnxruntime-cpu")
+    # the model was trained on face crops: --detect asks for faces to be found in photos
+    code, out, _ = _run(capsys, "score", smiles_onnx, root, "--detect", "--json", "--threads",
+                        "1", "--backend", "onnxruntime-cpu")
     assert code == 0
-    entries = {Path(e["path"]).name: e for e in json.loads(out)}
+    records = [json.loads(line) for line in out.splitlines()]  # one JSON object per line
+    entries: dict[str, list[dict]] = {}
+    for record in records:
+        entries.setdefault(Path(record["path"]).name, []).append(record)
     assert set(entries) == {p.name for p in album.values()}  # no .hidden.jpg, no readme.txt
     for key in ("corrupt", "empty", "text"):
-        entry = entries[album[key].name]
-        assert entry["faces"] == [] and entry["error"]
-    assert "0 bytes" in entries["empty.jpg"]["error"]
-    assert entries["gradient.png"] == {"path": str(album["gradient"]), "faces": [],
-                                       "error": None}
-    assert entries["crop.png"]["faces"] == []  # a tight 64x64 crop is too small for Haar
-    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1) as rt:
+        [entry] = entries[album[key].name]
+        assert entry["face"] is None and entry["status"] == "unreadable" and entry["error"]
+    assert "0 bytes" in entries["empty.jpg"][0]["error"]
+    assert entries["gradient.png"] == [{"path": str(album["gradient"]), "face": None,
+                                        "status": "no face", "error": None}]
+    assert entries["crop.png"][0]["face"] is None  # a tight 64x64 crop is too small for Haar
+    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1, detect_faces=True) as rt:
         for key in ("face_a", "face_b", "face_odd"):
-            entry = entries[album[key].name]
-            assert entry["error"] is None and len(entry["faces"]) >= 1
+            faces = entries[album[key].name]
+            assert [f["face"] for f in faces] == list(range(1, len(faces) + 1))
             want = rt.score(read_image(album[key])).faces[0]
-            got = entry["faces"][0]
+            got = faces[0]
             assert got["box"] == list(want.box)
             assert got["probabilities"] == pytest.approx(list(want.probabilities), abs=1e-5)
             assert sum(got["probabilities"]) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_score_table_for_humans_and_no_detect(smiles_onnx: Path, album, capsys) -> None:
-    code, out, _ = _run(capsys, "score", smiles_onnx, album["crop"], album["empty"],
-                        album["gradient"], "--threads", "1", "--backend", "onnxruntime-cpu")
-    assert code == 0
+    code, out, err = _run(capsys, "score", smiles_onnx, album["crop"], album["empty"],
+                          album["gradient"], "--detect", "--threads", "1", "--backend",
+                          "onnxruntime-cpu")
+    assert code == 1 and "no image could be scored" in err  # nothing scored is a failure
+    assert "2 of 3 image(s) yield no face" in err and "--no-detect" in err
     lines = out.splitlines()
     assert lines[0].split()[:4] == ["image", "face", "score", "level"]
     assert any("crop.png" in ln and "no face found" in ln for ln in lines)
@@ -93,8 +99,12 @@ def test_score_table_for_humans_and_no_detect(smiles_onnx: Path, album, capsys) 
     assert "3 image(s): 0 face(s) scored, 2 without a face, 1 unreadable" in out
     code, out, _ = _run(capsys, "score", smiles_onnx, album["crop"], "--no-detect", "--json",
                         "--threads", "1")
-    faces = json.loads(out)[0]["faces"]
-    assert code == 0 and len(faces) == 1 and faces[0]["box"] == [0, 0, 64, 64]
+    [face] = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and face["face"] == 1 and face["box"] == [0, 0, 64, 64]
+    # without the flag the crop model scores crops whole, as it was trained
+    code, default_out, _ = _run(capsys, "score", smiles_onnx, album["crop"], "--json",
+                                "--threads", "1")
+    assert code == 0 and json.loads(default_out) == face
 
 
 def test_score_errors_are_one_line_exit_2(smiles_onnx: Path, smiles_run: Path, album,
@@ -116,8 +126,8 @@ def test_rank_writes_csv_html_png_and_lists_bad_files(smiles_onnx: Path, album, 
     root = album["face_a"].parent
     out_dir = tmp_path / "report"
     # --top 3 shows every ranked photo, so the odd name is on the page whatever its score
-    code, out, _ = _run(capsys, "rank", smiles_onnx, root, "--top", "3", "--out", out_dir,
-                        "--threads", "1", "--backend", "onnxruntime-cpu")
+    code, out, _ = _run(capsys, "rank", smiles_onnx, root, "--detect", "--top", "3", "--out",
+                        out_dir, "--threads", "1", "--backend", "onnxruntime-cpu")
     assert code == 0
     assert "3 ranked, 2 without a face, 3 unreadable" in out
     assert sorted(p.name for p in out_dir.iterdir()) == [
@@ -129,7 +139,7 @@ def test_rank_writes_csv_html_png_and_lists_bad_files(smiles_onnx: Path, album, 
     assert [r["rank"] for r in ranked] == ["1", "2", "3"]
     scores = [float(r["expected_score"]) for r in ranked]
     assert scores == sorted(scores, reverse=True)
-    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1) as rt:
+    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1, detect_faces=True) as rt:
         for row in ranked:
             best = rt.score(read_image(row["path"])).best
             assert float(row["expected_score"]) == pytest.approx(best.expected_score, abs=1e-4)

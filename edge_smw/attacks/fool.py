@@ -86,7 +86,7 @@ def fool_images(
     eps: float = 4.0,
     steps: int = 50,
     step_size: float | None = None,
-    detect: bool = True,
+    detect: bool | None = None,
 ) -> FoolReport:
     """Targeted fooling images for every face in ``inputs`` (files or folders)."""
     if not eps >= 1:
@@ -99,7 +99,7 @@ def fool_images(
     target_index = resolve_level(target, contract.levels)
     if target_index is None:
         raise InputError("a fooling image needs --target LEVEL (a level name or 1-based position)")
-    batch = load_crops(inputs, contract, detect=detect)
+    batch = load_crops(inputs, contract, detect=ckpt.detect if detect is None else detect)
     pixels = np.stack([contract.to_model_pixels(c.crop_bgr) for c in batch.crops])
     pixel_model = PixelModel(contract, ckpt.build_model()).eval()
     results = pgd_attack(pixel_model, pixels, target=target_index, eps=eps, steps=steps,

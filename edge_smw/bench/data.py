@@ -74,6 +74,10 @@ def load_items(items: list[LabelledImage], contract: PreprocessContract, *, dete
         pixels.append(crop)
         kept_labels.append(items[i].level)
         paths.append(str(path))
+    if detect:
+        from edge_smw.predict import check_faces_found
+
+        check_faces_found(len(keep), len(report.no_face))
     if not pixels:
         missing = report.unreadable[0] if report.unreadable else ("?", "no face found")
         raise DataError(f"{source}: none of {len(keep)} images could be used (first: "
@@ -85,8 +89,9 @@ def load_items(items: list[LabelledImage], contract: PreprocessContract, *, dete
 
 def load_bench_data(spec: str | None, contract: PreprocessContract, *,
                     run_dir: Path | None, trained_detect: bool, limit: int,
-                    seed: int = 0) -> BenchData:
-    """``--data`` (folder, CSV, ``synthetic``, ``smiles``) or, by default, the run's test split."""
+                    seed: int = 0, detect: bool | None = None) -> BenchData:
+    """``--data`` (folder, CSV, ``synthetic``, ``smiles``) or, by default, the run's test split;
+    faces are found as the model was trained unless ``detect`` says otherwise."""
     if spec is None:
         split = RunDir(run_dir).find_split() if run_dir is not None else None
         if split is None:
@@ -96,7 +101,8 @@ def load_bench_data(spec: str | None, contract: PreprocessContract, *,
         if tuple(manifest.levels) != contract.levels:
             raise DataError(f"{split} has levels {list(manifest.levels)}, the "
                             f"model {list(contract.levels)}")
-        return load_items(manifest.items("test"), contract, detect=trained_detect,
+        return load_items(manifest.items("test"), contract,
+                          detect=trained_detect if detect is None else detect,
                           source=f"{split} (test split)", limit=limit,
                           run_dir=run_dir, seed=seed)
     from edge_smw.data.sources import resolve_data
@@ -105,5 +111,5 @@ def load_bench_data(spec: str | None, contract: PreprocessContract, *,
     if tuple(data.dataset.levels) != contract.levels:
         raise DataError(f"--data {spec} has levels {list(data.dataset.levels)}, the model "
                         f"{list(contract.levels)}")
-    return load_items(data.dataset.items, contract, detect=not data.precropped, source=spec,
-                      limit=limit, seed=seed)
+    return load_items(data.dataset.items, contract, detect=data.detect_for(trained_detect, detect),
+                      source=spec, limit=limit, seed=seed)

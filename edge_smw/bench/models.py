@@ -185,6 +185,15 @@ def find_checkpoint(export_dir: Path, explicit: str | Path | None,
                      "--golden check FILE (no torch needed)")
 
 
+def require_torch() -> None:
+    """The torch reference (reference outputs, eager baseline, attacks) needs torch."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise BackendUnavailableError("the torch reference needs torch, which is not installed "
+                                      "here: pip install 'edge-smw[train]'")
+
+
 class TorchReference:
     """The checkpoint's torch model: the reference outputs, the eager baseline, the attacker."""
 

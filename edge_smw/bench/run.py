@@ -28,6 +28,7 @@ from edge_smw.bench.models import (
     discover_models,
     find_checkpoint,
     reference_model,
+    require_torch,
 )
 from edge_smw.bench.parity import parity_row
 from edge_smw.bench.report import SCHEMA_VERSION
@@ -50,6 +51,7 @@ class BenchOptions:
     golden_file: Path | None = None
     gates: str | None = None
     threads: int | None = None
+    detect: bool | None = None  # None: as the model was trained
     command: str = ""
     sections: tuple[str, ...] = ("latency", "end_to_end", "limit", "parity", "robustness")
     extra: dict[str, Any] = field(default_factory=dict)
@@ -198,19 +200,20 @@ class Bench:
                               f"{golden.meta.get('torch_version', '?')}, checkpoint "
                               f"{(golden.checkpoint_sha256 or '?')[:12]})")
         else:
-            ckpt = find_checkpoint(self.export_dir, opts.checkpoint, self.models)
-            try:
-                self.ref = TorchReference(ckpt, threads=self.threads)
+            try:  # before looking for its checkpoint: without torch there is nothing to load
+                require_torch()
             except BackendUnavailableError as exc:
                 raise BackendUnavailableError(
                     f"{exc}; without torch, compare against saved outputs with --golden check "
                     "FILE") from None
+            ckpt = find_checkpoint(self.export_dir, opts.checkpoint, self.models)
+            self.ref = TorchReference(ckpt, threads=self.threads)
             if self.ref.contract.sha256 != self.contract.sha256:
                 raise ModelError(f"{ckpt} has a different preprocessing contract from the "
                                  f"models in {self.export_dir}: pass the run they came from")
             self.data = load_bench_data(opts.data, self.contract, run_dir=ckpt.parent,
                                         trained_detect=self.ref.checkpoint.detect,
-                                        limit=self.suite.parity_max)
+                                        limit=self.suite.parity_max, detect=opts.detect)
             log.info("bench: torch reference on %d crops from %s", len(self.data),
                      self.data.source)
             self.ref_probs = self.ref.probabilities(self.data.pixels)

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from edge_smw.cli.common import add_json, print_json
+from edge_smw.cli.common import add_detect, add_json, print_json
 
 HELP = "measure an export: latency, end-to-end FPS, parity with torch, robustness, gates"
 EXAMPLES = """
@@ -56,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="folder for bench.json, bench.md and plots "
                                  "(default: EXPORT_DIR/bench)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_detect(p)
     add_json(p)
 
 
@@ -74,6 +75,8 @@ def _command(args: argparse.Namespace) -> str:
         parts += ["--golden", *args.golden]
     if args.no_plots:
         parts.append("--no-plots")
+    if args.detect is not None:
+        parts.append("--detect" if args.detect else "--no-detect")
     return " ".join(shlex.quote(str(p)) for p in parts)
 
 
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         backends=[b.strip() for b in args.backends.split(",")] if args.backends else None,
         batches=args.batch, suite=args.suite, golden_mode=golden_mode,
         golden_file=Path(golden_file) if golden_file else None, gates=args.gates,
-        threads=args.threads,
+        threads=args.threads, detect=args.detect,
         command=_command(args),
     )
     report = run_bench(options)

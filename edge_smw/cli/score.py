@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from typing import Any
 
-from edge_smw.cli.common import (
-    add_engine_arguments,
-    add_json,
-    add_no_detect,
-    print_json,
-    ray_options,
-)
+from edge_smw.cli.common import add_detect, add_engine_arguments, ray_options
 from edge_smw.tables import text_table
 
 HELP = "score photos (or face crops) with an exported model: one line per image and face"
+JSON_HELP = ("print one JSON object per line: one per face (path, face, box, level, "
+             "probabilities, expected_score); a photo without a scorable face gets one line "
+             "with face null and its status (--engine ray: its summary, on one line)")
 EXAMPLES = """
   edge-smw score exports/me/model.onnx photo.jpg
   edge-smw score exports/me/ album/ --json
@@ -31,7 +30,7 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL",
                    help="exported model: .onnx, .engine (with its .json sidecar) or an export "
                         "folder")
-    add_no_detect(p)
+    add_detect(p)
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="inference backend (default: the fastest available)")
     p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all)")
@@ -42,7 +41,7 @@ def open_runtime(args: argparse.Namespace, max_faces: int = 5):  # noqa: ANN201 
     from edge_smw.runtime import Runtime
 
     return Runtime(args.model, backend=args.backend, device=args.device, threads=args.threads,
-                   detect_faces=not args.no_detect, max_faces=max_faces)
+                   detect_faces=args.detect, max_faces=max_faces)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-faces", type=int, default=5, help="faces scored per photo (largest)")
     p.add_argument("--out", help="--engine ray: folder for the results (Parquet faces/ and "
                                  "skipped/, ranking.csv, summary.json); a re-run resumes")
-    add_json(p)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     add_engine_arguments(p)
 
 
@@ -78,7 +77,7 @@ def run_on_ray(args: argparse.Namespace, options: Any, inputs: list[str], out: s
     from edge_smw.engines.ray import score_library
 
     return score_library(args.model, inputs, out, backend=args.backend,
-                         detect=not args.no_detect, max_faces=getattr(args, "max_faces", 5),
+                         detect=args.detect, max_faces=getattr(args, "max_faces", 5),
                          options=options, exclude=exclude, thumbnails=thumbnails)
 
 
@@ -92,11 +91,14 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--engine ray writes its results to files: pass --out DIR")
         summary, _ = run_on_ray(args, options, args.images, args.out)
         if args.json:
-            print_json(summary.to_dict())
-            return 0
-        print("\n".join(summary.lines()))
-        print(f"wrote {args.out}/faces/ (one row per face), {args.out}/skipped/, "
-              f"{args.out}/ranking.csv and {args.out}/summary.json")
+            print(json.dumps(summary.to_dict()))
+        else:
+            print("\n".join(summary.lines()))
+            print(f"wrote {args.out}/faces/ (one row per face), {args.out}/skipped/, "
+                  f"{args.out}/ranking.csv and {args.out}/summary.json")
+        if summary.scored and not summary.faces:
+            print("edge-smw score: no image could be scored", file=sys.stderr)
+            return 1
         return 0
     if args.out:
         raise InputError("--out is where --engine ray writes; in-process scores are printed "
@@ -106,9 +108,13 @@ def run(args: argparse.Namespace) -> int:
     with open_runtime(args, max_faces=args.max_faces) as runtime:
         photos = list(score_photos(runtime, paths, progress=not args.json and len(paths) > 1))
         levels = runtime.levels
+        detect = runtime.detect
+    scored = sum(len(p.faces) for p in photos)
     if args.json:
-        print_json([photo.to_dict() for photo in photos])
-        return 0
+        for photo in photos:
+            for record in photo.records():
+                print(json.dumps(record))
+        return _verdict(photos, scored, detect)
     rows = []
     for photo in photos:
         if photo.error is not None:
@@ -123,7 +129,20 @@ def run(args: argparse.Namespace) -> int:
     print(text_table(rows, header))
     unreadable = sum(p.error is not None for p in photos)
     no_face = sum(p.error is None and not p.faces for p in photos)
-    print(f"{len(photos)} image(s): {sum(len(p.faces) for p in photos)} face(s) scored, "
+    print(f"{len(photos)} image(s): {scored} face(s) scored, "
           f"{no_face} without a face, {unreadable} unreadable; score = expected level 1.."
           f"{len(levels)}")
+    return _verdict(photos, scored, detect)
+
+
+def _verdict(photos: list, scored: int, detect: bool) -> int:
+    """Exit 1 when nothing could be scored; say which flag helps when faces were not found."""
+    no_face = sum(p.error is None and not p.faces for p in photos)
+    if detect and no_face and 2 * no_face > len(photos):
+        print(f"edge-smw score: {no_face} of {len(photos)} image(s) yield no face with face "
+              "detection on; if they are face crops already, score them whole with "
+              "--no-detect", file=sys.stderr)
+    if scored == 0:
+        print("edge-smw score: no image could be scored", file=sys.stderr)
+        return 1
     return 0

@@ -16,6 +16,13 @@ class DataSource:
     precropped: bool  # built-in sets are face crops already: no detection
     name: str
 
+    def detect_for(self, model_detect: bool, override: bool | None = None) -> bool:
+        """Find faces in this data? The user's choice, else never for the built-in crop sets,
+        else what the model was trained on."""
+        if override is not None:
+            return override
+        return False if self.precropped else model_detect
+
 
 def resolve_data(
     spec: str | Path,

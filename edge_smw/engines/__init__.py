@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
-from edge_smw.errors import BackendUnavailableError
-
 ENGINE_INPROCESS = "inprocess"
 ENGINE_RAY = "ray"
 ENGINES = (ENGINE_INPROCESS, ENGINE_RAY)
@@ -19,16 +17,16 @@ RAY_EXTRA_HINT = "pip install 'edge-smw[ray]'"
 
 
 def require_ray() -> ModuleType:
-    """``import ray`` with Ray Data's own needs, or one line saying which extra to install."""
+    """``import ray`` with Ray Data's own needs, or a ``ModuleNotFoundError`` naming the extra
+    (the CLI turns it into its one line: ``cli.main.EXTRA_FOR_MODULE`` maps ray to [ray])."""
     try:
         import pyarrow  # noqa: F401
         import ray
         import ray.data  # noqa: F401
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"--engine ray needs Ray Data, which is not installed ({exc.name} is missing); "
-            f"install the [ray] extra: {RAY_EXTRA_HINT}"
-        ) from None
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(
+            f"--engine ray needs Ray Data (no module {exc.name!r} here): install the [ray] "
+            f"extra: {RAY_EXTRA_HINT}", name=exc.name) from None
     return ray
 
 

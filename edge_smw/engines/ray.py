@@ -385,7 +385,7 @@ class _PartWriter:
 
 
 def score_library(model: str | Path, inputs: Sequence[str | Path], out: str | Path, *,
-                  backend: str = "auto", detect: bool = True, max_faces: int = 5,
+                  backend: str = "auto", detect: bool | None = None, max_faces: int = 5,
                   options: RayOptions | None = None, exclude: str | Path | None = None,
                   thumbnails: int = 0, scorer: type[FaceScorer] | None = None,
                   ) -> tuple[RunSummary, AlbumRanking]:
@@ -394,7 +394,8 @@ def score_library(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
     ``out`` gets the Parquet store (``faces/``, ``skipped/``, ``run.json``), ``ranking.csv``
     (the CSV ``edge-smw rank`` writes, over every listed photo, this run's and earlier
     runs') and ``summary.json``. Photos recorded by an earlier run into the same ``out``
-    with the same file content are not scored again. ``thumbnails``: the best N photos get
+    with the same file content are not scored again. ``detect``: find faces, or score photos
+    whole as face crops; None: as the model was trained. ``thumbnails``: the best N photos get
     a thumbnail (for ``rank.write_report``). ``scorer``: the actor class (a ``FaceScorer``
     subclass may add work per batch). Returns the summary and the ranking.
     """
@@ -404,6 +405,7 @@ def score_library(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
     out = Path(out)
     model_path = resolve_model_path(model)
     info = ModelInfo.from_file(model_path)
+    detect = info.detect if detect is None else bool(detect)  # as Runtime decides it
     photos = list_photos(inputs, exclude=exclude)
     settings = StoreSettings(file_sha256(model_path), info.levels, detect, max_faces)
     store = ResultStore(out, settings)

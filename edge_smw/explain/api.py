@@ -48,10 +48,11 @@ def explain_images(
     out: str | Path,
     method: str | None = None,
     level: str | int | None = None,
-    detect: bool = True,
+    detect: bool | None = None,
     backend: str = "auto",
 ) -> ExplainReport:
-    """Heat maps for every face in ``inputs`` (files or folders); ``level`` None = predicted."""
+    """Heat maps for every face in ``inputs`` (files or folders); ``level`` None = predicted;
+    ``detect`` None finds faces only if the model was trained on detected faces."""
     exported = is_exported_model(model)
     method = method or ("cam" if exported else "saliency")
     if method not in METHODS:
@@ -82,13 +83,17 @@ def explain_images(
     return ExplainReport(str(model), method, heatmaps, figures, index, skipped)
 
 
+Explained = tuple[list[HeatMap], list[tuple[str, str]]]  # heat maps, (skipped path, reason)
+
+
 def _explain_exported(model: str | Path, inputs: Sequence[str | Path], level: str | int | None,
-                      detect: bool, backend: str) -> tuple[list[HeatMap], list[tuple[str, str]]]:
+                      detect: bool | None, backend: str) -> Explained:
     from edge_smw.runtime import Runtime
 
     with Runtime(model, backend=backend, detect_faces=False, warmup=False) as runtime:
         chosen = resolve_level(level, runtime.levels)
-        batch = load_crops(inputs, runtime.contract, detect=detect)
+        batch = load_crops(inputs, runtime.contract,
+                           detect=runtime.info.detect if detect is None else detect)
         heatmaps: list[HeatMap] = []
         for start in range(0, len(batch.crops), _CHUNK):
             part = batch.crops[start : start + _CHUNK]
@@ -99,13 +104,14 @@ def _explain_exported(model: str | Path, inputs: Sequence[str | Path], level: st
 
 def _explain_checkpoint(model: str | Path, inputs: Sequence[str | Path], method: str,
                         level: str | int | None,
-                        detect: bool) -> tuple[list[HeatMap], list[tuple[str, str]]]:
+                        detect: bool | None) -> Explained:
     from edge_smw.explain.methods import build_method
     from edge_smw.train.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(model)
     chosen = resolve_level(level, checkpoint.levels)
-    batch = load_crops(inputs, checkpoint.contract, detect=detect)
+    batch = load_crops(inputs, checkpoint.contract,
+                       detect=checkpoint.detect if detect is None else detect)
     explainer = build_method(method, checkpoint.build_model(), checkpoint.contract)
     heatmaps = explainer.explain_crops([c.crop_bgr for c in batch.crops], level=chosen,
                                        names=[str(c.path) for c in batch.crops])

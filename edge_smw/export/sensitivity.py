@@ -275,7 +275,7 @@ def report_for_export(export_dir: str | Path, *, out: str | Path | None = None, 
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{crops_json} is corrupt ({exc}); re-export with --int8") from None
     info = ModelInfo.from_file(fp32)
-    detect = bool(info.extra.get("detect", False))
+    detect = info.detect
     crops = load_crops(paths[:limit], info.contract, detect=detect, source=str(crops_json),
                        progress=progress, desc="calibration crops")
     if len(crops) == 0:

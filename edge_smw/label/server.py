@@ -65,7 +65,7 @@ class LabelSession:
         labels_csv: str | os.PathLike[str] | None = None,
         model: str | os.PathLike[str] | None = None,
         order: str = "name",
-        detect: bool = True,
+        detect: bool | None = None,
         backend: str = "auto",
         progress: bool = False,
         token: str | None = None,
@@ -103,12 +103,16 @@ class LabelSession:
 
             self.runtime = Runtime(model, backend=backend, detect_faces=False)
             contract = self.runtime.contract
+            if self.detect is None:  # crop as the model was trained
+                self.detect = self.runtime.info.detect
             if wanted is not None and tuple(wanted) != contract.levels:
                 raise InputError(f"--levels {list(wanted)} differ from the model's levels "
                                  f"{list(contract.levels)}; leave --levels out to use the model's")
         else:
             # No model: the contract's defaults (its crop margin) say how training will crop.
             contract = PreprocessContract(levels=wanted or parse_levels(DEFAULT_LEVELS))
+            if self.detect is None:  # photos: find the face in each
+                self.detect = True
         self.contract = contract
         self.levels = contract.levels
         if len(self.levels) > MAX_LEVELS:

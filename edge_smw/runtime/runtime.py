@@ -73,11 +73,31 @@ class ScoreResult:
         }
 
 
+_CHOICES_LOGGED: set[tuple[str, ...]] = set()
+
+
+def _log_choice_once(chosen: str, reasons: list[str]) -> None:
+    """``auto``'s choice, and why faster backends were passed over, once per process and at
+    DEBUG (-v): a CPU machine has no GPU provider every time a Runtime opens, which is no
+    news; a user who asks for a backend by name gets its error instead."""
+    key = (chosen, *reasons)
+    if key in _CHOICES_LOGGED:
+        return
+    _CHOICES_LOGGED.add(key)
+    if reasons:
+        log.debug("backend auto -> %s (faster ones unavailable: %s)", chosen,
+                  " | ".join(reasons))
+    else:
+        log.debug("backend auto -> %s", chosen)
+
+
 class Runtime:
     """Score frames with an exported edge-smw model.
 
     ``backend``: ``onnxruntime-cpu``, ``onnxruntime-cuda``, ``onnxruntime-tensorrt``,
     ``tensorrt`` or ``auto`` (fastest available; the choice and why is logged).
+    ``detect_faces``: find faces in each frame (True) or score the whole frame as one face
+    crop (False); None, the default, does what the model was trained on.
     ``backend_options`` go to the backend (onnxruntime: ``trt_fp16``, ``trt_int8``,
     ``trt_cache_dir``, ``trt_workspace_bytes``; tensorrt: ``profile``).
     One instance may be shared by threads: input buffers are per thread, the backends are
@@ -91,7 +111,7 @@ class Runtime:
         backend: str = "auto",
         device: int = 0,
         threads: int | None = None,
-        detect_faces: bool = True,
+        detect_faces: bool | None = None,
         max_faces: int = 5,
         warmup: bool = True,
         backend_options: dict[str, Any] | None = None,
@@ -105,7 +125,6 @@ class Runtime:
         if not isinstance(device, Integral) or device < 0:
             raise InputError(f"device must be a GPU index >= 0, got {device!r}")
         self.path = resolve_model_path(model_path)
-        self.detect = detect_faces
         self.max_faces = int(max_faces)
         threads = None if threads is None else int(threads)
         device = int(device)
@@ -117,6 +136,8 @@ class Runtime:
         self.runner = self._open(backend, device, threads, backend_options or {})
         try:
             self.info = sidecar or ModelInfo.from_props(self.runner.metadata(), source=self.path)
+            # None: as the model was trained (on detected faces, or on whole face crops).
+            self.detect = self.info.detect if detect_faces is None else bool(detect_faces)
             self.contract = self.info.contract
             self.levels = self.contract.levels
             self._scores = np.arange(1, len(self.levels) + 1, dtype=np.float64)
@@ -147,12 +168,7 @@ class Runtime:
             except BackendUnavailableError as exc:
                 reasons.append(f"{name}: {exc}")
                 continue
-            if reasons:  # the first clause of each reason; the whole of it with -v
-                log.info("backend auto -> %s (faster ones unavailable: %s)", name,
-                         "; ".join(r.split(";")[0] for r in reasons))
-                log.debug("backend auto: %s", " | ".join(reasons))
-            else:
-                log.info("backend auto -> %s", name)
+            _log_choice_once(name, reasons)
             return runner
         raise BackendUnavailableError("no backend can run " + str(self.path) + ": "
                                       + "; ".join(reasons))

@@ -98,7 +98,14 @@ def current_versions() -> dict[str, str]:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    path = checkpoint_file(path)
+    given = Path(path)
+    path = checkpoint_file(given)
+    if given.is_dir() and not path.is_file():
+        raise ModelError(
+            f"{given} holds neither a training checkpoint ({CHECKPOINT_NAME}) nor an exported "
+            "model (.onnx, .engine): give a run folder made by `edge-smw train`, its "
+            f"{CHECKPOINT_NAME}, or an export folder"
+        )
     if not path.is_file():
         raise ModelError(
             f"no checkpoint at {path}; give a run folder made by `edge-smw train` or its "
