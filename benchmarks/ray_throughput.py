@@ -121,6 +121,8 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--phone", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cluster-cores", type=int, default=32,
+                        help="cores of the cluster to estimate for (default 32: 8 nodes x 4)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/work/ray_throughput.json"))
     args = parser.parse_args()
 
@@ -169,14 +171,34 @@ def main() -> int:
             rates = [r["photos_per_s"] for r in runs]
             print(f"| {name} ({len(workloads[name][0])} photos) | {setup} | "
                   f"{statistics.median(rates):.1f} | {min(rates):.1f}-{max(rates):.1f} |")
-    print("\nper-stage CPU ms per photo (Ray runs, median over rounds and set-ups):")
+    print("\nper-stage ms per photo, summed over workers (Ray runs, median over rounds and "
+          "set-ups), and what a cluster would do:")
+    report["estimate"] = {}
     for name, by_setup in results.items():
         runs = by_setup["ray-1"] + by_setup["ray-2"]
         stages = {k: statistics.median(r["stage_ms_per_photo"][k] for r in runs)
                   for k in runs[0]["stage_ms_per_photo"]}
         driver = statistics.median(r["driver_ms_per_photo"] for r in runs)
+        work_ms = sum(stages.values())
+        ideal_here = 2 * 1000 / work_ms  # 2 CPUs busy all the time, no overhead
+        best_here = max(statistics.median(r["photos_per_s"] for r in by_setup[s])
+                        for s in ("ray-1", "ray-2"))
+        efficiency = min(1.0, best_here / ideal_here)
+        cluster = args.cluster_cores * 1000 / work_ms * efficiency
+        ceiling = 1000 / driver if driver else float("inf")
+        estimate = min(cluster, ceiling)
+        report["estimate"][name] = {
+            "stage_ms_per_photo": stages, "driver_ms_per_photo": driver,
+            "work_ms_per_photo": work_ms, "efficiency_here": efficiency,
+            "cluster_cores": args.cluster_cores, "photos_per_s": estimate,
+            "driver_ceiling_photos_per_s": ceiling,
+            "hours_per_million": 1e6 / estimate / 3600}
         print(f"  {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
-              + f"; driver {driver:.3f}")
+              + f" = {work_ms:.1f} ms of work; driver {driver:.3f} ms (ceiling "
+              f"{ceiling:,.0f} photos/s); Ray here reached {efficiency:.0%} of 2 busy CPUs -> "
+              f"{args.cluster_cores} cores: about {estimate:,.0f} photos/s, "
+              f"{1e6 / estimate / 3600:.1f} h per million photos")
+    write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0
 
