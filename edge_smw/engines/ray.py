@@ -52,7 +52,7 @@ from edge_smw.errors import BackendUnavailableError, ImageReadError, InputError 
 from edge_smw.faces import face_crops  # noqa: E402
 from edge_smw.images import decode_image_bytes  # noqa: E402
 from edge_smw.metadata import ModelInfo, sidecar_path  # noqa: E402
-from edge_smw.rank import AlbumRanking, make_thumbnail, write_csv  # noqa: E402
+from edge_smw.rank import THUMB_SIDE, AlbumRanking, make_thumbnail, write_csv  # noqa: E402
 
 log = logging.getLogger("edge_smw.engines.ray")
 
@@ -178,7 +178,7 @@ def prepare_photos(batch: pa.Table, *, contract_json: str, detect: bool,
             if recorded is not None and recorded == digest:
                 status = STATUS_RECORDED
             else:
-                image = decode_image_bytes(data, name=path)
+                image = _decode(data, path)
                 t2 = time.perf_counter()
                 times["decode"] = t2 - t1
                 found, crops = face_crops(image, contract, detect=detect, max_faces=max_faces)
@@ -199,6 +199,18 @@ def prepare_photos(batch: pa.Table, *, contract_json: str, detect: bool,
         for stage in STAGES:
             out[f"{stage}_s"].append(times[stage])
     return pa.table(out, schema=_PREPARED)
+
+
+def _decode(data: bytes, path: str) -> np.ndarray:
+    """``decode_image_bytes``, and any other decoder failure made a reason too: one odd file
+    among a million must be a row in the skipped table, not a job that stops (and stops
+    again at the same file when resumed)."""
+    try:
+        return decode_image_bytes(data, name=path)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise assorted types
+        raise ImageReadError(path, f"cannot be decoded ({type(exc).__name__}: {exc})") from None
 
 
 _TIMES = [(f"{stage}_s", pa.float64()) for stage in STAGES]
@@ -455,11 +467,13 @@ def _add_thumbnails(ranking: AlbumRanking, top: int, sources: dict[str, str]) ->
     for photo in ranking.ranked[:top]:
         path = str(photo.path)
         try:
-            image = decode_image_bytes(read_source(Photo(path, sources[path])), name=path)
+            image = _decode(read_source(Photo(path, sources[path])), path)
         except ImageReadError as exc:  # changed or removed since it was scored
             log.warning("no thumbnail for %s: %s", path, exc.reason)
-            continue
-        photo.thumb = make_thumbnail(image, photo.best)
+            image, best = np.full((THUMB_SIDE, THUMB_SIDE, 3), 200, np.uint8), None
+        else:
+            best = photo.best
+        photo.thumb = make_thumbnail(image, best)
 
 
 # -- training features ------------------------------------------------------------------------
