@@ -287,7 +287,9 @@ class RunSummary:
     no_face: int = 0
     unreadable: int = 0
     seconds: float = 0.0  # pipeline wall time (Ray start not included)
-    startup_seconds: float = 0.0
+    startup_seconds: float = 0.0  # starting or joining Ray
+    first_result_seconds: float = 0.0  # until the first batch came back (actors starting)
+    first_result_photos: int = 0
     driver_seconds: float = 0.0  # the driver turning results into Parquet parts
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     actors: int = 0  # the pool's size (its largest, when it autoscales)
@@ -302,9 +304,17 @@ class RunSummary:
     def photos_per_s(self) -> float:
         return self.scored / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def steady_photos_per_s(self) -> float:
+        """After the first batch: the rate a long job settles at, its start-up paid."""
+        seconds = self.seconds - self.first_result_seconds
+        photos = self.scored + self.recorded - self.first_result_photos
+        return photos / seconds if seconds > 0 and photos > 0 else 0.0
+
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k != "ray_stats"}
         data["photos_per_s"] = round(self.photos_per_s, 2)
+        data["steady_photos_per_s"] = round(self.steady_photos_per_s, 2)
         data["stage_seconds"] = {k: round(v, 3) for k, v in self.stage_seconds.items()}
         data["ray_stats"] = self.ray_stats
         return data
@@ -314,7 +324,8 @@ class RunSummary:
                for k, v in self.stage_seconds.items()}
         return [
             f"{self.photos} photo(s): {self.scored} scored in {self.seconds:.1f} s "
-            f"({self.photos_per_s:.1f} photos/s), {self.recorded} already recorded; "
+            f"({self.photos_per_s:.1f} photos/s; {self.steady_photos_per_s:.1f} after the "
+            f"first batch), {self.recorded} already recorded; "
             f"{self.faces} face(s), {self.no_face} without a face, {self.unreadable} unreadable",
             "per photo, summed over workers: " + ", ".join(
                 f"{k} {v:.1f} ms" for k, v in per.items())
@@ -447,6 +458,9 @@ def score_library(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
         writer = _PartWriter(store, info.levels, options.part_photos, summary)
         try:
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                if not summary.first_result_seconds:
+                    summary.first_result_seconds = time.perf_counter() - began
+                    summary.first_result_photos = batch.num_rows
                 writer.add(batch)
         finally:
             writer.flush()  # what was scored is kept, even on Ctrl-C or a failed batch
