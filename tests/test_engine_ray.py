@@ -460,3 +460,27 @@ def test_a_decoder_crash_of_any_type_is_a_skipped_row(smiles_dir: Path, monkeypa
     assert row["status"] == "unreadable" and row["pixels"] == b""
     assert row["reason"] == "cannot be decoded (error: unpack requires a buffer of 4 bytes)"
     assert row["file_sha256"] == file_sha256(crop)
+
+
+def test_worker_side_edge_smw_errors_reach_the_cli_as_one_line(ray_local, smiles_onnx: Path,
+                                                               crop_list, tmp_path: Path,
+                                                               capsys) -> None:
+    from edge_smw.engines.ray import FaceScorer, score_library
+    from edge_smw.errors import BackendUnavailableError, ModelError
+
+    listing, _ = crop_list
+
+    class CannotLoad(FaceScorer):  # as a Runtime that cannot load the model on its node
+        def __init__(self, *args, **kwargs):
+            raise ModelError("model.onnx cannot be loaded by onnxruntime here")
+
+    with pytest.raises(ModelError, match="^model.onnx cannot be loaded by onnxruntime here$"):
+        score_library(smiles_onnx, [listing], tmp_path / "out", backend="onnxruntime-cpu",
+                      detect=False, options=_options(), scorer=CannotLoad)
+    # a GPU backend on a cluster without GPUs is refused before anything starts
+    with pytest.raises(BackendUnavailableError, match="the Ray cluster has 0"):
+        score_library(smiles_onnx, [listing], tmp_path / "gpu", backend="onnxruntime-cuda",
+                      detect=False, options=_options())
+    code, _, err = _cli(capsys, "score", smiles_onnx, listing, "--engine", "ray", "--out",
+                        tmp_path / "cli", "--backend", "tensorrt", "--no-detect")
+    assert code == 2 and err.count("\n") == 1 and "GPU" in err
