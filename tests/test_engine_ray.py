@@ -438,30 +438,6 @@ def test_cli_train_with_engine_ray_trains_the_same_head(ray_local, smiles_dir: P
     assert ray_ckpt.metrics == local_ckpt.metrics
 
 
-def test_a_decoder_crash_of_any_type_is_a_skipped_row(smiles_dir: Path, monkeypatch) -> None:
-    """Pillow plugins raise assorted exception types on odd files; each becomes a reason."""
-    import struct
-
-    import pyarrow as pa
-
-    import edge_smw.engines.ray as engine
-    from edge_smw.contract import PreprocessContract
-
-    crop = sorted((smiles_dir / "smiling").glob("*.jpg"))[0]
-
-    def odd_plugin(data, name):  # noqa: ANN001
-        raise struct.error("unpack requires a buffer of 4 bytes")
-
-    monkeypatch.setattr(engine, "decode_image_bytes", odd_plugin)
-    batch = pa.table({"path": ["odd.tif"], "source": [str(crop)], "recorded_sha256": [None]})
-    contract = PreprocessContract(levels=("a", "b"))
-    row = engine.prepare_photos(batch, contract_json=contract.to_json(), detect=False,
-                                max_faces=5).to_pylist()[0]
-    assert row["status"] == "unreadable" and row["pixels"] == b""
-    assert row["reason"] == "cannot be decoded (error: unpack requires a buffer of 4 bytes)"
-    assert row["file_sha256"] == file_sha256(crop)
-
-
 def test_worker_side_edge_smw_errors_reach_the_cli_as_one_line(ray_local, smiles_onnx: Path,
                                                                crop_list, tmp_path: Path,
                                                                capsys) -> None:

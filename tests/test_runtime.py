@@ -120,11 +120,13 @@ def test_score_finds_faces_in_frames_and_none_in_a_gradient(runtime: Runtime,
     assert len(runtime.score(gray, color="gray").faces) >= 1
 
 
-def test_detection_defaults_to_how_the_model_was_trained(smiles_onnx: Path, crops) -> None:
-    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1) as rt:
+def test_detection_can_follow_how_the_model_was_trained(smiles_onnx: Path, crops) -> None:
+    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1, detect_faces=None) as rt:
         assert rt.info.detect is False and rt.detect is False  # trained on face crops
         result = rt.score(crops[0])  # a 64x64 crop Haar cannot find a face in
     assert len(result.faces) == 1 and result.faces[0].box == (0, 0, 64, 64)
+    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1) as rt:
+        assert rt.detect is True  # by default a frame holds faces to find (a camera)
 
 
 def test_no_detect_scores_the_whole_frame(smiles_onnx: Path, crops) -> None:

@@ -183,7 +183,7 @@ def prepare_photos(batch: pa.Table, *, contract_json: str, detect: bool,
             if recorded is not None and recorded == digest:
                 status = STATUS_RECORDED
             else:
-                image = _decode(data, path)
+                image = decode_image_bytes(data, name=path)
                 t2 = time.perf_counter()
                 times["decode"] = t2 - t1
                 found, crops = face_crops(image, contract, detect=detect, max_faces=max_faces)
@@ -204,18 +204,6 @@ def prepare_photos(batch: pa.Table, *, contract_json: str, detect: bool,
         for stage in STAGES:
             out[f"{stage}_s"].append(times[stage])
     return pa.table(out, schema=_PREPARED)
-
-
-def _decode(data: bytes, path: str) -> np.ndarray:
-    """``decode_image_bytes``, and any other decoder failure made a reason too: one odd file
-    among a million must be a row in the skipped table, not a job that stops (and stops
-    again at the same file when resumed)."""
-    try:
-        return decode_image_bytes(data, name=path)
-    except ImageReadError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise assorted types
-        raise ImageReadError(path, f"cannot be decoded ({type(exc).__name__}: {exc})") from None
 
 
 _TIMES = [(f"{stage}_s", pa.float64()) for stage in STAGES]
@@ -509,7 +497,7 @@ def _add_thumbnails(ranking: AlbumRanking, top: int, sources: dict[str, str]) ->
     for photo in ranking.ranked[:top]:
         path = str(photo.path)
         try:
-            image = _decode(read_source(Photo(path, sources[path])), path)
+            image = decode_image_bytes(read_source(Photo(path, sources[path])), name=path)
         except ImageReadError as exc:  # changed or removed since it was scored
             log.warning("no thumbnail for %s: %s", path, exc.reason)
             image, best = np.full((THUMB_SIDE, THUMB_SIDE, 3), 200, np.uint8), None

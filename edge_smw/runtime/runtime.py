@@ -19,6 +19,7 @@ import numpy as np
 
 from edge_smw.artifacts.folders import is_onnx, resolve_model_path
 from edge_smw.artifacts.formats import ENGINE_BACKENDS
+from edge_smw.artifacts.sessions import check_threads
 from edge_smw.contract import Box
 from edge_smw.errors import BackendUnavailableError, InputError, ModelError
 from edge_smw.faces import face_crops
@@ -96,8 +97,9 @@ class Runtime:
 
     ``backend``: ``onnxruntime-cpu``, ``onnxruntime-cuda``, ``onnxruntime-tensorrt``,
     ``tensorrt`` or ``auto`` (fastest available; the choice and why is logged).
-    ``detect_faces``: find faces in each frame (True) or score the whole frame as one face
-    crop (False); None, the default, does what the model was trained on.
+    ``detect_faces``: find faces in each frame (True, the default: camera frames hold faces
+    to find) or score the whole frame as one face crop (False); None does what the model was
+    trained on (files that may be face crops already: ``score``, ``evaluate``).
     ``backend_options`` go to the backend (onnxruntime: ``trt_fp16``, ``trt_int8``,
     ``trt_cache_dir``, ``trt_workspace_bytes``; tensorrt: ``profile``).
     One instance may be shared by threads: input buffers are per thread, the backends are
@@ -111,22 +113,20 @@ class Runtime:
         backend: str = "auto",
         device: int = 0,
         threads: int | None = None,
-        detect_faces: bool | None = None,
+        detect_faces: bool | None = True,
         max_faces: int = 5,
         warmup: bool = True,
         backend_options: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(backend, str):
             raise InputError(f"backend must be a name such as 'auto', got {backend!r}")
-        if threads is not None and (not isinstance(threads, Integral) or threads < 1):
-            raise InputError(f"threads must be a whole number >= 1 (or None), got {threads!r}")
+        threads = check_threads(threads)
         if not isinstance(max_faces, Integral) or max_faces < 1:
             raise InputError(f"max_faces must be a whole number >= 1, got {max_faces!r}")
         if not isinstance(device, Integral) or device < 0:
             raise InputError(f"device must be a GPU index >= 0, got {device!r}")
         self.path = resolve_model_path(model_path)
         self.max_faces = int(max_faces)
-        threads = None if threads is None else int(threads)
         device = int(device)
         self._local = threading.local()
         # An engine's metadata is read first: a missing sidecar is reported even where
@@ -200,6 +200,11 @@ class Runtime:
     def closed(self) -> bool:
         return not self.runner.active
 
+    def _check_open(self) -> None:
+        """Every scoring call on a closed Runtime fails, even one that would find no face."""
+        if self.closed:
+            raise ModelError(f"this Runtime for {self.path} is closed; open a new one")
+
     def close(self) -> None:
         """Release the model and its device memory; idempotent."""
         runner = getattr(self, "runner", None)
@@ -223,6 +228,7 @@ class Runtime:
         With ``detect_faces=False`` the whole frame is one face (already-cropped photos).
         A frame without faces gives a result with no faces, not an error.
         """
+        self._check_open()
         t0 = time.perf_counter()
         image = to_bgr(frame, color)
         boxes, crops = face_crops(image, self.contract, detect=self.detect,
@@ -237,12 +243,14 @@ class Runtime:
     def score_crop(self, crop: np.ndarray, *, color: str = "bgr",
                    feature_map: bool = False) -> FaceScore:
         """One already-cropped face, scored whole."""
+        self._check_open()
         faces, _, _ = self._score_crops([to_bgr(crop, color)], [None], feature_map)
         return faces[0]
 
     def score_batch(self, crops: Sequence[np.ndarray], *, color: str = "bgr",
                     feature_map: bool = False) -> list[FaceScore]:
         """Many crops in one inference call (split only where the model's batch limit says)."""
+        self._check_open()
         if isinstance(crops, np.ndarray):  # a stacked batch: N x H x W (x C)
             if crops.ndim == 4 or (crops.ndim == 3 and color == "gray"):
                 crops = list(crops)
@@ -266,6 +274,7 @@ class Runtime:
         Checked fully (dtype, shape, finite values) because nothing downstream would notice
         a NaN: the network would just return confident nonsense.
         """
+        self._check_open()
         size = self.contract.input_size
         want = f"float32 (N, 3, {size}, {size})"
         if not isinstance(inputs, np.ndarray):

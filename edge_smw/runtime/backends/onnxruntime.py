@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_smw.artifacts.sessions import SessionSettings, load_session
+from edge_smw.artifacts.sessions import SessionSettings, check_threads, load_session
 from edge_smw.cache import cache_root
 from edge_smw.errors import BackendUnavailableError, InputError, ModelError
 from edge_smw.metadata import INPUT_NAME
@@ -50,8 +50,7 @@ class OnnxRuntimeRunner(Runner):
         if provider not in PROVIDERS:
             raise InputError(f"unknown onnxruntime provider {provider!r}; choose one of "
                              f"{sorted(PROVIDERS)}")
-        if threads is not None and int(threads) < 1:
-            raise InputError(f"threads must be >= 1 (or None for all cores), got {threads}")
+        threads = check_threads(threads)  # bench and calibration come here directly
         self.provider = provider
         self.name = f"onnxruntime-{provider}"
         self.device = int(device)
