@@ -48,12 +48,7 @@ from edge_smw.engines.store import (  # noqa: E402
     ResultStore,
     StoreSettings,
 )
-from edge_smw.errors import (  # noqa: E402
-    BackendUnavailableError,
-    EdgeSmwError,
-    ImageReadError,
-    InputError,
-)
+from edge_smw.errors import BackendUnavailableError, ImageReadError, InputError  # noqa: E402
 from edge_smw.faces import face_crops  # noqa: E402
 from edge_smw.images import decode_image_bytes  # noqa: E402
 from edge_smw.metadata import ModelInfo, sidecar_path  # noqa: E402
@@ -455,11 +450,6 @@ def score_library(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
                     summary.first_result_seconds = time.perf_counter() - began
                     summary.first_result_photos = batch.num_rows
                 writer.add(batch)
-        except Exception as exc:
-            own = _own_error(exc)
-            if own is None:
-                raise
-            raise own from None
         finally:
             writer.flush()  # what was scored is kept, even on Ctrl-C or a failed batch
         summary.seconds = time.perf_counter() - began
@@ -471,24 +461,6 @@ def score_library(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
     write_csv(ranking, out / CSV_NAME)
     write_json(out / SUMMARY, summary.to_dict())
     return summary, ranking
-
-
-def _own_error(exc: BaseException) -> EdgeSmwError | None:
-    """The edge-smw error raised in a worker (a model its Runtime cannot load, a backend its
-    node lacks) under Ray's wrappers, so the CLI prints it as its one line; None for any
-    other failure."""
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        # Ray's task errors subclass the remote error's type but print its traceback too
-        if isinstance(current, EdgeSmwError) and not isinstance(current, ray.exceptions.RayError):
-            return current
-        stack += [getattr(current, "cause", None), current.__cause__, current.__context__]
-    return None
 
 
 def _add_thumbnails(ranking: AlbumRanking, top: int, sources: dict[str, str]) -> None:
