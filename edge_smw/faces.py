@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_smw.contract import Box
+from edge_smw.contract import Box, PreprocessContract
 from edge_smw.errors import BackendUnavailableError
 
 _local = threading.local()  # CascadeClassifier is not thread-safe: one per thread
@@ -64,3 +64,18 @@ def detect_faces(
 def largest_face(image_bgr: np.ndarray) -> Box | None:
     boxes = detect_faces(image_bgr, max_faces=1)
     return boxes[0] if boxes else None
+
+
+def face_crops(
+    image_bgr: np.ndarray, contract: PreprocessContract, *, detect: bool, max_faces: int | None
+) -> tuple[list[Box], list[np.ndarray]]:
+    """The faces a frame is scored on: (boxes, crops), largest first.
+
+    Detected boxes with the contract's crops, or with ``detect=False`` the whole frame as one
+    face (already-cropped photos). The runtime and the Ray engine both call this, so a photo
+    is cut the same way wherever it is scored.
+    """
+    if not detect:
+        return [(0, 0, image_bgr.shape[1], image_bgr.shape[0])], [image_bgr]
+    boxes = detect_faces(image_bgr, max_faces=max_faces)
+    return boxes, [contract.crop_face(image_bgr, box) for box in boxes]

@@ -22,7 +22,7 @@ from edge_smw.artifacts.formats import ENGINE_BACKENDS
 from edge_smw.artifacts.sessions import check_threads
 from edge_smw.contract import Box
 from edge_smw.errors import BackendUnavailableError, InputError, ModelError
-from edge_smw.faces import detect_faces
+from edge_smw.faces import face_crops
 from edge_smw.images import to_bgr
 from edge_smw.metadata import OUTPUT_FEATURE_MAP, OUTPUT_PROBABILITIES, ModelInfo, sidecar_path
 from edge_smw.runtime.backends import Runner, open_runner
@@ -231,12 +231,8 @@ class Runtime:
         self._check_open()
         t0 = time.perf_counter()
         image = to_bgr(frame, color)
-        if self.detect:
-            boxes = detect_faces(image, max_faces=self.max_faces)
-            crops = [self.contract.crop_face(image, box) for box in boxes]
-        else:
-            boxes = [(0, 0, image.shape[1], image.shape[0])]
-            crops = [image]
+        boxes, crops = face_crops(image, self.contract, detect=self.detect,
+                                  max_faces=self.max_faces)
         t1 = time.perf_counter()
         faces, prep_ms, infer_ms = self._score_crops(crops, boxes) if crops else ([], 0.0, 0.0)
         total = (time.perf_counter() - t0) * 1000
