@@ -57,11 +57,12 @@ def read_image(path: str | os.PathLike[str], *, max_side: int = MAX_SIDE,
 def decode_image_bytes(
     data: bytes, *, name: str = "upload", max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS
 ) -> np.ndarray:
-    """Decode an in-memory image (an upload) with the same rules as ``read_image``."""
+    """Decode an in-memory image (an upload, an object-store file) with the same rules and
+    the same reasons as ``read_image``, so a photo scores alike from bytes and from disk."""
     import io
 
     if not data:
-        raise ImageReadError(name, "empty upload (0 bytes)")
+        raise ImageReadError(name, "empty file (0 bytes)")
     return _decode(io.BytesIO(data), name, max_side, max_pixels)
 
 

@@ -79,3 +79,47 @@ def add_json(parser: argparse.ArgumentParser) -> None:
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, *, gpus: bool = True) -> None:
+    """--engine and the Ray engine's knobs (defaults from ``RayOptions``, the one place)."""
+    from edge_smw.engines import ENGINE_INPROCESS, ENGINES, RayOptions
+
+    group = parser.add_argument_group("engine: where the batch work runs")
+    group.add_argument("--engine", choices=ENGINES, default=ENGINE_INPROCESS,
+                       help="inprocess (default) or ray: Ray Data on a local Ray or a cluster "
+                            "(pip install 'edge-smw[ray]')")
+    group.add_argument("--ray-address",
+                       help="Ray cluster to join ('auto' on a cluster node, "
+                            "'ray://HEAD:10001'); default: start a local Ray")
+    group.add_argument("--batch-size", type=int, default=RayOptions.batch_size,
+                       help=f"ray: photos per model call (default {RayOptions.batch_size})")
+    group.add_argument("--actors", type=int,
+                       help="ray: model replicas (default: Ray grows the pool from 1 up to "
+                            "one per GPU for GPU backends, else one per 2 CPUs)")
+    group.add_argument("--cpus-per-actor", type=float, default=RayOptions.cpus_per_actor,
+                       help="ray: CPUs (and onnxruntime threads) per replica (default "
+                            f"{RayOptions.cpus_per_actor:g})")
+    if gpus:
+        group.add_argument("--gpus-per-actor", type=float,
+                           help="ray: GPUs per replica (default: 1 for GPU backends, else 0)")
+
+
+def ray_options(args: argparse.Namespace, *, progress: bool) -> Any:
+    """The ``RayOptions`` of --engine ray; Ray-only flags without it are a mistake to name."""
+    from edge_smw.engines import ENGINE_RAY, RayOptions, require_ray
+    from edge_smw.errors import InputError
+
+    given = {"--ray-address": args.ray_address is not None, "--actors": args.actors is not None,
+             "--gpus-per-actor": getattr(args, "gpus_per_actor", None) is not None,
+             "--batch-size": args.batch_size != RayOptions.batch_size,
+             "--cpus-per-actor": args.cpus_per_actor != RayOptions.cpus_per_actor}
+    if args.engine != ENGINE_RAY:
+        if any(given.values()):
+            flag = next(k for k, v in given.items() if v)
+            raise InputError(f"{flag} is an option of the Ray engine; add --engine ray")
+        return None
+    require_ray()  # without the [ray] extra: one line saying what to install
+    return RayOptions(address=args.ray_address, batch_size=args.batch_size, actors=args.actors,
+                      cpus_per_actor=args.cpus_per_actor,
+                      gpus_per_actor=getattr(args, "gpus_per_actor", None), progress=progress)

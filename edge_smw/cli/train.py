@@ -6,10 +6,12 @@ import argparse
 
 from edge_smw.cli.common import (
     add_detector_settings,
+    add_engine_arguments,
     add_json,
     add_no_detect,
     detector_from_args,
     print_json,
+    ray_options,
 )
 
 HELP = "train a linear head on a frozen backbone from labelled face photos"
@@ -18,6 +20,7 @@ EXAMPLES = """
   edge-smw train --data photos/ --levels 1,2,3,4,5 --out runs/me
   edge-smw train --data labels.csv --loss emd --class-weight balanced --out runs/emd
   edge-smw train --data smiles --from ~/SMILEsmileD --out runs/smiles
+  edge-smw train --data big-labelled-set/ --levels 5 --engine ray --ray-address auto --out runs/big
 """
 
 
@@ -43,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-per-level", type=int, help="use at most N images per level (quick runs)")
     p.add_argument("--synthetic-count", type=int, default=3000)
     add_json(p)
+    add_engine_arguments(p, gpus=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from edge_smw.evaluate import poster_table
     from edge_smw.train.pipeline import TrainOptions, train_run
 
+    engine_options = ray_options(args, progress=not args.json)  # flag mistakes first
     source = resolve_data(args.data, levels=parse_levels(args.levels), from_dir=args.from_dir,
                           seed=args.seed, synthetic_count=args.synthetic_count)
     options = TrainOptions(
@@ -59,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         detector=detector_from_args(args),
         class_weight=args.class_weight, flip=args.flip, epochs=args.epochs,
         max_per_level=args.max_per_level, progress=not args.json,
+        engine=args.engine, ray=engine_options,
     )
     result = train_run(source, args.out, options)
     if args.json:

@@ -24,6 +24,7 @@ from edge_smw.artifacts.sessions import check_threads
 from edge_smw.contract import Box, DetectorSpec, Point
 from edge_smw.detect import FaceDetector, open_detector, resolve_spec
 from edge_smw.errors import BackendUnavailableError, InputError, ModelError
+from edge_smw.faces import face_crops
 from edge_smw.images import to_bgr
 from edge_smw.metadata import (
     INPUT_NAME,
@@ -289,19 +290,15 @@ class Runtime:
         self._check_open()
         t0 = time.perf_counter()
         image = to_bgr(frame, color)
-        if self.detector is not None:
-            found = self.detector.detect(image, max_faces=self.max_faces)
-            boxes: list[Box | None] = [d.box for d in found]
-            crops = [self.contract.crop_face(image, d.box, d.eyes) for d in found]
-        else:
-            found = []
-            boxes = [(0, 0, image.shape[1], image.shape[0])]
-            crops = [image]
+        found, crops = face_crops(image, self.contract, detect=self.detector is not None,
+                                  max_faces=self.max_faces, detector=self.detector)
+        boxes: list[Box | None] = [d.box for d in found]
         t1 = time.perf_counter()
         faces, prep_ms, infer_ms = self._score_crops(crops, boxes) if crops else ([], 0.0, 0.0)
-        for face, detection in zip(faces, found, strict=False):
-            face.detection_score = detection.score
-            face.landmarks = detection.landmarks
+        if self.detector is not None:
+            for face, detection in zip(faces, found, strict=True):
+                face.detection_score = detection.score
+                face.landmarks = detection.landmarks
         total = (time.perf_counter() - t0) * 1000
         timings = {"detect": (t1 - t0) * 1000, "preprocess": prep_ms, "infer": infer_ms,
                    "total": total}
