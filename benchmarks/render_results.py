@@ -8,7 +8,8 @@ technique-by-technique trade-off table from ``python -m edge_smw.export.tradeoff
 tradeoff.md when ``--tradeoff`` names it. The plots are copied to benchmarks/figures/.
 Hand-written notes between the ``<!-- notes -->`` and ``<!-- /notes -->`` markers of the
 existing RESULTS.md are kept, and so is a trade-off section between ``<!-- tradeoff -->``
-markers when no ``--tradeoff`` file is given.
+markers when no ``--tradeoff`` file is given, and the Ray engine's section between
+``<!-- ray -->`` markers (``benchmarks/ray_throughput.py``'s figures, written by hand).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from edge_smw.bench.report import gates_lines, markdown
 HERE = Path(__file__).resolve().parent
 NOTES = re.compile(r"<!-- notes -->.*?<!-- /notes -->", re.S)
 TRADEOFF = re.compile(r"<!-- tradeoff -->.*?<!-- /tradeoff -->", re.S)
+RAY = re.compile(r"<!-- ray -->.*?<!-- /ray -->", re.S)
 
 
 def tradeoff(export: dict[str, Any]) -> str:
@@ -111,6 +113,9 @@ def main() -> int:
                   f"Export settings: `{settings}`", "", tradeoff(export)]
     if trade:
         parts += ["## INT8 accuracy/speed trade-off, technique by technique", "", trade, ""]
+    ray_section = RAY.search(old)
+    if ray_section:
+        parts += [ray_section.group(0), ""]
     parts.append(body)
     write_text(args.out, "\n".join(parts))
     print(f"wrote {args.out} ({len(plots)} figures in {figures})")

@@ -184,7 +184,8 @@ def test_quick_bench_latency_rows_are_sane(quick: dict[str, Any]) -> None:
     assert all(c["speedup"] > 0 for c in quick["report"]["comparisons"])
 
 
-def test_quick_bench_end_to_end_limit_parity_robustness(quick: dict[str, Any]) -> None:
+def test_quick_bench_end_to_end_limit_parity_robustness(quick: dict[str, Any],
+                                                      smiles_test_items) -> None:
     report = quick["report"]
     e2e = report["end_to_end"]
     assert e2e["frame"]["width"] == 640 and e2e["frame"]["height"] == 480
@@ -212,7 +213,9 @@ def test_quick_bench_end_to_end_limit_parity_robustness(quick: dict[str, Any]) -
     assert onnx["top1_agreement"] == 1.0 and onnx["max_abs_prob_diff"] < 1e-4
     assert onnx["mean_abs_prob_diff"] <= onnx["p99_abs_prob_diff"] <= onnx["max_abs_prob_diff"]
     assert 0.5 <= onnx["accuracy"] <= 1 and 0 <= onnx["mae"] <= 1
-    assert onnx["n"] == report["data"]["n"] == 16
+    # the quick suite judges parity on up to parity_max crops: here the whole small test split
+    assert onnx["n"] == report["data"]["n"] == min(report["suite"]["parity_max"],
+                                                   len(smiles_test_items))
     assert set(onnx["per_level"]) == {"not_smiling", "smiling"}
     assert parity[("torch", "torch-eager")]["accuracy"] == pytest.approx(onnx["accuracy"])
 
@@ -417,3 +420,23 @@ def test_bench_bad_input_is_one_clear_line(tmp_path: Path, smiles_run: Path,
     # no export.json and no --checkpoint: say what to pass
     code, _, stderr = run_cli(str(bench_export), "--suite", str(_tiny_suite(tmp_path)))
     assert code == 2 and "--checkpoint" in stderr
+
+
+def test_quick_bench_compares_face_detectors(quick: dict[str, Any]) -> None:
+    """End-to-end rows per detector, and the detection set's recall per condition."""
+    report = quick["report"]
+    by_detector = {r["detector"] for r in report["end_to_end"]["rows"]}
+    assert by_detector == {"haar", "blazeface-short"}
+    for row in report["end_to_end"]["rows"]:
+        assert row["stages"]["detect"]["p50_ms"] > 0 and row["faces_found_rate"] > 0
+    section = report["detection"]
+    assert [r["name"] for r in section["rows"]] == ["haar", "blazeface-short"]
+    for row in section["rows"]:
+        assert set(row["conditions"]) == set(section["conditions"])
+        assert 0 <= row["overall"]["recall"] <= 1 and row["detect_ms"]["p50"] > 0
+    assert section["rows"][1]["overall"]["recall"] >= 0.8  # the DNN detector finds most faces
+    markdown = (quick["out"] / "bench.md").read_text()
+    assert "## Face detection" in markdown and "rotated 20-30 deg" in markdown
+    names = {t["name"] for t in report["targets"]}
+    assert {"end_to_end_dnn_detector_30fps_single_threaded",
+            "end_to_end_dnn_detector_60fps_pipelined"} <= names

@@ -147,7 +147,7 @@ def compute_features(
     wholly ``cached``.
     """
     started = time.perf_counter()
-    folder = cache_root() / "features" / cache_key(feature_pass, contract, detect)
+    folder = cache_folder(feature_pass, contract, detect)
     dtype = getattr(getattr(feature_pass, "kind", None), "dtype", np.float32)
     report = SkipReport()
     variants = (False, True) if flip else (False,)
@@ -163,7 +163,7 @@ def compute_features(
             continue
         hashes.append(digest)
         for v in variants:
-            found = _load(folder, digest, v) if cache else None
+            found = load_cached(folder, digest, v) if cache else None
             if found is not None:
                 results[(digest, v)] = found
         if any((digest, v) not in results for v in variants):
@@ -189,7 +189,7 @@ def compute_features(
             for digest, feat in zip(digests, feats, strict=True):
                 results[(digest, v)] = feat
                 if cache:
-                    _save(folder, digest, v, feat)
+                    save_cached(folder, digest, v, feat)
         bar.update(len(batch))
         bar.set_postfix(crops_per_s=f"{forwards / (time.perf_counter() - passed):.0f}")
     bar.close()
@@ -255,7 +255,14 @@ def _cache_file(folder: Path, digest: str, flipped: bool) -> Path:
     return folder / digest[:2] / f"{digest}{'-flip' if flipped else ''}.npy"
 
 
-def _load(folder: Path, digest: str, flipped: bool) -> np.ndarray | None:
+def cache_folder(feature_pass: FeaturePass, contract: PreprocessContract, detect: bool) -> Path:
+    """Where one backbone + contract geometry + detection setting + feature kind keeps its
+    features; the Ray engine fills it (``edge_smw.engines.ray.warm_feature_cache``) before
+    training reads it."""
+    return cache_root() / "features" / cache_key(feature_pass, contract, detect)
+
+
+def load_cached(folder: Path, digest: str, flipped: bool) -> np.ndarray | None:
     path = _cache_file(folder, digest, flipped)
     try:
         return np.load(path)
@@ -263,7 +270,8 @@ def _load(folder: Path, digest: str, flipped: bool) -> np.ndarray | None:
         return None
 
 
-def _save(folder: Path, digest: str, flipped: bool, feat: np.ndarray) -> None:
+def save_cached(folder: Path, digest: str, flipped: bool, feat: np.ndarray) -> None:
+    """Store one crop's features in the dtype given (float16 for fine-tuning entries)."""
     path = _cache_file(folder, digest, flipped)
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
@@ -273,17 +281,20 @@ def _save(folder: Path, digest: str, flipped: bool, feat: np.ndarray) -> None:
 
 
 def score_items(checkpoint: Any, items: Sequence[LabelledImage], *, detect: bool,
-                progress: bool = True) -> tuple[FeatureSet, np.ndarray]:
+                progress: bool = True, contract: PreprocessContract | None = None
+                ) -> tuple[FeatureSet, np.ndarray]:
     """(features, probabilities) of a checkpoint's model for ``items``, through the same
     cached feature pass as its training: the head kind's features, or, for a fine-tuned
-    backbone, the cached entries of its first tuned unit run through the tuned units."""
+    backbone, the cached entries of its first tuned unit run through the tuned units.
+    ``contract``: crop with this one instead of the checkpoint's (another face detector)."""
     from edge_smw.train.finetune import CachedHeadInputs, head_features
 
+    contract = contract or checkpoint.contract
     spec = get_backbone(checkpoint.backbone)
     kind = checkpoint.kind
     if not checkpoint.finetune_last:
         feature_pass = FeaturePass(spec, weights=checkpoint.backbone_weights, head=kind)
-        feats = compute_features(items, checkpoint.contract, feature_pass, detect=detect,
+        feats = compute_features(items, contract, feature_pass, detect=detect,
                                  progress=progress, desc="features")
         model_head = checkpoint.head()
         features = feats.features
@@ -292,7 +303,7 @@ def score_items(checkpoint: Any, items: Sequence[LabelledImage], *, detect: bool
         start = len(model.feature_maps.unit_names) - checkpoint.finetune_last
         feature_pass = FeaturePass(spec, weights=checkpoint.backbone_weights, head=kind,
                                    start=start)
-        feats = compute_features(items, checkpoint.contract, feature_pass, detect=detect,
+        feats = compute_features(items, contract, feature_pass, detect=detect,
                                  progress=progress, desc="features")
         inputs = CachedHeadInputs(model.feature_maps, kind, start, feature_pass.entry_shape)
         features = head_features(inputs.eval(), feats.features)

@@ -25,6 +25,8 @@ from edge_smw.atomic import write_json
 from edge_smw.data.crops import SkipReport
 from edge_smw.data.datasets import LabelledImage, SplitManifest, make_split
 from edge_smw.data.sources import DataSource
+from edge_smw.detect import resolve_spec
+from edge_smw.engines import ENGINE_INPROCESS, ENGINE_RAY, ENGINES, RayOptions
 from edge_smw.errors import InputError
 from edge_smw.evaluate import compute_metrics, poster_table, write_report
 from edge_smw.train.backbones import DEFAULT_BACKBONE, build_feature_maps, get_backbone
@@ -61,6 +63,7 @@ class TrainOptions:
     compare_losses: bool = True
     seed: int = 0
     detect: bool = True
+    detector: str = "auto"  # face detector for the crops; recorded in the contract
     class_weight: str = "none"
     flip: bool = False
     epochs: int = 40  # a cap: early stopping on the validation split decides
@@ -73,6 +76,8 @@ class TrainOptions:
     head: str = DEFAULT_HEAD
     finetune_last: int = 0  # backbone units trained with the head (0: frozen backbone)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    engine: str = "inprocess"  # "ray": the feature pass runs on Ray Data (edge_smw.engines)
+    ray: RayOptions | None = None
 
 
 @dataclass
@@ -119,6 +124,9 @@ def validate_options(options: TrainOptions) -> HeadKind:
         raise InputError(f"--patience must be >= 1, got {options.patience}")
     if options.finetune_last < 0:
         raise InputError(f"--finetune-last must be >= 0, got {options.finetune_last}")
+    if options.finetune_last and options.engine != ENGINE_INPROCESS:
+        raise InputError(f"--finetune-last caches activation maps, which --engine "
+                         f"{options.engine} does not compute: use --engine {ENGINE_INPROCESS}")
     return get_head_kind(options.head)
 
 
@@ -139,7 +147,8 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
         manifest.save(run.split)
     detect = options.detect and not source.precropped
     spec = get_backbone(options.backbone)
-    contract = spec.contract(dataset.levels, crop_margin=options.crop_margin)
+    contract = spec.contract(dataset.levels, crop_margin=options.crop_margin,
+                             detector=resolve_spec(options.detector))
     with clock("backbone"):
         maps = build_feature_maps(spec, options.backbone_weights)
         start = _finetune_start(maps, options.finetune_last)
@@ -148,6 +157,8 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
     skipped = SkipReport()
     feats: dict[str, FeatureSet] = {}
     with clock("feature_pass"):
+        if options.engine != ENGINE_INPROCESS:
+            _features_on_engine(options, manifest, contract, feature_pass, detect)
         for split in ("train", "val", "test"):
             feats[split] = compute_features(
                 manifest.items(split), contract, feature_pass, detect=detect,
@@ -274,6 +285,23 @@ def _timings(clock: PhaseClock, feats: dict[str, FeatureSet], started: float
     return out
 
 
+def _features_on_engine(options: TrainOptions, manifest: SplitManifest, contract: Any,
+                        feature_pass: FeaturePass, detect: bool) -> None:
+    """Fill the feature cache on another engine; the in-process pass then only reads it."""
+    if options.engine != ENGINE_RAY:
+        raise InputError(f"--engine {options.engine!r}: choose one of {list(ENGINES)}")
+    from edge_smw.engines.ray import warm_feature_cache
+
+    splits = {split: manifest.items(split) for split in ("train", "val", "test")}
+    items = [item for split in splits.values() for item in split]
+    flips = [options.flip and split == "train" for split, group in splits.items()
+             for _ in group]
+    done = warm_feature_cache(items, contract, feature_pass, detect=detect, flip_items=flips,
+                              options=options.ray or RayOptions(progress=options.progress))
+    log.info("ray: features of %d of %d missing crops in %.1f s", done.computed, done.photos,
+             done.seconds)
+
+
 def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in ("accuracy", "mae", "spearman", "n")}
 
@@ -316,12 +344,13 @@ def _write_train_report(out: Path, source: DataSource, manifest: SplitManifest,
                if isinstance(value, float | int) and name != "tuning_vs_feature_pass"]
     tuned = (f", last {options.finetune_last} units fine-tuned" if options.finetune_last
              else " (frozen)")
+    detecting = options.detect and not source.precropped
+    detection = f"on ({contract.detector.describe()})" if detecting else "off"
     extra = "\n".join([
         f"Data: `{source.name}`, levels {list(contract.levels)}, split train/val/test "
         f"{counts['train']}/{counts['val']}/{counts['test']} (seed {options.seed}, manifest "
         f"sha256 {manifest.sha256[:12]}). Backbone `{options.backbone}`{tuned}, head "
-        f"`{options.head}`, face detection "
-        f"{'on' if options.detect and not source.precropped else 'off'}. "
+        f"`{options.head}`, face detection {detection}. "
         f"Skipped: {skipped.summary()} (see skipped.json). Took {seconds['total']:.0f} s.",
         "", "## Losses side by side (test split)", "", *side,
         "", "## Learning rate x momentum grid (validation split, early stopping: best epoch "
