@@ -405,3 +405,23 @@ def test_bench_bad_input_is_one_clear_line(tmp_path: Path, smiles_run: Path,
     # no export.json and no --checkpoint: say what to pass
     code, _, stderr = run_cli(str(bench_export), "--suite", str(_tiny_suite(tmp_path)))
     assert code == 2 and "--checkpoint" in stderr
+
+
+def test_quick_bench_compares_face_detectors(quick: dict[str, Any]) -> None:
+    """End-to-end rows per detector, and the detection set's recall per condition."""
+    report = quick["report"]
+    by_detector = {r["detector"] for r in report["end_to_end"]["rows"]}
+    assert by_detector == {"haar", "blazeface-short"}
+    for row in report["end_to_end"]["rows"]:
+        assert row["stages"]["detect"]["p50_ms"] > 0 and row["faces_found_rate"] > 0
+    section = report["detection"]
+    assert [r["name"] for r in section["rows"]] == ["haar", "blazeface-short"]
+    for row in section["rows"]:
+        assert set(row["conditions"]) == set(section["conditions"])
+        assert 0 <= row["overall"]["recall"] <= 1 and row["detect_ms"]["p50"] > 0
+    assert section["rows"][1]["overall"]["recall"] >= 0.8  # the DNN detector finds most faces
+    markdown = (quick["out"] / "bench.md").read_text()
+    assert "## Face detection" in markdown and "rotated 20-30 deg" in markdown
+    names = {t["name"] for t in report["targets"]}
+    assert {"end_to_end_dnn_detector_30fps_single_threaded",
+            "end_to_end_dnn_detector_60fps_pipelined"} <= names

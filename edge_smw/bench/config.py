@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_smw.contract import DEFAULT_DETECTOR
 from edge_smw.errors import InputError
 from edge_smw.stats import CONFIDENCE, Proportion, min_n_to_show
 
@@ -28,7 +29,8 @@ OPS = {
 REDUCE = ("min", "max", "mean")
 STATISTICS = ("value", "proportion")
 STATS = ("max", "mean", "median", "quantile", "elemwise")
-SECTIONS = ("latency", "comparisons", "parity", "robustness", "end_to_end", "limit")
+SECTIONS = ("latency", "comparisons", "parity", "robustness", "end_to_end", "limit",
+            "detection")
 
 
 def _toml(path: Path) -> dict[str, Any]:
@@ -74,6 +76,9 @@ class Suite:
     e2e_models: str
     peak_matmul: int
     peak_repeats: int
+    # Face detectors compared in the end-to-end rows and on the detection set.
+    detectors: list[str] = field(default_factory=lambda: ["haar", DEFAULT_DETECTOR])
+    detection_frames: int = 0  # detection-set frames per condition (0: no detection section)
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -90,7 +95,7 @@ class Suite:
             setattr(self, name, sorted(float(b) for b in values))
         for name in ("warmup", "min_runs", "max_runs", "threads", "parity_max", "robust_n",
                      "pgd_steps", "blackbox_n", "blackbox_iterations", "e2e_frames",
-                     "peak_matmul", "peak_repeats"):
+                     "peak_matmul", "peak_repeats", "detection_frames"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"suite {where}: {name} must be a whole number >= 0, got "
@@ -103,6 +108,9 @@ class Suite:
             raise InputError(f"suite {where}: memory must be all, onnx or none")
         if self.e2e_models not in ("deployable", "all"):
             raise InputError(f"suite {where}: e2e_models must be deployable or all")
+        if not self.detectors or not all(isinstance(d, str) and d for d in self.detectors):
+            raise InputError(f"suite {where}: detectors must be a list of detector names, got "
+                             f"{self.detectors!r}")
         if self.peak_matmul < 64:
             raise InputError(f"suite {where}: peak_matmul must be >= 64")
 

@@ -13,7 +13,11 @@ bench.json (``schema_version`` 1), the fields scripts may rely on:
 - ``comparisons``: rows {model, backend, precision, batch, scope, versus, versus_model,
   p50_ms, versus_p50_ms, speedup (theirs p50 / ours p50), intended}.
 - ``end_to_end``: {frame, rows: [{model, backend, mode, threads, fps, faces_found_rate,
-  stages: {stage: {p50_ms, p90_ms, p99_ms, mean_ms}}, deployable}]}.
+  detector, detector_settings, detector_backend, stages: {stage: {p50_ms, p90_ms, p99_ms,
+  mean_ms}} (``detect`` in both modes), deployable}]}.
+- ``detection``: {frames, per_condition, match_iou, conditions, rows: [{detector, name,
+  backend, conditions: {condition: {frames, faces, found, recall, false_positives,
+  mean_iou}}, overall: {... , precision}, detect_ms: {p50, p90}}]}.
 - ``limit``: {model, macs, gmacs, gflops, by_op, peak_gflops, peak_method, rows: [{model,
   backend, batch, achieved_gflops, fraction_of_peak}]}.
 - ``parity``: rows {model, backend, precision, reference, n, top1_agreement,
@@ -127,6 +131,37 @@ def gates_lines(report: dict[str, Any]) -> list[str]:
 
 # -- bench.md --------------------------------------------------------------------------------
 
+def detection_markdown(section: dict[str, Any]) -> list[str]:
+    """The detection-set table: recall (false positives) per condition, one column per
+    detector."""
+    lines = ["", "## Face detection", ""]
+    rows = section.get("rows") or []
+    if not rows:
+        return lines + [f"Not run: {section.get('note')}"]
+    lines.append(f"{section['frames']} frames of {section['frame']['width']}x"
+                 f"{section['frame']['height']} ({section['per_condition']} per condition) "
+                 f"built from {section['crops']} real face crops; a face counts as found at "
+                 f"IoU >= {section['match_iou']}. Cells: recall (false detections).")
+    lines.append("")
+    body = []
+    for condition in section["conditions"]:
+        cells = []
+        for r in rows:
+            c = r["conditions"].get(condition) or {}
+            recall = "-" if c.get("recall") is None else f"{100 * c['recall']:.1f}%"
+            cells.append(f"{recall} ({c.get('false_positives', 0)})")
+        body.append([condition, *cells])
+    body.append(["**overall**", *[f"**{100 * (r['overall']['recall'] or 0):.1f}%** "
+                                  f"({r['overall']['false_positives']})" for r in rows]])
+    body.append(["precision", *[_f(r["overall"].get("precision"), pct=True) for r in rows]])
+    body.append(["detect p50 / p90 ms", *[
+        f"{_f((r.get('detect_ms') or {}).get('p50'))} / {_f((r.get('detect_ms') or {}).get('p90'))}"
+        for r in rows]])
+    lines.append(_md_table(["Condition", *[f"{r['detector']} ({r['backend']})" for r in rows]],
+                           body))
+    return lines
+
+
 def _md_table(header: list[str], rows: list[list[Any]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -191,20 +226,24 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
     if e2e.get("rows"):
         frame = e2e.get("frame", {})
         lines.append(f"Frame: {frame.get('width')}x{frame.get('height')} JPEG, one real face "
-                     f"crop pasted at {frame.get('face_side')} px (Haar found it: "
+                     f"crop pasted at {frame.get('face_side')} px (every detector found it: "
                      f"{frame.get('detected')}).")
         lines.append("")
         lines.append(_md_table(
-            ["Model", "Backend", "Mode", "ORT threads", "ORT spinning", "FPS", "Faces found",
-             "Stages p50 ms"],
-            [[r["model"], r["backend"], r["mode"], r["threads"],
-              {True: "on", False: "off"}.get(r.get("onnxruntime_spinning"), "-"),
+            ["Model", "Backend", "Detector", "Mode", "ORT threads", "ORT spinning", "FPS",
+             "Faces found", "Detect p50 / p90 ms", "Stages p50 ms"],
+            [[r["model"], r["backend"], r.get("detector_settings", "haar"), r["mode"],
+              r["threads"], {True: "on", False: "off"}.get(r.get("onnxruntime_spinning"), "-"),
               _f(r["fps"], 1),
               _f(r.get("faces_found_rate"), pct=True),
+              "{} / {}".format(_f((r["stages"].get("detect") or {}).get("p50_ms")),
+                               _f((r["stages"].get("detect") or {}).get("p90_ms"))),
               ", ".join(f"{k} {_f((v or {}).get('p50_ms'))}" for k, v in r["stages"].items())]
              for r in e2e["rows"]]))
     else:
         lines.append(f"Not run: {e2e.get('note')}")
+
+    lines += detection_markdown(report.get("detection") or {})
 
     limit = report["limit"]
     lines += ["", "## Compute limit", ""]

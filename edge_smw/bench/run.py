@@ -53,7 +53,9 @@ class BenchOptions:
     threads: int | None = None
     detect: bool | None = None  # None: as the model was trained
     command: str = ""
-    sections: tuple[str, ...] = ("latency", "end_to_end", "limit", "parity", "robustness")
+    sections: tuple[str, ...] = ("latency", "end_to_end", "limit", "parity", "robustness",
+                                 "detection")
+    detectors: list[str] | None = None  # None: the suite's
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -452,8 +454,7 @@ class Bench:
         int8 = [s for s in cpu if s.entry.precision == "int8"]
         deployable = (int8 or [s for s in cpu if s.entry.precision == "fp32"] or cpu)[0]
         chosen = cpu if suite.e2e_models == "all" else [deployable]
-        frame, index = endtoend.pick_frame(self.crops_bgr(50))
-        jpeg = endtoend.encode_frame(frame)
+        detectors = self.detector_names()
         rows = []
         # The runtime's defaults (onnxruntime threads spin-wait between runs), then variants:
         # with spinning off, a 2-thread pool stops competing with decoding and face detection.
@@ -467,27 +468,66 @@ class Bench:
         runtimes: list[tuple[Session, str, int, bool, Any]] = []
         try:
             for s in chosen:
-                for mode, threads, spinning in configs:
-                    options = s.entry.backend_options(s.backend, spinning=spinning)
-                    rt = Runtime(s.entry.path, backend=s.backend, threads=threads,
-                                 backend_options=options)
-                    runtimes.append((s, mode, threads, spinning, rt))
+                for detector in detectors:
+                    for mode, threads, spinning in configs:
+                        options = s.entry.backend_options(s.backend, spinning=spinning)
+                        # Camera frames are not crops: always detect. Detectors are compared
+                        # on purpose: the model's own is not enforced.
+                        rt = Runtime(s.entry.path, backend=s.backend, threads=threads,
+                                     backend_options=options, detect_faces=True,
+                                     detector=detector, allow_detector_mismatch=True)
+                        runtimes.append((s, mode, threads, spinning, rt))
+            frame, index = endtoend.pick_frame(self.crops_bgr(50),
+                                               [rt.detector for *_, rt in runtimes])
+            jpeg = endtoend.encode_frame(frame)
             log.info("end to end: %d configurations interleaved, %d frames each",
                      len(runtimes), suite.e2e_frames)
             results = endtoend.interleaved([(mode, rt) for _, mode, _, _, rt in runtimes], jpeg,
                                            suite.e2e_frames, rounds=suite.e2e_frames // 30)
+            for (s, _, threads, spinning, rt), result in zip(runtimes, results, strict=True):
+                rows.append({"model": s.entry.name, "backend": s.backend,
+                             "precision": s.entry.precision, "threads": threads,
+                             "onnxruntime_spinning": spinning, "deployable": s is deployable,
+                             "detector": rt.detector.name,
+                             "detector_settings": rt.detector.spec.describe(),
+                             "detector_backend": rt.detector.backend,
+                             "status": "ok", **result})
         finally:
             for *_, rt in runtimes:
                 rt.close()
-        for (s, _, threads, spinning, _), result in zip(runtimes, results, strict=True):
-            rows.append({"model": s.entry.name, "backend": s.backend,
-                         "precision": s.entry.precision, "threads": threads,
-                         "onnxruntime_spinning": spinning, "deployable": s is deployable,
-                         "status": "ok", **result})
         return {"frame": {"width": endtoend.FRAME_W, "height": endtoend.FRAME_H,
                           "face_side": endtoend.FACE_SIDE, "crop_index": index,
                           "detected": index >= 0, "jpeg_bytes": len(jpeg)},
                 "rows": rows}
+
+    def detector_names(self) -> list[str]:
+        return list(self.options.detectors or self.suite.detectors)
+
+    def detection(self) -> dict[str, Any]:
+        """Recall and false positives per condition and detector on a detection set built
+        from this bench's own face crops (``edge_smw.bench.detection``)."""
+        from edge_smw.bench import detection as det
+        from edge_smw.detect import open_detector, resolve_spec
+
+        per = self.suite.detection_frames
+        if per < 1:
+            return {"rows": [], "note": "suite has detection_frames = 0"}
+        crops = self.crops_bgr(400)
+        frames = det.build_detection_set(crops, per_condition=per, seed=0)
+        opened = []
+        try:
+            for name in self.detector_names():
+                opened.append(open_detector(resolve_spec(name, self.contract),
+                                            backend="onnxruntime-cpu", threads=self.threads,
+                                            options={"allow_spinning": False}))
+            rows = det.evaluate_detectors(opened, frames)
+        finally:
+            for d in opened:
+                d.close()
+        return {"frames": len(frames), "per_condition": per, "crops": len(crops),
+                "match_iou": det.MATCH_IOU, "frame": {"width": det.FRAME_W,
+                                                       "height": det.FRAME_H},
+                "conditions": list(det.CONDITIONS), "rows": rows}
 
     def limit(self, latency_rows: list[dict[str, Any]]) -> dict[str, Any]:
         from edge_smw.bench.flops import count_macs
@@ -590,6 +630,8 @@ class Bench:
             if "end_to_end" in sections else {"rows": [], "note": "not requested"}
         report["limit"] = self._timed("limit", lambda: self.limit(report["latency"])) \
             if "limit" in sections else {"rows": [], "note": "not requested"}
+        report["detection"] = self._timed("detection", self.detection) \
+            if "detection" in sections else {"rows": [], "note": "not requested"}
         report["parity"] = self._timed("parity", self.parity) if "parity" in sections else []
         if "robustness" in sections:
             rows, summary = self._timed("robustness", self.robustness)

@@ -41,7 +41,8 @@ def open_runtime(args: argparse.Namespace, max_faces: int = 5):  # noqa: ANN201 
     from edge_smw.runtime import Runtime
 
     return Runtime(args.model, backend=args.backend, device=args.device, threads=args.threads,
-                   detect_faces=args.detect, max_faces=max_faces)
+                   detect_faces=args.detect, max_faces=max_faces, detector=args.detector,
+                   allow_detector_mismatch=args.allow_detector_mismatch)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

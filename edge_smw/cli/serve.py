@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edge_smw.cli.common import add_detector
+
 HELP = "run a camera service: live scoring, web view, auto-capture of best shots, metrics"
 EXAMPLES = """
   edge-smw serve --model export/ --camera /dev/video0
@@ -42,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="find faces in each frame (default), or score each frame whole as "
                           "one face crop (--no-detect: a camera framed on one face)")
     run.add_argument("--max-faces", type=int, default=5, help="faces scored per frame")
+    add_detector(run)
     run.add_argument("--smooth", default="ema", choices=["ema", "window", "none"],
                      help="per-face temporal smoothing of the score (default ema)")
     run.add_argument("--smooth-alpha", type=float, default=0.5,
@@ -117,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         model=Path(args.model), camera=args.camera, width=args.width, height=args.height,
         fps=args.fps, loop=args.loop, backend=args.backend, threads=args.threads,
         detect=args.detect, max_faces=args.max_faces, smoothing=smoothing,
-        wait_for_camera=args.wait_for_camera,
+        wait_for_camera=args.wait_for_camera, detector=args.detector,
+        allow_detector_mismatch=args.allow_detector_mismatch,
         stream_max_side=args.stream_max_side,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
     )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 
 from edge_smw.cli.common import (
+    add_detector_settings,
     add_engine_arguments,
     add_json,
     add_no_detect,
+    detector_from_args,
     print_json,
     ray_options,
 )
@@ -30,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--levels", help="level names in order (a,b,c) or a count K (1..K)")
     p.add_argument("--from", dest="from_dir", help="local copy of the 'smiles' data set")
     add_no_detect(p)
+    add_detector_settings(p)
     p.add_argument("--backbone", default="efficientnet_lite0",
                    help="efficientnet_lite0 (default, offline weights) or resnet18")
     p.add_argument("--backbone-weights", help="local weights file for the backbone")
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     options = TrainOptions(
         backbone=args.backbone, backbone_weights=args.backbone_weights, loss=args.loss,
         compare_losses=not args.no_compare, seed=args.seed, detect=not args.no_detect,
+        detector=detector_from_args(args),
         class_weight=args.class_weight, flip=args.flip, epochs=args.epochs,
         max_per_level=args.max_per_level, progress=not args.json,
         engine=args.engine, ray=engine_options,

@@ -184,7 +184,7 @@ def prepare_photos(batch: pa.Table, *, contract_json: str, detect: bool,
                 found, crops = face_crops(image, contract, detect=detect, max_faces=max_faces)
                 t3 = time.perf_counter()
                 times["detect"] = t3 - t2
-                boxes = [list(box) for box in found]
+                boxes = [list(d.box) for d in found]
                 pixels = b"".join(contract.to_model_pixels(c).tobytes() for c in crops)
                 times["preprocess"] = time.perf_counter() - t3
                 if not boxes:

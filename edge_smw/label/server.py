@@ -25,6 +25,7 @@ from aiohttp import web
 from edge_smw.atomic import sweep_temp_files
 from edge_smw.contract import PreprocessContract
 from edge_smw.data.datasets import parse_levels
+from edge_smw.detect import with_detector
 from edge_smw.errors import EdgeSmwError, ImageReadError, InputError
 from edge_smw.label.photos import PathRejected, PhotoAnalyser, PhotoInfo, list_photos
 from edge_smw.label.store import (
@@ -67,6 +68,7 @@ class LabelSession:
         model: str | os.PathLike[str] | None = None,
         order: str = "name",
         detect: bool | None = None,
+        detector: str = "auto",
         backend: str = "auto",
         progress: bool = False,
         token: str | None = None,
@@ -82,6 +84,7 @@ class LabelSession:
                              "the exported model with --model")
         self.order_name = order
         self.detect = detect
+        self.detector = detector
         self.token = token or secrets.token_urlsafe(24)
         self.labels_csv = Path(labels_csv) if labels_csv else self.root / "labels.csv"
         if self.labels_csv.suffix.lower() != ".csv":
@@ -116,6 +119,8 @@ class LabelSession:
             contract = PreprocessContract(levels=wanted or parse_levels(DEFAULT_LEVELS))
             if self.detect is None:  # photos: find the face in each
                 self.detect = True
+        # The crops shown are the ones training will cut: the model's detector unless told.
+        contract = with_detector(contract, self.detector)
         self.contract = contract
         self.levels = contract.levels
         if len(self.levels) > MAX_LEVELS:

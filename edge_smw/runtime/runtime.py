@@ -1,7 +1,8 @@
 """``Runtime``: frames in, per-face scores out, on any backend, with no torch import.
 
-faces (Haar) -> contract crop + normalise -> runner -> probabilities, level, expected score.
-Everything about preprocessing and levels comes from the model's own metadata.
+face detector (``edge_smw.detect``, on the scorer's backend) -> contract crop (aligned where
+the contract says) + normalise -> runner -> probabilities, level, expected score.
+Everything about preprocessing, the detector and levels comes from the model's own metadata.
 """
 
 from __future__ import annotations
@@ -20,11 +21,18 @@ import numpy as np
 from edge_smw.artifacts.folders import is_onnx, resolve_model_path
 from edge_smw.artifacts.formats import ENGINE_BACKENDS
 from edge_smw.artifacts.sessions import check_threads
-from edge_smw.contract import Box
+from edge_smw.contract import Box, DetectorSpec, Point
+from edge_smw.detect import FaceDetector, open_detector, resolve_spec
 from edge_smw.errors import BackendUnavailableError, InputError, ModelError
 from edge_smw.faces import face_crops
 from edge_smw.images import to_bgr
-from edge_smw.metadata import OUTPUT_FEATURE_MAP, OUTPUT_PROBABILITIES, ModelInfo, sidecar_path
+from edge_smw.metadata import (
+    INPUT_NAME,
+    OUTPUT_FEATURE_MAP,
+    OUTPUT_PROBABILITIES,
+    ModelInfo,
+    sidecar_path,
+)
 from edge_smw.runtime.backends import Runner, open_runner
 
 log = logging.getLogger("edge_smw.runtime")
@@ -45,15 +53,23 @@ class FaceScore:
     level_name: str
     expected_score: float  # probability-weighted level, 1..K
     feature_map: np.ndarray | None = None
+    detection_score: float | None = None  # the detector's confidence (Haar gives none: 1.0)
+    landmarks: dict[str, Point] | None = None  # eyes, nose, mouth... where the detector gives them
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "box": list(self.box) if self.box is not None else None,
             "level": self.level_name,
             "level_index": self.level,
             "probabilities": [round(float(p), 6) for p in self.probabilities],
             "expected_score": round(float(self.expected_score), 4),
         }
+        if self.detection_score is not None:
+            out["detection_score"] = round(float(self.detection_score), 4)
+        if self.landmarks:
+            out["landmarks"] = {k: [round(float(x), 1), round(float(y), 1)]
+                                for k, (x, y) in self.landmarks.items()}
+        return out
 
 
 @dataclass
@@ -102,6 +118,11 @@ class Runtime:
     trained on (files that may be face crops already: ``score``, ``evaluate``).
     ``backend_options`` go to the backend (onnxruntime: ``trt_fp16``, ``trt_int8``,
     ``trt_cache_dir``, ``trt_workspace_bytes``; tensorrt: ``profile``).
+    ``detector``: ``auto`` (the model's own, from its contract: Haar for models made before
+    detectors were recorded), ``haar``, a shipped detector's name, an ``.onnx`` file or a
+    ``DetectorSpec``. It runs on the scorer's backend where it can (on a GPU both networks
+    do). A model trained on one detector's crops is refused with another unless
+    ``allow_detector_mismatch`` (then it warns): crops differ, and so would the scores.
     One instance may be shared by threads: input buffers are per thread, the backends are
     thread-safe (onnxruntime's ``run``; TensorRT behind a lock).
     """
@@ -117,6 +138,8 @@ class Runtime:
         max_faces: int = 5,
         warmup: bool = True,
         backend_options: dict[str, Any] | None = None,
+        detector: str | Path | DetectorSpec = "auto",
+        allow_detector_mismatch: bool = False,
     ) -> None:
         if not isinstance(backend, str):
             raise InputError(f"backend must be a name such as 'auto', got {backend!r}")
@@ -129,6 +152,7 @@ class Runtime:
         self.max_faces = int(max_faces)
         device = int(device)
         self._local = threading.local()
+        self.detector: FaceDetector | None = None
         # An engine's metadata is read first: a missing sidecar is reported even where
         # TensorRT itself is not installed.
         sidecar = None if is_onnx(self.path) else ModelInfo.from_sidecar(
@@ -142,9 +166,14 @@ class Runtime:
             self.levels = self.contract.levels
             self._scores = np.arange(1, len(self.levels) + 1, dtype=np.float64)
             self._check_io()
+            if self.detect:
+                self.detector = self._open_detector(detector, device, threads,
+                                                    allow_detector_mismatch)
             if warmup:  # also proves the network's outputs fit its metadata
                 size = self.contract.input_size
                 self._probabilities(self._run(np.zeros((1, 3, size, size), np.float32)), 1)
+                if self.detector is not None:
+                    self.detector.detect(np.zeros((480, 640, 3), np.uint8))
         except BaseException:
             self.close()
             raise
@@ -173,8 +202,35 @@ class Runtime:
         raise BackendUnavailableError("no backend can run " + str(self.path) + ": "
                                       + "; ".join(reasons))
 
+    def _open_detector(self, detector: str | Path | DetectorSpec, device: int,
+                       threads: int | None, allow_mismatch: bool) -> FaceDetector:
+        spec = resolve_spec(detector, self.contract)
+        # Idle detector threads sleep: the scorer runs right after (or beside) them.
+        opened = open_detector(spec, backend=self.runner.name, device=device, threads=threads,
+                               options={"allow_spinning": False})
+        trained = self.contract.detector
+        same = opened.name == trained.name and opened.spec.align == trained.align
+        if not same and self.info.detect:
+            message = (f"{self.path} was trained on crops from the {trained.describe()} face "
+                       f"detector; detecting with {opened.spec.describe()} gives other crops "
+                       "and other scores")
+            fallback = getattr(opened, "fallback_for", None)
+            if not (allow_mismatch or fallback):
+                opened.close()
+                raise InputError(message + "; use the model's own (detector='auto'), or allow "
+                                 "it with allow_detector_mismatch=True "
+                                 "(--allow-detector-mismatch)")
+            if not fallback:  # a fallback has said so already
+                log.warning("%s (allowed)", message)
+        log.debug("face detector %s on %s", opened.spec.describe(), opened.backend)
+        return opened
+
     def _check_io(self) -> None:
         """The network's declared inputs/outputs must agree with its own metadata."""
+        if self.runner.input_name != INPUT_NAME:
+            raise ModelError(f"{self.path} takes input '{self.runner.input_name}', not "
+                             f"'{INPUT_NAME}': it is not an edge-smw model; export one with "
+                             "`edge-smw export RUN_DIR`")
         outputs = self.runner.output_names
         if OUTPUT_PROBABILITIES not in outputs:
             raise ModelError(f"{self.path} has outputs {list(outputs)}, no "
@@ -206,7 +262,10 @@ class Runtime:
             raise ModelError(f"this Runtime for {self.path} is closed; open a new one")
 
     def close(self) -> None:
-        """Release the model and its device memory; idempotent."""
+        """Release the model, its face detector and their device memory; idempotent."""
+        detector = getattr(self, "detector", None)
+        if detector is not None:
+            detector.close()
         runner = getattr(self, "runner", None)
         if runner is not None and runner.active:
             runner.deactivate()
@@ -231,10 +290,15 @@ class Runtime:
         self._check_open()
         t0 = time.perf_counter()
         image = to_bgr(frame, color)
-        boxes, crops = face_crops(image, self.contract, detect=self.detect,
-                                  max_faces=self.max_faces)
+        found, crops = face_crops(image, self.contract, detect=self.detector is not None,
+                                  max_faces=self.max_faces, detector=self.detector)
+        boxes: list[Box | None] = [d.box for d in found]
         t1 = time.perf_counter()
         faces, prep_ms, infer_ms = self._score_crops(crops, boxes) if crops else ([], 0.0, 0.0)
+        if self.detector is not None:
+            for face, detection in zip(faces, found, strict=True):
+                face.detection_score = detection.score
+                face.landmarks = detection.landmarks
         total = (time.perf_counter() - t0) * 1000
         timings = {"detect": (t1 - t0) * 1000, "preprocess": prep_ms, "infer": infer_ms,
                    "total": total}

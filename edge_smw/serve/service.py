@@ -60,6 +60,8 @@ class ServeOptions:
     threads: int | None = None
     detect: bool = True  # find faces in frames; False: each frame is one face crop
     max_faces: int = 5
+    detector: str = "auto"  # the model's own unless told (edge_smw.detect)
+    allow_detector_mismatch: bool = False
     smoothing: SmoothingOptions = field(default_factory=SmoothingOptions)
     captures: CaptureOptions | None = None
     wait_for_camera: bool = False
@@ -149,9 +151,11 @@ class Service:
         self.spec: SourceSpec = parse_source(options.camera, width=options.width,
                                              height=options.height, fps=options.fps,
                                              loop=options.loop)
-        self.runtime = runtime or Runtime(options.model, backend=options.backend,
-                                          threads=options.threads, detect_faces=options.detect,
-                                          max_faces=options.max_faces)
+        self.runtime = runtime or Runtime(
+            options.model, backend=options.backend, threads=options.threads,
+            detect_faces=options.detect, max_faces=options.max_faces,
+            detector=options.detector,
+            allow_detector_mismatch=options.allow_detector_mismatch)
         self.levels = self.runtime.levels
         self.model_info = {
             "file": self.runtime.path.name,
