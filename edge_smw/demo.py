@@ -33,18 +33,21 @@ log = logging.getLogger("edge_smw.demo")
 REPORT_NAME = "REPORT.md"
 SETUP_SIZE_GB = 6  # .venv with torch (CUDA build), timm, onnx, onnxruntime: measured 5.8-6.2 GB
 FIRST_RUN_NOTE = (
-    "edge-smw demo: draws synthetic faces, trains, evaluates, exports (fp32 + int8), benches, "
-    "explains and fools a model, then writes REPORT.md. About 4 minutes on 2 CPU cores (the "
-    "first run also draws the faces and builds the backbone's ONNX; later runs reuse the "
-    f"cache). The set-up before it (.venv with torch) takes about {SETUP_SIZE_GB} GB of disk."
+    "edge-smw demo: draws 3000 synthetic faces, trains, evaluates, exports (fp32 + int8), "
+    "benches, explains and fools a model, then writes REPORT.md. The first run does about 5.5 "
+    "CPU-minutes of work (12 minutes measured on 2 CPU cores shared with other jobs), most of "
+    "it backbone features for the faces and the int8 export's checks; later runs reuse the "
+    "cached faces and features. The set-up before it (.venv with torch) takes about "
+    f"{SETUP_SIZE_GB} GB of disk."
 )
 FRAME_SIZE = (640, 480)  # width, height of the camera frames written for `edge-smw serve`
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """How big each step is. The defaults fit the time budget (a few minutes on 2 cores);
-    ``QUICK`` is the smallest run that still exercises every step (tests, CI)."""
+    """How big each step is. The defaults are sized for minutes on 2 CPU cores (see
+    ``FIRST_RUN_NOTE``); ``QUICK`` is the smallest run that still exercises every step (tests,
+    CI)."""
 
     count: int = 3000  # synthetic faces: 70/15/15 train/val/test
     lrs: tuple[float, ...] = (0.003, 0.01, 0.03)

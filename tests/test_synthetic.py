@@ -321,7 +321,7 @@ def test_default_dir_is_under_the_user_cache(
 def test_the_project_training_learns_the_rule_from_a_small_set(tmp_path: Path) -> None:
     """The faces show what decides the level at the backbone's input size: the project's own
     training (frozen EfficientNet-Lite0 + linear head, no special path) learns the rule from
-    300 faces far above chance (1 in 5). The demo's 4000 faces reach its >= 85% (README)."""
+    300 faces far above chance (1 in 5); the demo's 3000 faces reach more (README)."""
     pytest.importorskip("torch", reason="training needs torch (pip install edge-smw[train])")
     from edge_smw.data.sources import resolve_data
     from edge_smw.train.pipeline import TrainOptions, train_run
