@@ -260,7 +260,7 @@ class _Demo:
         self.steps["runtime"] = rows
 
     def bench(self) -> None:
-        from edge_smw.bench.report import summary_rows, write_report
+        from edge_smw.bench.report import summary_rows, verdict_line, write_report
         from edge_smw.bench.run import BenchOptions, run_bench
 
         s = self.settings
@@ -276,20 +276,23 @@ class _Demo:
                                         checkpoint=str(self.run_dir), suite=suite,
                                         command=command))
         paths = write_report(report, folder, plots=s.bench_plots)
-        latency = [{k: r.get(k) for k in ("format", "backend", "status", "size_mb", "p50_ms",
-                                          "fps", "reason")} for r in summary_rows(report)]
-        speedups = [{k: c[k] for k in ("model", "versus", "p50_ms", "versus_p50_ms",
-                                       "speedup")}
-                    for c in report["comparisons"]
-                    if c["scope"] == "network" and c["batch"] == 1 and c["intended"]]
-        parity_n = max((r.get("n") or 0 for r in report["parity"]), default=0)
-        suite_info = report["suite"]
+        latency = [{"format": r.format, "backend": r.backend, "status": r.status,
+                    "size_mb": r.size_mb, "p50_ms": r.p50_ms, "fps": r.fps, "reason": r.reason}
+                   for r in summary_rows(report)]
+        speedups = [{"model": c.model, "versus": c.versus, "speedup": c.speedup}
+                    for c in report.comparisons
+                    if c.scope == "network" and c.batch == 1 and c.intended]
+        # The bench's own verdicts: a gate judged on too few crops for its threshold says
+        # "not judged: n too small", never FAIL (edge_smw.bench.config).
+        gates = [{"name": g.name, "passed": g.passed, "not_judged": g.not_judged, "n": g.n,
+                  "line": verdict_line(g).strip()} for g in report.gates]
         self.steps["bench"] = {
             "md": str(paths["md"]), "command": command, "latency": latency,
-            "speedups": speedups, "parity_n": parity_n,
-            "runs": [suite_info["min_runs"], suite_info["max_runs"]],
-            "load_average": report["machine"].get("load_average_1_5_15"),
-            "cpu_flags": report["machine"].get("cpu_flags"),
+            "speedups": speedups, "gates": gates,
+            "parity_n": max((r.n or 0 for r in report.parity), default=0),
+            "runs": [report.suite.min_runs, report.suite.max_runs],
+            "load_average": report.machine.load_average_1_5_15,
+            "cpu_flags": report.machine.cpu_flags,
         }
         self.written["bench"] = paths["md"]
 
@@ -467,9 +470,20 @@ class _Demo:
             "", f"The quick suite times each model {lo}-{hi} times on this machine as it is "
             f"now (load average {b['load_average']}): orders of size that show the bench "
             "runs, not figures to quote; `edge-smw bench EXPORT --suite full` measures those.",
-            f"Its accuracy rows use only {b['parity_n']} crops, too few to judge a 98% "
-            "agreement gate either way, so the demo shows no bench verdict on accuracy: the "
-            "export's gates above judged the int8 model on the validation split.",
+        ]
+        gates = b["gates"]
+        if gates:
+            judged = [g for g in gates if g["passed"] is not None]
+            unjudged = [g for g in gates if g["not_judged"]]
+            lines += [
+                "", f"The bench's gates, on its {b['parity_n']} test crops (a gate is judged only "
+                "on enough crops for its threshold, else \"not judged: n too small\"): "
+                f"{len(judged)} judged ({sum(1 for g in judged if g['passed'])} passed), "
+                f"{len(unjudged)} not judged:", "",
+                *[f"    {g['line']}" for g in gates],
+            ]
+        lines += [
+            "",
             f"Full tables and gates: `{b['md']}`; reproduce: `{b['command']}`.",
         ]
         return lines
