@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 import onnx  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
+from edge_smw.artifacts.sessions import load_session  # noqa: E402
 from edge_smw.errors import InputError  # noqa: E402
 from edge_smw.export import quantize as Q  # noqa: E402
 
@@ -57,7 +58,7 @@ class Setup:
         return self._cache[flavour.value]
 
     def logits(self, path: Path, limit: int | None = None) -> np.ndarray:
-        session = Q._session(path)
+        session = load_session(path)
         crops = self.val if limit is None else self.val.subset(range(min(limit, len(self.val))))
         return session.run(["logits"], {"input": crops.inputs(self.contract)})[0]
 
@@ -303,7 +304,7 @@ def _evaluate(setup: Setup, name: str):
     def evaluate(model: onnx.ModelProto) -> dict:
         counter["n"] += 1
         path = setup.save(model, f"{name}-{counter['n']}.onnx")
-        session = Q._session(path)
+        session = load_session(path)
         probs = session.run(["probabilities"], {"input": setup.val.inputs(setup.contract)})[0]
         figures = compare(probs.astype(np.float64), setup.reference, setup.val.levels)
         return {"agreement": figures["top1_agreement"], "accuracy": figures["accuracy"]}
@@ -355,7 +356,7 @@ def test_set_head_replaces_the_gemm(setup: Setup) -> None:
     bias = np.arange(k, dtype=np.float32)
     model = set_head(setup.int8(Q.Flavour.CPU), weight, bias)
     path = setup.save(with_pooled_output(model), "pooled.onnx")
-    session = Q._session(path)
+    session = load_session(path)
     logits, pooled = session.run(["logits", "edge_smw_pooled_features"],
                                  {"input": setup.val.inputs(setup.contract, 0, 4)})
     np.testing.assert_allclose(logits, pooled @ weight.T + bias, rtol=1e-4, atol=1e-4)

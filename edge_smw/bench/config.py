@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_smw.bench.results import GateVerdict
 from edge_smw.contract import DEFAULT_DETECTOR
 from edge_smw.errors import InputError
 from edge_smw.stats import CONFIDENCE, Proportion, min_n_to_show
@@ -183,6 +184,8 @@ class Gate:
     min_n: int = 0  # rows judged on fewer items than this are "not judged: n too small"
 
     def select(self, report: dict[str, Any]) -> list[dict[str, Any]]:
+        """The section's judged rows in bench.json's form (``BenchReport.to_dict()``): gates
+        are configured by its field names."""
         rows = report.get(self.section) or []
         if isinstance(rows, dict):
             rows = rows.get("rows", [])
@@ -195,32 +198,36 @@ class Gate:
                 out.append(row)
         return out
 
-    def evaluate(self, report: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, report: dict[str, Any]) -> GateVerdict:
+        """Judge bench.json's form of a report (``BenchReport.to_dict()``)."""
         rows = self.select(report)
-        result: dict[str, Any] = {
-            "name": self.name, "help": self.help, "section": self.section, "field": self.field,
-            "where": self.where, "op": self.op, "threshold": self.threshold,
-            "reduce": self.reduce, "target": self.target,
-        }
+        verdict = GateVerdict(
+            name=self.name, help=self.help, section=self.section, field=self.field,
+            where=self.where, op=self.op, threshold=self.threshold, reduce=self.reduce,
+            target=self.target, value=None)
         if not rows:
-            return {**result, "value": None, "pass": None, "rows": 0,
-                    "note": f"skipped: no {self.section} rows with {self.where or 'any fields'}"}
+            verdict.note = f"skipped: no {self.section} rows with {self.where or 'any fields'}"
+            return verdict
         needed = self.needed_n()
         judged = [r for r in rows if int(r.get("n") or 0) >= needed] if needed else rows
+        verdict.min_n = needed
         if not judged:
             sizes = sorted({int(r.get("n") or 0) for r in rows})
-            return {**result, "value": None, "pass": None, "rows": 0, "min_n": needed,
-                    "note": f"not judged: n too small (n = {', '.join(map(str, sizes))}; "
-                            f"{self.rule()} needs n >= {needed})"}
+            verdict.note = (f"not judged: n too small (n = {', '.join(map(str, sizes))}; "
+                            f"{self.rule()} needs n >= {needed})")
+            return verdict
+        verdict.rows = len(judged)
+        verdict.unjudged_rows = len(rows) - len(judged)
         if self.statistic == "proportion":
-            return {**result, **self._judge_proportions(judged), "min_n": needed,
-                    "unjudged_rows": len(rows) - len(judged)}
+            self._judge_proportions(judged, verdict)
+            return verdict
         values = [float(r[self.field]) for r in judged]
         value = {"min": min, "max": max, "mean": lambda v: sum(v) / len(v)}[self.reduce](values)
         worst = judged[values.index(min(values) if self.op.startswith(">") else max(values))]
-        return {**result, "value": value, "pass": bool(OPS[self.op](value, self.threshold)),
-                "rows": len(judged), "worst": _subject(worst), "min_n": needed,
-                "unjudged_rows": len(rows) - len(judged)}
+        verdict.value = value
+        verdict.passed = bool(OPS[self.op](value, self.threshold))
+        verdict.worst = _subject(worst)
+        return verdict
 
     def needed_n(self) -> int:
         """Items a row needs before this gate judges it."""
@@ -235,7 +242,7 @@ class Gate:
                     f"{100 * CONFIDENCE:.0f}% confidence (Wilson)")
         return f"judging {self.field}"
 
-    def _judge_proportions(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def _judge_proportions(self, rows: list[dict[str, Any]], verdict: GateVerdict) -> None:
         """Each row by its interval; the gate reports the row whose bound is worst."""
         at_least = self.op.startswith(">")
         scored = []
@@ -245,9 +252,12 @@ class Gate:
             bound = lo if at_least else hi
             scored.append((bound, row, prop))
         bound, worst, prop = (min if at_least else max)(scored, key=lambda t: t[0])
-        return {"value": prop.value, "interval": list(prop.interval), "n": prop.n,
-                "bound": bound, "pass": bool(OPS[self.op](bound, self.threshold)),
-                "rows": len(rows), "worst": _subject(worst)}
+        verdict.value = prop.value
+        verdict.interval = list(prop.interval)
+        verdict.n = prop.n
+        verdict.bound = bound
+        verdict.passed = bool(OPS[self.op](bound, self.threshold))
+        verdict.worst = _subject(worst)
 
 
 def _subject(row: dict[str, Any]) -> dict[str, Any]:

@@ -15,11 +15,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
+from edge_smw.bench.results import (
+    DetectionCounts,
+    DetectionOverall,
+    DetectionRow,
+    DetectionSection,
+    DetectTiming,
+    FrameSize,
+)
 from edge_smw.contract import Box
 from edge_smw.detect.base import FaceDetector
 from edge_smw.detect.nms import iou_matrix
@@ -201,15 +208,16 @@ class ConditionResult:
     false_positives: int = 0
     ious: list[float] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"frames": self.frames, "faces": self.faces, "found": self.found,
-                "recall": round(self.found / self.faces, 4) if self.faces else None,
-                "false_positives": self.false_positives,
-                "mean_iou": round(float(np.mean(self.ious)), 3) if self.ious else None}
+    def counts(self) -> DetectionCounts:
+        return DetectionCounts(
+            frames=self.frames, faces=self.faces, found=self.found,
+            recall=round(self.found / self.faces, 4) if self.faces else None,
+            false_positives=self.false_positives,
+            mean_iou=round(float(np.mean(self.ious)), 3) if self.ious else None)
 
 
 def evaluate_detectors(detectors: Sequence[FaceDetector], frames: Sequence[DetectionFrame],
-                       min_iou: float = MATCH_IOU) -> list[dict[str, Any]]:
+                       min_iou: float = MATCH_IOU) -> list[DetectionRow]:
     """Per detector: recall, false positives and precision per condition and overall, and
     detect time per frame. Interleaved: every frame goes through each detector in turn, so
     load drift on a shared machine hits them alike."""
@@ -232,7 +240,7 @@ def evaluate_detectors(detectors: Sequence[FaceDetector], frames: Sequence[Detec
 
 
 def _summary(detector: FaceDetector, per: dict[str, ConditionResult], times: list[float],
-             min_iou: float) -> dict[str, Any]:
+             min_iou: float) -> DetectionRow:
     total = ConditionResult()
     for row in per.values():
         total.frames += row.frames
@@ -240,22 +248,31 @@ def _summary(detector: FaceDetector, per: dict[str, ConditionResult], times: lis
         total.found += row.found
         total.false_positives += row.false_positives
         total.ious += row.ious
-    overall = total.to_dict()
     detections = total.found + total.false_positives
-    overall["precision"] = round(total.found / detections, 4) if detections else None
-    stats = None
+    overall = DetectionOverall(
+        **vars(total.counts()),
+        precision=round(total.found / detections, 4) if detections else None)
+    timing = None
     if times:
         p50, p90 = np.percentile(times, [50, 90])
-        stats = {"p50": round(float(p50), 3), "p90": round(float(p90), 3)}
-    return {"detector": detector.spec.describe(), "name": detector.name,
-            "backend": detector.backend, "match_iou": min_iou,
-            "conditions": {k: v.to_dict() for k, v in per.items()}, "overall": overall,
-            "detect_ms": stats}
+        timing = DetectTiming(p50=round(float(p50), 3), p90=round(float(p90), 3))
+    return DetectionRow(detector=detector.spec.describe(), name=detector.name,
+                        backend=detector.backend, match_iou=min_iou,
+                        conditions={k: v.counts() for k, v in per.items()}, overall=overall,
+                        detect_ms=timing)
+
+
+def detection_section(crops: Sequence[np.ndarray], frames: Sequence[DetectionFrame],
+                      per_condition: int, rows: list[DetectionRow]) -> DetectionSection:
+    """The bench's detection section: the set's description beside each detector's row."""
+    return DetectionSection(frames=len(frames), per_condition=per_condition, crops=len(crops),
+                            match_iou=MATCH_IOU, frame=FrameSize(FRAME_W, FRAME_H),
+                            conditions=list(CONDITIONS), rows=rows)
 
 
 def run_detection_set(crops_dir: str | Path, detectors: Sequence[str], *,
                       per_condition: int = 40, seed: int = 0, limit: int = 400,
-                      threads: int | None = None) -> dict[str, Any]:
+                      threads: int | None = None) -> DetectionSection:
     """Build the set from a folder of face crops and evaluate each named detector (the same
     section ``edge-smw bench`` writes, without needing a model)."""
     from edge_smw.detect import open_detector
@@ -271,9 +288,7 @@ def run_detection_set(crops_dir: str | Path, detectors: Sequence[str], *,
     finally:
         for detector in opened:
             detector.close()
-    return {"frames": len(frames), "per_condition": per_condition, "crops": len(crops),
-            "match_iou": MATCH_IOU, "frame": {"width": FRAME_W, "height": FRAME_H},
-            "conditions": list(CONDITIONS), "rows": rows}
+    return detection_section(crops, frames, per_condition, rows)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -297,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.json:
         from edge_smw.atomic import write_text
 
-        write_text(Path(args.json), json.dumps(section, indent=2))
+        write_text(Path(args.json), json.dumps(section.to_dict(), indent=2))
     print("\n".join(detection_markdown(section)))
 
 

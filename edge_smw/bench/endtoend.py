@@ -22,6 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_smw.bench.results import ModeTiming, StageTiming
 from edge_smw.detect import FaceDetector
 
 FRAME_W, FRAME_H = 640, 480
@@ -54,13 +55,13 @@ def pick_frame(crops_bgr: list[np.ndarray], detectors: list[FaceDetector],
     return make_frame(crops_bgr[0]), -1
 
 
-def _stats(values: list[float]) -> dict[str, float] | None:
+def _stats(values: list[float]) -> StageTiming | None:
     if not values:
         return None
     arr = np.asarray(values)
     p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-    return {"p50_ms": round(float(p50), 4), "p90_ms": round(float(p90), 4),
-            "p99_ms": round(float(p99), 4), "mean_ms": round(float(arr.mean()), 4)}
+    return StageTiming(p50_ms=round(float(p50), 4), p90_ms=round(float(p90), 4),
+                       p99_ms=round(float(p99), 4), mean_ms=round(float(arr.mean()), 4))
 
 
 @dataclass
@@ -157,7 +158,7 @@ MODES = {"single-threaded": single_threaded, "pipelined": pipelined}
 
 
 def interleaved(configs: list[tuple[str, Any]], jpeg: bytes, frames: int,
-                rounds: int) -> list[dict[str, Any]]:
+                rounds: int) -> list[ModeTiming]:
     """Run every (mode, runtime) configuration in turn, ``frames / rounds`` frames at a time,
     so load drift hits every configuration alike (as the latency section does per call)."""
     rounds = max(1, min(rounds, frames))
@@ -174,10 +175,11 @@ def interleaved(configs: list[tuple[str, Any]], jpeg: bytes, frames: int,
         for c in parts:
             for k, v in c.stages.items():
                 stages.setdefault(k, []).extend(v)
-        out.append({"mode": mode, "frames": done, "rounds": rounds,
-                    "fps": round(done / seconds, 2) if seconds > 0 else None,
-                    "faces_found_rate": sum(c.found for c in parts) / done if done else None,
-                    "stages": {k: _stats(v) for k, v in stages.items()}})
+        out.append(ModeTiming(
+            mode=mode, frames=done, rounds=rounds,
+            fps=round(done / seconds, 2) if seconds > 0 else None,
+            faces_found_rate=sum(c.found for c in parts) / done if done else None,
+            stages={k: _stats(v) for k, v in stages.items()}))
     return out
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_smw.bench.results import FeaturePassRow, FeaturePassSection
 from edge_smw.data.crops import SkipReport, load_crop
 from edge_smw.data.datasets import LabelledImage
 
@@ -24,7 +25,7 @@ BATCH = 32
 
 
 def measure_feature_pass(checkpoint: Any, paths: list[str], *, crops: int, rounds: int = 4,
-                         threads: int | None = None) -> dict[str, Any]:
+                         threads: int | None = None) -> FeaturePassSection:
     """The ``features`` section of a bench report for ``checkpoint`` on crops from ``paths``."""
     import torch
 
@@ -32,8 +33,8 @@ def measure_feature_pass(checkpoint: Any, paths: list[str], *, crops: int, round
     from edge_smw.train.features import FeaturePass, compute_features
 
     if crops < 1 or not paths:
-        return {"rows": [], "note": "no crop files to read (suite features_crops = 0, or a "
-                                    "golden file without paths)"}
+        return FeaturePassSection(note="no crop files to read (suite features_crops = 0, or a "
+                                       "golden file without paths)")
     chosen = [paths[i % len(paths)] for i in range(max(crops, rounds))]
     items = [LabelledImage(Path(p), 0) for p in chosen]
     contract = checkpoint.contract
@@ -82,15 +83,16 @@ def measure_feature_pass(checkpoint: Any, paths: list[str], *, crops: int, round
     rows = []
     for name in candidates:
         done, seconds = totals[name]
-        rows.append({"candidate": name, "crops": done, "seconds": round(seconds, 3),
-                     "crops_per_s": round(done / seconds, 2),
-                     "crops_per_s_min": round(min(rates[name]), 2),
-                     "crops_per_s_max": round(max(rates[name]), 2),
-                     "runtime": "torch " + torch.__version__ if name == "torch eager"
-                     else "onnxruntime, decode in a background thread"})
-    ratio = rows[1]["crops_per_s"] / rows[0]["crops_per_s"]
-    return {"rows": rows, "speedup": round(ratio, 3), "rounds": len(chunks),
-            "what": feature_pass.kind.suffix or "pooled features (the poster's head)",
-            "threads": threads or torch.get_num_threads(), "detect": detect,
-            "note": "decode + crop + resize + normalise + backbone, from the crop files; no "
-                    "feature cache"}
+        rows.append(FeaturePassRow(
+            candidate=name, crops=done, seconds=round(seconds, 3),
+            crops_per_s=round(done / seconds, 2), crops_per_s_min=round(min(rates[name]), 2),
+            crops_per_s_max=round(max(rates[name]), 2),
+            runtime="torch " + torch.__version__ if name == "torch eager"
+            else "onnxruntime, decode in a background thread"))
+    ratio = rows[1].crops_per_s / rows[0].crops_per_s
+    return FeaturePassSection(
+        rows=rows, speedup=round(ratio, 3), rounds=len(chunks),
+        what=feature_pass.kind.suffix or "pooled features (the poster's head)",
+        threads=threads or torch.get_num_threads(), detect=detect,
+        note="decode + crop + resize + normalise + backbone, from the crop files; no "
+             "feature cache")

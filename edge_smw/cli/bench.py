@@ -103,16 +103,16 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.export_dir) / "bench"
     paths = write_report(report, out, plots=not args.no_plots)
     if args.json:
-        print_json(report)
+        print_json(report.to_dict())
     else:
         print(console_table(report))
         print()
         for line in gates_lines(report):
             print(line)
         print(f"\nwrote {paths['json']} and {paths['md']}"
-              + (f" (+ {len(report['plots'])} plots)" if report["plots"] else ""))
-    failed = [g["name"] for g in report["gates"] if g["pass"] is False]
-    if failed:
-        print(f"edge-smw bench: gate(s) failed: {', '.join(failed)}", file=sys.stderr)
+              + (f" (+ {len(report.plots)} plots)" if report.plots else ""))
+    if not report.passed:
+        failed = ", ".join(g.name for g in report.failed_gates)
+        print(f"edge-smw bench: gate(s) failed: {failed}", file=sys.stderr)
         return 1
     return 0
