@@ -143,3 +143,18 @@ def test_same_seed_same_heads_and_stackable_configs_only():
     assert not np.array_equal(a[0].weight, c[0].weight)
     with pytest.raises(InputError, match="only in learning rate and momentum"):
         train_heads(x, y, 2, [configs[0], HeadConfig(lr=0.1, momentum=0.0, epochs=4)], seed=0)
+
+
+def test_bad_training_options_are_refused_before_any_work() -> None:
+    from edge_smw.errors import InputError
+    from edge_smw.train.pipeline import TrainOptions, validate_options
+
+    assert validate_options(TrainOptions(head="stages")).name == "stages"
+    for options, expected in [
+        (TrainOptions(finetune_last=1, engine="ray"), "--engine inprocess"),
+        (TrainOptions(finetune_last=-1), "--finetune-last must be >= 0"),
+        (TrainOptions(patience=0), "--patience must be >= 1"),
+        (TrainOptions(loss="hinge"), "--loss 'hinge'"),
+    ]:
+        with pytest.raises(InputError, match=expected):
+            validate_options(options)
