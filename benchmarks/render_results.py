@@ -8,7 +8,8 @@ technique-by-technique trade-off table from ``python -m edge_smw.export.tradeoff
 tradeoff.md when ``--tradeoff`` names it. The plots are copied to benchmarks/figures/.
 Hand-written notes between the ``<!-- notes -->`` and ``<!-- /notes -->`` markers of the
 existing RESULTS.md are kept, and so is a trade-off section between ``<!-- tradeoff -->``
-markers when no ``--tradeoff`` file is given.
+markers when no ``--tradeoff`` file is given, and the Ray engine's section between
+``<!-- ray -->`` markers (``benchmarks/ray_throughput.py``'s figures, written by hand).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from typing import Any
 
 from edge_smw.atomic import write_text
 from edge_smw.bench.report import gates_lines, markdown
+from edge_smw.bench.results import BenchReport
 
 HERE = Path(__file__).resolve().parent
 NOTES = re.compile(r"<!-- notes -->.*?<!-- /notes -->", re.S)
 TRADEOFF = re.compile(r"<!-- tradeoff -->.*?<!-- /tradeoff -->", re.S)
+RAY = re.compile(r"<!-- ray -->.*?<!-- /ray -->", re.S)
 
 
 def tradeoff(export: dict[str, Any]) -> str:
@@ -67,11 +70,12 @@ def main() -> int:
     parser.add_argument("--reproduce", default="benchmarks/reproduce.sh",
                         help="the command that made these figures")
     args = parser.parse_args()
-    report = json.loads((args.bench_dir / "bench.json").read_text(encoding="utf-8"))
+    report = BenchReport.from_dict(
+        json.loads((args.bench_dir / "bench.json").read_text(encoding="utf-8")))
     figures = args.out.parent / "figures"
     figures.mkdir(exist_ok=True)
     plots = []
-    for name in report.get("plots", []):
+    for name in report.plots or []:
         shutil.copyfile(args.bench_dir / name, figures / name)
         plots.append(f"figures/{name}")
     export = None
@@ -86,15 +90,15 @@ def main() -> int:
     else:
         kept = TRADEOFF.search(old)
         trade = kept.group(0) if kept else ""
-    m = report["machine"]
+    m = report.machine
     body = markdown(report, plots).split("\n", 1)[1]  # drop bench.md's own title
     parts = [
         "# Benchmark results",
         "",
-        f"Latest figures on this kind of machine: {m['cpu']}, {m['cores_usable']} usable "
-        f"cores, load average {m.get('load_average_1_5_15')} at the start and "
-        f"{m.get('load_average_end')} at the end (1, 5, 15 min), measured "
-        f"{m.get('time_utc')}. Reproduce with `{args.reproduce}`.",
+        f"Latest figures on this kind of machine: {m.cpu}, {m.cores_usable} usable "
+        f"cores, load average {m.load_average_1_5_15} at the start and "
+        f"{m.load_average_end} at the end (1, 5, 15 min), measured "
+        f"{m.time_utc}. Reproduce with `{args.reproduce}`.",
         "",
         notes,
         "",
@@ -111,6 +115,9 @@ def main() -> int:
                   f"Export settings: `{settings}`", "", tradeoff(export)]
     if trade:
         parts += ["## INT8 accuracy/speed trade-off, technique by technique", "", trade, ""]
+    ray_section = RAY.search(old)
+    if ray_section:
+        parts += [ray_section.group(0), ""]
     parts.append(body)
     write_text(args.out, "\n".join(parts))
     print(f"wrote {args.out} ({len(plots)} figures in {figures})")

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from edge_smw.errors import InputError
+
+log = logging.getLogger("edge_smw.atomic")
+
+# Temporary files are named ".<target name>.<random>.tmp" beside their target: hidden, and
+# recognisable, so leftovers of a crash (kill -9, power cut) can be swept at the next start.
+TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]+" + re.escape(TEMP_SUFFIX) + "$")
 
 
 def _current_umask() -> int:
@@ -33,7 +42,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     folder = target.parent if str(target.parent) else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX,
+                                        dir=folder)
     except OSError as exc:
         raise InputError(
             f"cannot write into {folder}: {exc.strerror or exc}; choose a writable folder"
@@ -77,3 +87,40 @@ def write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
 
 def write_json(target: str | os.PathLike[str], obj: Any) -> Path:
     return write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def temp_target(name: str) -> str | None:
+    """The target name when ``name`` is one of ``atomic_path``'s temporary files, else None."""
+    match = _TEMP_NAME.match(name)
+    return match.group("target") if match else None
+
+
+def sweep_temp_files(folder: str | os.PathLike[str], owns: Callable[[str], bool]) -> list[Path]:
+    """Remove leftovers of interrupted atomic writes in ``folder`` (not its sub-folders).
+
+    Only temporary files of this module's naming whose target name ``owns`` accepts are
+    removed, so a caller sweeps its own leftovers and never anything else. Errors are logged,
+    not raised: a sweep must never stop a service from starting.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as exc:
+        log.debug("cannot sweep %s: %s", folder, exc)
+        return removed
+    for entry in entries:
+        target = temp_target(entry.name)
+        if target is None or not owns(target):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            os.unlink(entry.path)
+        except OSError as exc:
+            log.warning("cannot remove the leftover temporary file %s: %s", entry.path, exc)
+            continue
+        removed.append(Path(entry.path))
+    if removed:
+        log.info("removed %d temporary file(s) left in %s by an interrupted write",
+                 len(removed), folder)
+    return removed

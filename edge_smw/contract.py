@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,78 @@ import numpy as np
 
 from edge_smw.errors import InputError, ModelError
 
-CONTRACT_VERSION = 1
+# 2: the face detector and its settings joined the contract (a version-1 contract has none:
+# its crops came from OpenCV's Haar cascade, the only detector there was).
+CONTRACT_VERSION = 2
 Box = tuple[int, int, int, int]  # x, y, width, height in pixels of the source image
+Point = tuple[float, float]
+
+HAAR = "haar"
+# Chosen by measurement on the detection set (benchmarks/RESULTS.md, "Face detection").
+DEFAULT_DETECTOR = "blazeface-short"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectorSpec:
+    """Which face detector finds the faces that become crops, and its settings.
+
+    Part of the contract because crops from different detectors differ (box size, centre,
+    rotation): a head trained on one detector's crops should be served with the same one.
+    ``name``: ``haar``, a shipped detector (``edge_smw.detect.DETECTORS``) or an ONNX file's
+    own name. ``input_size``: the long side, in pixels, of the image the detector sees (the
+    frame is resized to it keeping its aspect ratio; None: the detector's default).
+    ``retry_size``: a second, closer look at this long side when the first finds no face (a
+    DNN detector sees faces in a size window; None: the detector's default, 0: no retry).
+    ``score_threshold``: None for the detector's default. ``align``: rotate each crop so the
+    eyes are level (needs a detector that gives landmarks).
+    """
+
+    name: str = DEFAULT_DETECTOR
+    input_size: int | None = None
+    retry_size: int | None = None
+    score_threshold: float | None = None
+    align: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise InputError(f"detector name must be a non-empty string, got {self.name!r}")
+        if self.input_size is not None and (
+                isinstance(self.input_size, bool) or not isinstance(self.input_size, int)
+                or self.input_size < 32):
+            raise InputError(f"detector input_size must be a whole number of pixels >= 32 (the "
+                             f"long side), got {self.input_size!r}")
+        if self.retry_size is not None and (
+                isinstance(self.retry_size, bool) or not isinstance(self.retry_size, int)
+                or not (self.retry_size == 0 or self.retry_size >= 32)):
+            raise InputError(f"detector retry_size must be 0 (no second look) or a whole number "
+                             f"of pixels >= 32, got {self.retry_size!r}")
+        if self.score_threshold is not None and not 0.0 < float(self.score_threshold) < 1.0:
+            raise InputError(f"detector score_threshold must be between 0 and 1, got "
+                             f"{self.score_threshold!r}")
+        if not isinstance(self.align, bool):
+            raise InputError(f"detector align must be true or false, got {self.align!r}")
+        if self.align and self.name == HAAR:
+            raise InputError("alignment needs eye landmarks, which the Haar detector does not "
+                             "give; choose a DNN detector or turn alignment off")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectorSpec:
+        if not isinstance(data, dict):
+            raise ModelError(f"the contract's detector must be a JSON object, got {data!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ModelError(f"the contract's detector has unknown fields {sorted(unknown)}: it "
+                             "was written by a newer edge-smw; upgrade edge-smw")
+        return cls(**data)
+
+    def describe(self) -> str:
+        """One short line for logs and reports, e.g. ``blazeface-short@320 aligned``."""
+        text = self.name + (f"@{self.input_size}" if self.input_size else "")
+        text += f">{self.retry_size}" if self.retry_size else ""
+        if self.score_threshold is not None:
+            text += f" score>={self.score_threshold:g}"
+        return text + (" aligned" if self.align else "")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +112,7 @@ class PreprocessContract:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     interpolation: str = "area"
+    detector: DetectorSpec = field(default_factory=DetectorSpec)
     version: int = field(default=CONTRACT_VERSION)
 
     def __post_init__(self) -> None:
@@ -60,6 +132,8 @@ class PreprocessContract:
             raise InputError(f"only the NCHW layout is supported, got {self.layout!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise InputError("mean and std need 3 values each, std > 0")
+        if not isinstance(self.detector, DetectorSpec):
+            raise InputError(f"detector must be a DetectorSpec, got {type(self.detector).__name__}")
         if self.interpolation not in _INTERPOLATIONS:
             raise InputError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}")
         if self.version > CONTRACT_VERSION:
@@ -94,7 +168,10 @@ class PreprocessContract:
             )
         if "levels" not in data:
             raise ModelError("preprocessing contract has no 'levels'")
-        return cls(**data)
+        data = dict(data)
+        # Before version 2 there was one detector, Haar: that is what those crops came from.
+        detector = data.pop("detector", {"name": HAAR})
+        return cls(detector=DetectorSpec.from_dict(detector), **data)
 
     @classmethod
     def from_json(cls, text: str) -> PreprocessContract:
@@ -126,9 +203,21 @@ class PreprocessContract:
         side_px = max(1, int(round(side)))
         return (int(round(cx - side / 2.0)), int(round(cy - side / 2.0)), side_px, side_px)
 
-    def crop_face(self, image_bgr: np.ndarray, box: Box) -> np.ndarray:
-        """Cut the face square out of ``image_bgr``; parts outside the frame are edge-padded."""
+    def crop_face(self, image_bgr: np.ndarray, box: Box,
+                  eyes: tuple[Point, Point] | None = None) -> np.ndarray:
+        """Cut the face square out of ``image_bgr``; parts outside the frame are edge-padded.
+
+        With ``detector.align`` and the two eye centres (the subject's right eye, which is on
+        the image's left, first), the square is rotated about its centre so the eyes are level.
+        """
         sx, sy, side, _ = self.face_square(box, image_bgr.shape)
+        if self.detector.align and eyes is not None:
+            (rx, ry), (lx, ly) = eyes
+            angle = math.degrees(math.atan2(ly - ry, lx - rx))
+            matrix = cv2.getRotationMatrix2D((sx + side / 2.0, sy + side / 2.0), angle, 1.0)
+            matrix[:, 2] -= (sx, sy)  # and move the square's corner to (0, 0): one warp
+            return cv2.warpAffine(image_bgr, matrix, (side, side), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REPLICATE)
         h, w = image_bgr.shape[:2]
         x0, y0, x1, y1 = sx, sy, sx + side, sy + side
         pad = (max(0, -y0), max(0, y1 - h), max(0, -x0), max(0, x1 - w))

@@ -7,20 +7,23 @@ result to 8-bit BGR (OpenCV's order) and guard against decompression bombs.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
+from typing import IO
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from edge_smw.errors import ImageReadError, InputError
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
-# Larger images are decoded at reduced size (JPEG draft) or refused, never exhaust memory.
+# The most pixels a photo may have to be decoded at all (after a JPEG's reduced-size draft);
+# a setting: read_image(max_pixels=...), serve's upload limit.
 MAX_PIXELS = 80_000_000
 # Photos are shrunk to at most this long side after decoding: faces need no more.
 MAX_SIDE = 4096
@@ -30,8 +33,13 @@ def is_image_path(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def read_image(path: str | os.PathLike[str], *, max_side: int = MAX_SIDE) -> np.ndarray:
-    """Read a photo as an upright 8-bit BGR array, or raise ``ImageReadError`` naming it."""
+def read_image(path: str | os.PathLike[str], *, max_side: int = MAX_SIDE,
+               max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read a photo as an upright 8-bit BGR array, or raise ``ImageReadError`` naming it.
+
+    Large photos are decoded reduced (see ``_decode``) to at most about ``max_side`` pixels on
+    the long side; ``max_pixels`` bounds what may be decoded at all.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -43,57 +51,89 @@ def read_image(path: str | os.PathLike[str], *, max_side: int = MAX_SIDE) -> np.
         raise ImageReadError(path, "is a folder, not an image")
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
+    return _decode(path, path, max_side, max_pixels)
+
+
+def decode_image_bytes(
+    data: bytes, *, name: str = "upload", max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """Decode an in-memory image (an upload, an object-store file) with the same rules and
+    the same reasons as ``read_image``, so a photo scores alike from bytes and from disk."""
+    import io
+
+    if not data:
+        raise ImageReadError(name, "empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_side, max_pixels)
+
+
+def _decode(source: Path | IO[bytes], name: object, max_side: int,
+            max_pixels: int) -> np.ndarray:
+    """Pillow decoding, bounded in memory: every failure is an ``ImageReadError``.
+
+    A decoder fed untrusted bytes may fail in any way (Pillow raises OSError, ValueError,
+    SyntaxError, struct.error, EOFError, ... and DecompressionBombError), so any exception
+    from it means "this file cannot be decoded", never a crash of the caller.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    img.draft("RGB", (max_side, max_side))  # JPEG decodes at 1/2..1/8 scale
-                    if img.width * img.height > MAX_PIXELS:
-                        raise ImageReadError(
-                            path,
-                            f"too large ({img.width}x{img.height} pixels, limit {MAX_PIXELS}); "
-                            "downscale it first",
-                        )
-                img.load()
+            with Image.open(source) as img:
+                img = _load_reduced(img, name, max_side, max_pixels)
                 img = ImageOps.exif_transpose(img)
                 array = _to_bgr8(img)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        raise ImageReadError(path, "not an image file Pillow can decode") from None
+        raise ImageReadError(name, "not an image file Pillow can decode") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageReadError(path, "too large to decode safely; downscale it first") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(path, f"truncated or corrupt image ({exc})") from None
+        raise ImageReadError(name, "too large to decode safely; downscale it first") from None
+    except MemoryError:
+        raise ImageReadError(name, "too large to decode in the memory available; downscale "
+                                   "it first") from None
+    except Exception as exc:
+        raise ImageReadError(name, f"truncated or corrupt image ({type(exc).__name__}: "
+                                   f"{' '.join(str(exc).split())[:200]})") from None
     return _limit_side(array, max_side)
 
 
-def decode_image_bytes(
-    data: bytes, *, name: str = "upload", max_side: int = MAX_SIDE
-) -> np.ndarray:
-    """Decode an in-memory image (an upload) with the same rules as ``read_image``."""
-    import io
+def _load_reduced(img: Image.Image, name: object, max_side: int,
+                  max_pixels: int) -> Image.Image:
+    """Decode ``img`` no larger than detection and the face crop need.
 
-    if not data:
-        raise ImageReadError(name, "empty upload (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise ImageReadError(name, f"too large ({img.width}x{img.height} pixels)")
-                img.load()
-                array = _to_bgr8(ImageOps.exif_transpose(img))
-    except ImageReadError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageReadError(name, "not an image Pillow can decode") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageReadError(name, "too large to decode safely") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(name, f"truncated or corrupt image ({exc})") from None
-    return _limit_side(array, max_side)
+    Photos end up at most ``max_side`` on the long side anyway, so a JPEG is decoded at 1/2,
+    1/4 or 1/8 scale in the decoder (``draft``), and any other format is box-reduced by an
+    integer factor right after decoding (``reduce``), before any conversion copies it: the
+    peak is the decoded image in its own mode once, not several full-size RGB copies.
+    ``max_pixels`` bounds what the decoder may allocate at all.
+    """
+    width, height = img.size
+    long_side = max(width, height)
+    if long_side > max_side and img.format == "JPEG":
+        scale = max_side / long_side
+        img.draft(img.mode, (max(1, math.ceil(width * scale)),
+                             max(1, math.ceil(height * scale))))
+    if img.width * img.height > max_pixels:
+        raise ImageReadError(name, f"too large ({width}x{height} pixels, limit {max_pixels}); "
+                                   "downscale it first")
+    img.load()
+    factor = max(img.size) // max_side
+    if factor < 2:
+        return img
+    decoded = img
+    orientation = img.getexif().get(ExifTags.Base.Orientation)  # read after load(), as
+    # exif_transpose does (a TIFF's orientation is applied by load() itself)
+    if img.mode in ("P", "PA"):  # reduce() averages values: palette indices must go first
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    elif img.mode == "1":
+        img = img.convert("L")
+    elif img.mode.startswith("I;16"):
+        img = img.convert("I")
+    reduced = img.reduce(factor)
+    for full_size in {id(img): img, id(decoded): decoded}.values():
+        full_size.close()  # frees the full-size pixels now, not when the caller is done
+    if orientation is not None:  # not every format's EXIF survives reduce(): keep it
+        reduced.getexif()[ExifTags.Base.Orientation] = orientation
+    return reduced
 
 
 def to_bgr(frame: np.ndarray, color: str = "bgr") -> np.ndarray:
@@ -107,6 +147,8 @@ def to_bgr(frame: np.ndarray, color: str = "bgr") -> np.ndarray:
         )
     if frame.size == 0 or frame.ndim not in (2, 3) or min(frame.shape[:2]) == 0:
         raise InputError(f"empty or malformed frame of shape {frame.shape}")
+    if not isinstance(color, str):
+        raise InputError(f"color must be 'bgr', 'rgb' or 'gray', got {color!r}")
     color = color.lower()
     if color == "gray":
         if frame.ndim == 3 and frame.shape[2] != 1:

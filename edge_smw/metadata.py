@@ -126,18 +126,25 @@ class ModelInfo:
 
     @classmethod
     def from_sidecar(cls, path: str | Path) -> ModelInfo:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            props = data["edge_smw_metadata"]
-        except FileNotFoundError as exc:
-            raise ModelError(
-                f"{path} not found: an engine needs its metadata sidecar beside it; re-export "
-                "with `edge-smw export --engine`"
-            ) from exc
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelError(f"{path}: not a valid edge-smw engine sidecar ({exc})") from exc
-        return cls.from_props(props, source=path)
+        return cls.from_props(read_sidecar(path), source=Path(path))
+
+
+def read_sidecar(path: str | Path) -> dict[str, str]:
+    """An engine sidecar's metadata properties (the same keys an ONNX file carries)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        props = data["edge_smw_metadata"]
+        if not isinstance(props, dict):
+            raise TypeError("'edge_smw_metadata' is not an object")
+    except FileNotFoundError as exc:
+        raise ModelError(
+            f"{path} not found: an engine needs its metadata sidecar beside it; re-export "
+            "with `edge-smw export --engine`"
+        ) from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{path}: not a valid edge-smw engine sidecar ({exc})") from exc
+    return {str(k): str(v) for k, v in props.items()}
 
 
 def sidecar_path(engine_path: str | Path) -> Path:

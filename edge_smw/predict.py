@@ -51,8 +51,11 @@ def model_contract(model: str | Path) -> tuple[PreprocessContract, bool]:
 def predict_items(
     model: str | Path, items: Sequence[LabelledImage], *, detect: bool | None = None,
     backend: str = "auto", progress: bool = True, batch_size: int = 32,
+    detector: str = "auto",
 ) -> Predictions:
     """Score ``items``; ``detect`` None finds faces only if the model was trained on them.
+    ``detector``: ``auto`` crops as the model was trained (its contract), another name or
+    .onnx file crops with that detector instead (to measure what a change would cost).
 
     Refuses (one line naming the flag) when most images yield no face: an accuracy over the
     few that did would read as the whole set's.
@@ -61,9 +64,10 @@ def predict_items(
         detect = model_contract(model)[1]
     if is_exported_model(model):
         preds = _predict_runtime(model, items, detect=detect, backend=backend,
-                                 progress=progress, batch_size=batch_size)
+                                 progress=progress, batch_size=batch_size, detector=detector)
     else:
-        preds = _predict_checkpoint(model, items, detect=detect, progress=progress)
+        preds = _predict_checkpoint(model, items, detect=detect, progress=progress,
+                                    detector=detector)
     check_faces_found(len(items), len(preds.skipped.no_face))
     return preds
 
@@ -78,7 +82,8 @@ def check_faces_found(total: int, no_face: int) -> None:
 
 
 def _predict_checkpoint(model: str | Path, items: Sequence[LabelledImage], *, detect: bool,
-                        progress: bool) -> Predictions:
+                        progress: bool, detector: str) -> Predictions:
+    from edge_smw.detect import with_detector
     from edge_smw.train.backbones import get_backbone
     from edge_smw.train.checkpoint import load_checkpoint
     from edge_smw.train.features import FeaturePass, compute_features
@@ -87,22 +92,26 @@ def _predict_checkpoint(model: str | Path, items: Sequence[LabelledImage], *, de
     checkpoint = load_checkpoint(model)
     feature_pass = FeaturePass(get_backbone(checkpoint.backbone),
                                weights=checkpoint.backbone_weights)
-    feats = compute_features(items, checkpoint.contract, feature_pass, detect=detect,
+    contract = with_detector(checkpoint.contract, detector)
+    feats = compute_features(items, contract, feature_pass, detect=detect,
                              progress=progress, desc="features")
     probs = predict_proba(checkpoint.head(), feats.features)
     return Predictions(feats.paths, feats.levels, probs, checkpoint.levels, feats.skipped)
 
 
 def _predict_runtime(model: str | Path, items: Sequence[LabelledImage], *, detect: bool,
-                     backend: str, progress: bool, batch_size: int) -> Predictions:
+                     backend: str, progress: bool, batch_size: int,
+                     detector: str) -> Predictions:
+    from edge_smw.detect import with_detector
     from edge_smw.runtime import Runtime
 
     report = SkipReport()
     paths: list[str] = []
     true: list[int] = []
     probs: list[np.ndarray] = []
-    with Runtime(model, backend=backend, detect_faces=detect, warmup=False) as rt:
-        contract = rt.contract
+    # Crops come from the loader (the Runtime only infers): it needs no detector of its own.
+    with Runtime(model, backend=backend, detect_faces=False, warmup=False) as rt:
+        contract = with_detector(rt.contract, detector)
         bar = tqdm(total=len(items), desc="scoring", unit="crop", disable=not progress)
         for seen, kept, pixels in iter_crop_batches(items, contract, detect=detect,
                                                     report=report, batch_size=batch_size):

@@ -33,7 +33,7 @@ SHEET_COLUMNS = 5
 class PhotoScore:
     """One photo: its faces' scores, or why it has none."""
 
-    path: Path
+    path: Path | str  # a URI stays a str (Path would fold its "//")
     faces: list[FaceScore] = field(default_factory=list)
     error: str | None = None  # unreadable: the reason
     thumb: np.ndarray | None = None  # small BGR thumbnail, best face boxed (for reports)
@@ -79,6 +79,20 @@ class AlbumRanking:
     @property
     def all(self) -> list[PhotoScore]:
         return self.ranked + self.no_face + self.unreadable
+
+    @classmethod
+    def of(cls, photos: Iterable[PhotoScore], levels: Sequence[str]) -> AlbumRanking:
+        """Order scored photos: best face's expected score first; ties go to the more
+        confident best face, then to the path, so the order is stable."""
+        photos = list(photos)
+        ranked = [p for p in photos if p.faces]
+        ranked.sort(key=lambda p: (-p.score, -float(p.best.probabilities.max()), str(p.path)))
+        return cls(
+            ranked=ranked,
+            no_face=[p for p in photos if p.error is None and not p.faces],
+            unreadable=[p for p in photos if p.error is not None],
+            levels=tuple(levels),
+        )
 
 
 def collect_images(inputs: Iterable[str | os.PathLike[str]], *,
@@ -138,21 +152,11 @@ def score_photos(runtime: Runtime, paths: Sequence[Path], *, progress: bool = Fa
 def rank_album(runtime: Runtime, inputs: Iterable[str | os.PathLike[str]], *,
                progress: bool = False, thumbnails: bool = False,
                exclude: str | os.PathLike[str] | None = None) -> AlbumRanking:
-    """Score every photo under ``inputs`` and order them by their best face's expected score.
-
-    Ties go to the more confident best face, then to the path, so the order is stable.
-    """
+    """Score every photo under ``inputs`` and order them by their best face's expected score."""
     photos = list(score_photos(runtime, collect_images(inputs, exclude=exclude),
                                progress=progress,
                                thumbnails=thumbnails))
-    ranked = [p for p in photos if p.faces]
-    ranked.sort(key=lambda p: (-p.score, -float(p.best.probabilities.max()), str(p.path)))
-    return AlbumRanking(
-        ranked=ranked,
-        no_face=[p for p in photos if p.error is None and not p.faces],
-        unreadable=[p for p in photos if p.error is not None],
-        levels=tuple(runtime.levels),
-    )
+    return AlbumRanking.of(photos, runtime.levels)
 
 
 # -- reports --------------------------------------------------------------------------------
@@ -243,7 +247,7 @@ def _html(ranking: AlbumRanking, thumbs: list[tuple[PhotoScore, np.ndarray, str]
         probs = ", ".join(f"{e(level)} {p:.2f}"
                           for level, p in zip(ranking.levels, best.probabilities, strict=True))
         cells.append(
-            f'<figure><img src="{e(quote(name))}" alt="{e(photo.path.name)}">'
+            f'<figure><img src="{e(quote(name))}" alt="{e(Path(photo.path).name)}">'
             f"<figcaption><b>#{i}</b> score {best.expected_score:.2f} "
             f"({e(best.level_name)}; {probs})<br><span class=p>{e(str(photo.path))}</span>"
             f"</figcaption></figure>"
@@ -296,7 +300,7 @@ def _sheet(thumbs: list[tuple[PhotoScore, np.ndarray, str]], num_levels: int) ->
         best = photo.best
         assert best is not None
         text = f"#{i + 1} {best.expected_score:.2f}/{num_levels} {best.level_name}"
-        name = photo.path.name.encode("ascii", "replace").decode()
+        name = Path(photo.path).name.encode("ascii", "replace").decode()
         if len(name) > 28:
             name = name[:25] + "..."
         base = y0 + THUMB_SIDE + caption // 2

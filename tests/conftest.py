@@ -94,6 +94,22 @@ def smiles_test_items(smiles_run: Path):
     return SplitManifest.load(smiles_run / "split.json").items("test")
 
 
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session: 2 CPUs, a 500 MB object store, no dashboard.
+
+    The engine joins it (``ray.is_initialized()``) instead of starting its own.
+    """
+    try:
+        import ray
+    except ImportError:
+        pytest.skip("ray is not installed (pip install edge-smw[ray])")
+    ray.init(num_cpus=2, object_store_memory=500 * 1024 * 1024, include_dashboard=False,
+             logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
 # -- skips, counted by reason ----------------------------------------------------------------
 _SKIPS: Counter[str] = Counter()
 

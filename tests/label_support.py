@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_smw.faces import detect_faces
+from edge_smw.detect import DetectorSpec, shared_detector
 from edge_smw.images import read_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def face_photos(smiles_dir: Path, count: int) -> list[np.ndarray]:
     for pair in zip(smiling, plain, strict=False):
         for path in pair:
             photo = framed(read_image(path))
-            if len(photos) < count and len(detect_faces(photo)) == 1:
+            if len(photos) < count and len(shared_detector(DetectorSpec()).detect(photo)) == 1:
                 photos.append(photo)
         if len(photos) == count:
             break

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_smw.faces import detect_faces
+from edge_smw.detect import DetectorSpec, shared_detector
 from edge_smw.images import read_image
 
 
@@ -34,15 +34,16 @@ def paste_face(crop: np.ndarray, *, side: int = 288, frame_hw: tuple[int, int] =
 
 
 def detectable_frames(paths: list[Path], count: int) -> list[tuple[Path, np.ndarray]]:
-    """The first ``count`` crops among ``paths`` whose pasted frame Haar finds a face in."""
+    """The first ``count`` crops among ``paths`` whose pasted frame the default detector
+    (the one a model trained on crops is served with) finds a face in."""
     found = []
     for path in paths:
         frame = paste_face(read_image(path))
-        if detect_faces(frame):
+        if shared_detector(DetectorSpec()).detect(frame):
             found.append((path, frame))
             if len(found) == count:
                 return found
-    raise AssertionError(f"Haar found no face in {len(paths)} pasted real crops")
+    raise AssertionError(f"the detector found no face in {len(paths)} pasted real crops")
 
 
 def gradient(h: int = 240, w: int = 320) -> np.ndarray:

@@ -109,8 +109,9 @@ class ServeProcess:
 
     def __init__(self, args: Sequence[str], *, env: dict[str, str] | None = None,
                  start_timeout: float = 90) -> None:
+        args = [str(a) for a in args]
         cmd = [sys.executable, "-m", "edge_smw.cli.main", "serve", "--host", "127.0.0.1",
-               "--port", "0", *map(str, args)]
+               "--port", "0", *args]
         full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         full_env.update(env or {})
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
@@ -181,7 +182,7 @@ class Footage:
         from edge_smw.images import read_image
 
         self.model = model
-        self.runtime = Runtime(model, backend="onnxruntime-cpu", threads=1)
+        self.runtime = Runtime(model, backend="onnxruntime-cpu", threads=1, detect_faces=True)
         picks: dict[str, list[tuple[float, np.ndarray]]] = {}
         for level in ("not_smiling", "smiling"):
             found = []

@@ -187,7 +187,7 @@ def test_fool_bad_inputs(smiles_run, sample, tmp_path, capsys):
         ([face, "--target", "ecstatic", "--no-detect"], "unknown level 'ecstatic'"),
         ([face, "--target", "3", "--no-detect"], "position 1..2"),
         ([str(broken), "--target", "smiling"], "broken.png"),
-        ([str(blank), "--target", "smiling"], "no face found"),
+        ([str(blank), "--target", "smiling", "--detect"], "no face found"),
         ([face, "--target", "smiling", "--eps", "0", "--no-detect"], "--eps must be at least 1"),
         ([face, "--target", "smiling", "--steps", "-1", "--no-detect"], "--steps must be"),
     ]

@@ -169,7 +169,8 @@ def test_quick_bench_latency_rows_are_sane(quick: dict[str, Any]) -> None:
     assert all(c["speedup"] > 0 for c in quick["report"]["comparisons"])
 
 
-def test_quick_bench_end_to_end_limit_parity_robustness(quick: dict[str, Any]) -> None:
+def test_quick_bench_end_to_end_limit_parity_robustness(quick: dict[str, Any],
+                                                      smiles_test_items) -> None:
     report = quick["report"]
     e2e = report["end_to_end"]
     assert e2e["frame"]["width"] == 640 and e2e["frame"]["height"] == 480
@@ -197,7 +198,9 @@ def test_quick_bench_end_to_end_limit_parity_robustness(quick: dict[str, Any]) -
     assert onnx["top1_agreement"] == 1.0 and onnx["max_abs_prob_diff"] < 1e-4
     assert onnx["mean_abs_prob_diff"] <= onnx["p99_abs_prob_diff"] <= onnx["max_abs_prob_diff"]
     assert 0.5 <= onnx["accuracy"] <= 1 and 0 <= onnx["mae"] <= 1
-    assert onnx["n"] == report["data"]["n"] == 16
+    # the quick suite judges parity on up to parity_max crops: here the whole small test split
+    assert onnx["n"] == report["data"]["n"] == min(report["suite"]["parity_max"],
+                                                   len(smiles_test_items))
     assert set(onnx["per_level"]) == {"not_smiling", "smiling"}
     assert parity[("torch", "torch-eager")]["accuracy"] == pytest.approx(onnx["accuracy"])
 
@@ -389,6 +392,65 @@ def test_bench_finds_the_checkpoint_through_export_json(bench_export: Path, smil
     assert code == 2 and "not the checkpoint these models were exported from" in stderr
 
 
+def test_bench_json_round_trips_through_the_typed_report(quick: dict[str, Any]) -> None:
+    """bench.json read back as a ``BenchReport`` writes the same JSON and the same bench.md:
+    the typed objects hold every field the file has, and the file is their ``to_dict``."""
+    from edge_smw.bench.report import markdown
+    from edge_smw.bench.results import BenchReport, GateVerdict, LatencyRow, ParityRow
+
+    data = quick["report"]
+    report = BenchReport.from_dict(data)
+    assert report.to_dict() == data
+    assert json.loads(json.dumps(report.to_dict())) == data
+    assert all(isinstance(r, LatencyRow) for r in report.latency)
+    assert all(isinstance(r, ParityRow) for r in report.parity)
+    assert all(isinstance(g, GateVerdict) for g in [*report.gates, *report.targets])
+    assert report.passed is data["passed"]
+    assert [g.name for g in report.failed_gates] == \
+        [g["name"] for g in data["gates"] if g["pass"] is False]
+    written = (quick["out"] / "bench.md").read_text(encoding="utf-8")
+    assert markdown(report, report.plots or []) == written
+
+
+def test_run_bench_returns_a_typed_report(bench_export: Path, smiles_run: Path,
+                                          tmp_path: Path) -> None:
+    """The library boundary: ``run_bench`` gives typed rows; ``write_report`` writes their
+    ``to_dict`` as bench.json."""
+    from edge_smw.bench.report import write_report
+    from edge_smw.bench.results import (
+        BenchReport,
+        DetectionSection,
+        EndToEndSection,
+        GateVerdict,
+        LatencyRow,
+        LimitRow,
+        Machine,
+        ParityRow,
+    )
+    from edge_smw.bench.run import BenchOptions, run_bench
+
+    report = run_bench(BenchOptions(
+        export_dir=bench_export, checkpoint=str(smiles_run), backends=["onnxruntime-cpu"],
+        suite=str(_tiny_suite(tmp_path)), sections=("latency", "limit", "parity")))
+    assert isinstance(report, BenchReport) and isinstance(report.machine, Machine)
+    assert report.latency and all(isinstance(r, LatencyRow) for r in report.latency)
+    assert {r.backend for r in report.latency} == {"onnxruntime-cpu"}
+    assert all(isinstance(r, LimitRow) for r in report.limit.rows) and report.limit.rows
+    fp32 = next(r for r in report.parity if r.model == "model.onnx")
+    assert isinstance(fp32, ParityRow) and fp32.diff is not None
+    assert fp32.diff.max_abs_prob_diff < 1e-4 and fp32.n == report.data.n
+    assert report.gates and all(isinstance(g, GateVerdict) for g in report.gates)
+    assert report.passed == (not any(g.passed is False for g in report.gates))
+    # sections not asked for say so, in the same typed form
+    assert isinstance(report.end_to_end, EndToEndSection) and not report.end_to_end.rows
+    assert isinstance(report.detection, DetectionSection)
+    assert report.detection.note == "not requested" and report.robustness == []
+    paths = write_report(report, tmp_path / "out", plots=False)
+    written = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert written == report.to_dict() and written["plots"] == []
+    assert BenchReport.from_dict(written).to_dict() == written
+
+
 def test_bench_bad_input_is_one_clear_line(tmp_path: Path, smiles_run: Path,
                                            bench_export: Path) -> None:
     code, _, stderr = run_cli(str(tmp_path / "nowhere"))
@@ -402,3 +464,23 @@ def test_bench_bad_input_is_one_clear_line(tmp_path: Path, smiles_run: Path,
     # no export.json and no --checkpoint: say what to pass
     code, _, stderr = run_cli(str(bench_export), "--suite", str(_tiny_suite(tmp_path)))
     assert code == 2 and "--checkpoint" in stderr
+
+
+def test_quick_bench_compares_face_detectors(quick: dict[str, Any]) -> None:
+    """End-to-end rows per detector, and the detection set's recall per condition."""
+    report = quick["report"]
+    by_detector = {r["detector"] for r in report["end_to_end"]["rows"]}
+    assert by_detector == {"haar", "blazeface-short"}
+    for row in report["end_to_end"]["rows"]:
+        assert row["stages"]["detect"]["p50_ms"] > 0 and row["faces_found_rate"] > 0
+    section = report["detection"]
+    assert [r["name"] for r in section["rows"]] == ["haar", "blazeface-short"]
+    for row in section["rows"]:
+        assert set(row["conditions"]) == set(section["conditions"])
+        assert 0 <= row["overall"]["recall"] <= 1 and row["detect_ms"]["p50"] > 0
+    assert section["rows"][1]["overall"]["recall"] >= 0.8  # the DNN detector finds most faces
+    markdown = (quick["out"] / "bench.md").read_text()
+    assert "## Face detection" in markdown and "rotated 20-30 deg" in markdown
+    names = {t["name"] for t in report["targets"]}
+    assert {"end_to_end_dnn_detector_30fps_single_threaded",
+            "end_to_end_dnn_detector_60fps_pipelined"} <= names

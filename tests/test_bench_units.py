@@ -15,7 +15,8 @@ from edge_smw.bench.config import Gate, Tolerance, load_gates, load_suite
 from edge_smw.bench.data import stratified_sample
 from edge_smw.bench.golden import check_compatible, load_golden, save_golden
 from edge_smw.bench.parity import compare_outputs, parity_row
-from edge_smw.bench.report import gates_lines, not_run_lines
+from edge_smw.bench.report import SummaryRow, not_run_lines, verdict_line
+from edge_smw.bench.results import BenchReport, GateVerdict, LatencyRow, RobustnessRow
 from edge_smw.contract import PreprocessContract
 from edge_smw.errors import InputError, ModelError
 from edge_smw.stats import Proportion, min_n_to_show, wilson_interval
@@ -45,20 +46,21 @@ def test_gate_takes_the_worst_matching_ok_row() -> None:
     gate = Gate(name="agree", section="parity", field="top1_agreement", op=">=",
                 threshold=0.98, reduce="min", where={"precision": "int8"})
     result = gate.evaluate(_report())
-    assert result["pass"] is False
-    assert result["value"] == pytest.approx(0.97)
-    assert result["rows"] == 2  # the skipped row is not judged
-    assert result["worst"]["model"] == "a.onnx"
+    assert result.passed is False and result.failed
+    assert result.value == pytest.approx(0.97)
+    assert result.rows == 2  # the skipped row is not judged
+    assert result.worst is not None and result.worst["model"] == "a.onnx"
     looser = Gate(name="agree", section="parity", field="top1_agreement", op=">=",
                   threshold=0.9, reduce="min", where={"precision": "int8"})
-    assert looser.evaluate(_report())["pass"] is True
+    assert looser.evaluate(_report()).passed is True
 
 
 def test_gate_without_rows_is_skipped_not_passed() -> None:
     gate = Gate(name="fp16", section="parity", field="top1_agreement", op=">=", threshold=0.9,
                 where={"precision": "fp16"})
     result = gate.evaluate(_report())
-    assert result["pass"] is None and result["value"] is None and "skipped" in result["note"]
+    assert result.passed is None and result.value is None and "skipped" in str(result.note)
+    assert not result.failed and not result.not_judged
 
 
 def _agreement_rows(*rows: tuple[float, int]) -> dict[str, Any]:
@@ -71,31 +73,53 @@ def test_proportion_gate_on_a_small_sample_is_not_judged() -> None:
     gate = Gate(name="agree", section="parity", field="top1_agreement", op=">=",
                 threshold=0.98, statistic="proportion", where={"precision": "int8"})
     result = gate.evaluate(_agreement_rows((15 / 16, 16)))
-    assert result["pass"] is None and result["min_n"] == 189
-    assert result["note"].startswith("not judged: n too small (n = 16;")
-    assert "not judged" in gates_lines({"gates": [result]})[0]
+    assert result.passed is None and result.min_n == 189 and result.not_judged
+    assert str(result.note).startswith("not judged: n too small (n = 16;")
+    assert "not judged" in verdict_line(result)
 
 
 def test_proportion_gate_judges_by_the_interval_bound() -> None:
     gate = Gate(name="agree", section="parity", field="top1_agreement", op=">=",
                 threshold=0.98, statistic="proportion", where={"precision": "int8"})
     clear = gate.evaluate(_agreement_rows((1475 / 1490, 1490)))  # 98.99%, lower bound 98.35%
-    assert clear["pass"] is True and clear["interval"][0] == pytest.approx(0.98346, abs=1e-4)
+    assert clear.passed is True and clear.interval is not None
+    assert clear.interval[0] == pytest.approx(0.98346, abs=1e-4)
     # 98.1% of 300 is above the threshold, but the sample cannot show it: not a pass
     thin = gate.evaluate(_agreement_rows((294 / 300, 300), (1475 / 1490, 1490)))
-    assert thin["pass"] is False and thin["worst"]["model"] == "m0.onnx"
+    assert thin.passed is False and thin.worst == {"model": "m0.onnx"}
     # a row too small is left out, the others still judged
     mixed = gate.evaluate(_agreement_rows((0.5, 10), (1475 / 1490, 1490)))
-    assert mixed["pass"] is True and mixed["unjudged_rows"] == 1
+    assert mixed.passed is True and mixed.unjudged_rows == 1
 
 
 def test_min_n_gate_leaves_small_samples_unjudged() -> None:
     gate = Gate(name="drop", section="parity", field="drop", op="<=", threshold=1.0, min_n=200,
                 reduce="max")
     rows = {"parity": [{"model": "a", "drop": 6.25, "n": 16, "status": "ok"}]}
-    assert gate.evaluate(rows)["pass"] is None
+    assert gate.evaluate(rows).passed is None
     rows["parity"].append({"model": "b", "drop": 0.5, "n": 400, "status": "ok"})
-    assert gate.evaluate(rows)["pass"] is True
+    assert gate.evaluate(rows).passed is True
+
+
+def test_gate_verdict_is_written_with_pass_and_read_back() -> None:
+    gate = Gate(name="agree", section="parity", field="top1_agreement", op=">=",
+                threshold=0.98, reduce="min", where={"precision": "int8"})
+    verdict = gate.evaluate(_report())
+    written = verdict.to_dict()
+    assert written["pass"] is False and "passed" not in written
+    assert "interval" not in written  # a min/max gate has no interval to write
+    assert GateVerdict.from_dict(written) == verdict
+    with pytest.raises(InputError, match="unknown GateVerdict field"):
+        GateVerdict.from_dict({**written, "verdict": "nope"})
+    with pytest.raises(InputError, match="lacks 'name'"):
+        GateVerdict.from_dict({k: v for k, v in written.items() if k != "name"})
+
+
+def test_bench_json_of_another_schema_is_refused() -> None:
+    with pytest.raises(InputError, match="schema_version 99"):
+        BenchReport.from_dict({"schema_version": 99})
+    with pytest.raises(InputError, match="must be an object"):
+        LatencyRow.from_dict(["not", "a", "row"])  # type: ignore[arg-type]
 
 
 def test_wilson_interval_and_minimum_sample() -> None:
@@ -109,10 +133,15 @@ def test_wilson_interval_and_minimum_sample() -> None:
 
 
 def test_unavailable_backends_collapse_to_one_line_each() -> None:
-    rows = [{"model": m, "backend": "onnxruntime-cuda", "status": "skipped",
-             "reason": "CUDAExecutionProvider is not in this onnxruntime"}
+    def row(model: str, backend: str, status: str, reason: str | None) -> SummaryRow:
+        return SummaryRow(format=model, model=model, backend=backend, status=status,
+                          reason=reason, size_mb=None, accuracy=None, mae=None, agreement=None,
+                          p50_ms=None, p99_ms=None, fps=None, batch=1)
+
+    rows = [row(m, "onnxruntime-cuda", "skipped",
+                "CUDAExecutionProvider is not in this onnxruntime")
             for m in ("model.onnx", "model.int8.onnx", "model.fp16.onnx")]
-    rows.append({"model": "model.onnx", "backend": "onnxruntime-cpu", "status": "ok"})
+    rows.append(row("model.onnx", "onnxruntime-cpu", "ok", None))
     lines = not_run_lines(rows)
     assert lines == ["❎ onnxruntime-cuda (model.onnx, model.int8.onnx, model.fp16.onnx): "
                      "CUDAExecutionProvider is not in this onnxruntime"]
@@ -121,7 +150,7 @@ def test_unavailable_backends_collapse_to_one_line_each() -> None:
 def test_gate_reads_sections_that_hold_rows_in_a_dict() -> None:
     gate = Gate(name="fps", section="end_to_end", field="fps", op=">=", threshold=30.0,
                 reduce="max", where={"deployable": True})
-    assert gate.evaluate(_report())["pass"] is True
+    assert gate.evaluate(_report()).passed is True
 
 
 def test_default_gates_and_suites_load() -> None:
@@ -176,15 +205,15 @@ def test_compare_outputs_follows_polygraphy() -> None:
     ref = np.array([[0.9, 0.1], [0.5, 0.5]])
     out = ref + np.array([[0.0, 2e-4], [1e-5, -1e-5]])
     tight = compare_outputs(out, ref, Tolerance(atol=1e-4, stat="max"))
-    assert not tight["within_tolerance"]
-    assert tight["max_abs_prob_diff"] == pytest.approx(2e-4)
+    assert not tight.within_tolerance
+    assert tight.max_abs_prob_diff == pytest.approx(2e-4)
     # rtol rescues it: |d|/|ref| = 2e-4 / 0.1 = 2e-3 <= 1e-2 (fails only if both fail)
-    assert compare_outputs(out, ref, Tolerance(atol=1e-4, rtol=1e-2, stat="max"))[
-        "within_tolerance"]
+    assert compare_outputs(out, ref, Tolerance(atol=1e-4, rtol=1e-2, stat="max")
+                           ).within_tolerance
     # the mean is within 1e-4 even though the max is not
-    assert compare_outputs(out, ref, Tolerance(atol=1e-4, stat="mean"))["within_tolerance"]
+    assert compare_outputs(out, ref, Tolerance(atol=1e-4, stat="mean")).within_tolerance
     elem = compare_outputs(out, ref, Tolerance(atol=1e-4, stat="elemwise"))
-    assert not elem["within_tolerance"] and elem["elements_outside_tolerance"] == 1
+    assert not elem.within_tolerance and elem.elements_outside_tolerance == 1
 
 
 def test_parity_row_agreement_and_accuracy_deltas() -> None:
@@ -193,14 +222,26 @@ def test_parity_row_agreement_and_accuracy_deltas() -> None:
     labels = np.array([0, 1, 0, 1])
     row = parity_row("m", "cpu", "int8", out, ref, labels, LEVELS, Tolerance(0.05),
                      reference="torch")
-    assert row["top1_agreement"] == pytest.approx(0.75) and row["disagreements"] == 1
-    assert row["accuracy"] == pytest.approx(0.75)
-    assert row["reference_accuracy"] == pytest.approx(1.0)
-    assert row["accuracy_drop_points"] == pytest.approx(25.0)
-    assert row["per_level"]["low"]["accuracy_delta"] == pytest.approx(-0.5)
-    assert row["per_level"]["high"]["top1_agreement"] == pytest.approx(1.0)
-    assert row["max_abs_prob_diff"] == pytest.approx(0.2)
-    assert not row["within_tolerance"]
+    assert row.top1_agreement == pytest.approx(0.75) and row.disagreements == 1
+    assert row.accuracy == pytest.approx(0.75)
+    labelled, diff = row.labelled, row.diff
+    assert labelled is not None and diff is not None
+    assert labelled.reference_accuracy == pytest.approx(1.0)
+    assert labelled.accuracy_drop_points == pytest.approx(25.0)
+    assert labelled.per_level["low"].accuracy_delta == pytest.approx(-0.5)
+    assert labelled.per_level["high"].top1_agreement == pytest.approx(1.0)
+    assert diff.max_abs_prob_diff == pytest.approx(0.2)
+    assert not diff.within_tolerance
+    # bench.json's row is flat: the nested figures are written into it
+    written = row.to_dict()
+    assert written["accuracy_drop_points"] == pytest.approx(25.0)
+    assert written["per_level"]["low"]["accuracy_delta"] == pytest.approx(-0.5)
+    assert written["tolerance"]["atol"] == pytest.approx(0.05)
+    assert not written["within_tolerance"] and "is_reference" not in written
+    # without true levels the row has no accuracy figures at all
+    unlabelled = parity_row("m", "cpu", "int8", out, ref, None, LEVELS, Tolerance(0.05),
+                            reference="golden")
+    assert unlabelled.accuracy is None and "accuracy" not in unlabelled.to_dict()
 
 
 def test_stratified_sample_keeps_every_level() -> None:
@@ -238,9 +279,9 @@ def test_count_macs_on_a_known_graph(tmp_path: Path) -> None:
     conv1 = 8 * 16 * 16 * 3 * 3 * 3  # out elements x (C_in/group x k x k)
     conv2 = 8 * 16 * 16 * 1 * 3 * 3
     gemm = 5 * 8
-    assert counted["by_op"] == {"Conv": conv1 + conv2, "Gemm": gemm}
-    assert counted["macs"] == conv1 + conv2 + gemm
-    assert counted["uncounted_nodes"] == []
+    assert counted.by_op == {"Conv": conv1 + conv2, "Gemm": gemm}
+    assert counted.macs == conv1 + conv2 + gemm
+    assert counted.uncounted_nodes == []
 
 
 # -- interleaved timing ------------------------------------------------------------------------
@@ -262,36 +303,39 @@ def test_measure_interleaved_times_everyone_and_survives_a_failure() -> None:
              lat.Candidate("c", "cpu", "fp16", broken)]
     rows = lat.measure_interleaved(cands, [0, 1], 1, warmup=2, min_runs=5, max_runs=7,
                                    seconds=0.001)
-    assert [r["model"] for r in rows] == ["a", "b", "c"]
+    assert [r.model for r in rows] == ["a", "b", "c"]
     a, b, c = rows
-    assert c["status"] == "error" and "boom" in c["reason"] and c["p50_ms"] is None
+    assert c.status == "error" and "boom" in str(c.reason) and c.p50_ms is None
+    assert not c.measured and "mean_ms" not in c.to_dict()
     for r in (a, b):
-        assert r["status"] == "ok" and 5 <= r["runs"] <= 7
-        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
-        assert r["fps"] > 0
+        assert r.status == "ok" and r.measured and 5 <= r.runs <= 7
+        assert r.p50_ms is not None and r.p90_ms is not None and r.p99_ms is not None
+        assert 0 < r.p50_ms <= r.p90_ms <= r.p99_ms
+        assert r.fps is not None and r.fps > 0
+        assert "reason" not in r.to_dict()
     timed = calls[4:]  # after 2 warm-up calls each
-    assert timed.count("fast") == timed.count("slow") == a["runs"]
+    assert timed.count("fast") == timed.count("slow") == a.runs
     # interleaved: every round calls each live candidate once, in a rotating order
-    rounds = [timed[2 * r : 2 * r + 2] for r in range(a["runs"])]
+    rounds = [timed[2 * r : 2 * r + 2] for r in range(a.runs)]
     assert all(sorted(pair) == ["fast", "slow"] for pair in rounds)
     assert rounds[0] != rounds[1]
 
 
 def test_comparisons_give_speedups_on_the_same_backend() -> None:
-    def row(model: str, backend: str, precision: str, p50: float, kind: str = "ours") -> dict:
-        return {"model": model, "backend": backend, "precision": precision, "batch": 1,
-                "scope": "network", "kind": kind, "status": "ok", "p50_ms": p50,
-                "intended": True, "flavour": None}
+    def row(model: str, backend: str, precision: str, p50: float,
+            kind: str = "ours") -> LatencyRow:
+        return LatencyRow(model=model, backend=backend, precision=precision, batch=1,
+                          kind=kind, p50_ms=p50)
 
     rows = [row("m.onnx", "onnxruntime-cpu", "fp32", 15.0),
             row("m.int8.onnx", "onnxruntime-cpu", "int8", 10.0),
             row("torch", "torch-eager", "fp32", 30.0, kind="baseline"),
             row("m.onnx", "onnxruntime-default", "fp32", 16.0, kind="theirs")]
     comps = lat.comparisons(rows)
-    int8 = {c["versus"]: c["speedup"] for c in comps if c["model"] == "m.int8.onnx"}
+    int8 = {c.versus: c.speedup for c in comps if c.model == "m.int8.onnx"}
     assert int8["fp32"] == pytest.approx(1.5)
     assert int8["torch-eager"] == pytest.approx(3.0)
-    fp32 = {c["versus"]: c["speedup"] for c in comps if c["model"] == "m.onnx"}
+    fp32 = {c.versus: c.speedup for c in comps if c.model == "m.onnx"}
     assert fp32["onnxruntime-default"] == pytest.approx(16 / 15, rel=1e-3)
     assert "fp32" not in fp32  # fp32 is not compared with itself
 
@@ -330,9 +374,10 @@ def test_masking_verdict_uses_the_worst_case_over_attacks() -> None:
     from edge_smw.bench.robustness import Judge, _masking_check
 
     def rows(transfer: float, direct: float, fp32_direct: float, torch_pgd: float) -> list:
-        def r(model: str, backend: str, attack: str, rate: float) -> dict:
-            return {"model": model, "backend": backend, "attack": attack, "budget": 4.0,
-                    "success_rate": rate}
+        def r(model: str, backend: str, attack: str, rate: float) -> RobustnessRow:
+            return RobustnessRow(model=model, backend=backend, precision="-", flavour=None,
+                                 attack=attack, crafted_on="-", transfer=False, target=None,
+                                 budget=4.0, n=10, success_rate=rate)
         return [r("torch", "torch-eager", "pgd-untargeted", torch_pgd),
                 r("q.onnx", "cpu", "pgd-untargeted", transfer),
                 r("q.onnx", "cpu", "square-untargeted", direct),
@@ -342,11 +387,11 @@ def test_masking_verdict_uses_the_worst_case_over_attacks() -> None:
               Judge("q.onnx", "cpu", "int8", None, None, runtime=object())]
     # transferred images fool int8 as often as torch: a weaker black-box score is no robustness
     (v,) = _masking_check(rows(1.0, 0.4, 0.8, 1.0), judges)
-    assert v["int8_worst_case_success"] == 1.0 and v["fp32_worst_case_success"] == 1.0
-    assert "as easy to fool" in v["verdict"] and "not robustness" in v["verdict"]
+    assert v.int8_worst_case_success == 1.0 and v.fp32_worst_case_success == 1.0
+    assert "as easy to fool" in v.verdict and "not robustness" in v.verdict
     # transfer drops but the direct attack still wins: the transfer gap is not robustness
     (v,) = _masking_check(rows(0.3, 0.9, 0.9, 1.0), judges)
-    assert "transfer gap is not robustness" in v["verdict"]
+    assert "transfer gap is not robustness" in v.verdict
     # every attack does worse on int8: only then is int8 called harder to fool
     (v,) = _masking_check(rows(0.3, 0.3, 0.9, 1.0), judges)
-    assert v["verdict"].startswith("int8 harder to fool")
+    assert v.verdict.startswith("int8 harder to fool")

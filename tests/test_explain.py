@@ -172,7 +172,7 @@ def test_explain_bad_inputs(smiles_run, two_faces, tmp_path, capsys):
     cases = [
         ([str(two_faces[0]), "--no-detect", "--level", "happy"], "unknown level 'happy'"),
         ([str(broken), "--no-detect"], "broken.jpg"),
-        ([str(blank)], "no face found"),
+        ([str(blank), "--detect"], "no face found"),
         ([str(tmp_path / "missing.png")], "not found"),
     ]
     for extra, message in cases:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -286,7 +287,8 @@ def test_example_detected_face_equals_runtime(build: Path, smiles_onnx: Path,
                                               smiles_test_items, tmp_path: Path) -> None:
     from edge_smw import Runtime
 
-    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1) as runtime:
+    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1,
+                 detect_faces=True) as runtime:  # as the C ABI's default
         for item in smiles_test_items[:30]:
             frame = paste_face(read_image(item.path))
             stride = padded_stride(320, "yuyv")
@@ -328,6 +330,7 @@ def abi_check(build: Path, mode: str, model: Path, **env: str) -> dict[str, tupl
     return cases
 
 
+@pytest.mark.faults
 def test_bad_arguments_return_errors(build: Path, smiles_onnx: Path) -> None:
     cases = abi_check(build, "args", smiles_onnx)
     expected = {
@@ -335,6 +338,9 @@ def test_bad_arguments_return_errors(build: Path, smiles_onnx: Path) -> None:
         "open_null_out": "ESMW_ERR_ARGUMENT", "open_bad_struct_size": "ESMW_ERR_ABI",
         "open_no_model_path": "ESMW_ERR_ARGUMENT", "open_negative_threads": "ESMW_ERR_ARGUMENT",
         "open_missing_model": "ESMW_ERR_MODEL", "open_unknown_backend": "ESMW_ERR_ARGUMENT",
+        "open_threads_over_cap": "ESMW_ERR_ARGUMENT",
+        "open_threads_int32_max": "ESMW_ERR_ARGUMENT",
+        "open_path_too_long": "ESMW_ERR_ARGUMENT", "open_name_too_long": "ESMW_ERR_ARGUMENT",
         "open": "ESMW_OK", "score_null_handle": "ESMW_ERR_ARGUMENT",
         "score_null_data": "ESMW_ERR_ARGUMENT", "score_null_count": "ESMW_ERR_ARGUMENT",
         "score_negative_capacity": "ESMW_ERR_ARGUMENT",
@@ -355,6 +361,20 @@ def test_bad_arguments_return_errors(build: Path, smiles_onnx: Path) -> None:
     assert "even width" in cases["score_odd_width_yuyv"][1]
     assert "stride 191" in cases["score_stride_too_small"][1]
     assert "unknown backend" in cases["open_unknown_backend"][1]
+    from edge_smw.artifacts.sessions import max_threads
+
+    assert f"threads <= {max_threads()}" in cases["open_threads_over_cap"][1]
+    assert "PATH_MAX" in cases["open_path_too_long"][1]
+    assert "too long" in cases["open_name_too_long"][1]
+
+
+def test_thread_cap_is_the_same_in_c_and_python() -> None:
+    """One rule in two languages: the header's constant must equal the Python one."""
+    from edge_smw.artifacts.sessions import MAX_THREADS_PER_CORE
+
+    header = (BRIDGE / "include" / "edge_smw.h").read_text()
+    match = re.search(r"#define EDGE_SMW_MAX_THREADS_PER_CORE (\d+)", header)
+    assert match and int(match.group(1)) == MAX_THREADS_PER_CORE
 
 
 def test_corrupt_model_is_a_model_error(build: Path, tmp_path: Path) -> None:
@@ -470,10 +490,10 @@ def test_ctypes_in_running_python_scores_nv12_planes(build: Path, smiles_onnx: P
 def test_make_check_passes_and_its_comparison_catches_a_difference(
         build: Path, smiles_onnx: Path, smiles_dir: Path, runtime_whole,
         crops: list[np.ndarray]) -> None:
-    image = sorted((smiles_dir / "smiling").glob("*.jpg"))[0]
+    images = " ".join(str(p) for p in sorted((smiles_dir / "smiling").glob("*.jpg"))[:8])
     proc = subprocess.run(["make", "-s", "-C", str(BRIDGE), f"BUILD={build}",
                            f"PYTHON={sys.executable}", "check", f"MODEL={smiles_onnx}",
-                           f"IMAGE={image}"], capture_output=True, text=True, check=False,
+                           f"IMAGE={images}"], capture_output=True, text=True, check=False,
                           timeout=600, env=bridge_env())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "7/7 cases equal to the Python Runtime" in proc.stdout

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from edge_smw import images
 from edge_smw.errors import ImageReadError, InputError
@@ -78,13 +79,43 @@ def test_missing_file_and_folder(tmp_path):
         images.read_image(tmp_path)
 
 
-def test_very_large_images_are_refused_or_shrunk(tmp_path, monkeypatch):
+def test_very_large_images_are_refused_or_shrunk(tmp_path):
     path = save(Image.new("RGB", (300, 200), (1, 2, 3)), tmp_path / "big.png")
-    monkeypatch.setattr(images, "MAX_PIXELS", 10_000)  # a PNG has no reduced-size decode
+    with pytest.raises(ImageReadError, match="too large.*limit 10000"):
+        images.read_image(path, max_pixels=10_000)  # the pixel limit is a setting
     with pytest.raises(ImageReadError, match="too large"):
-        images.read_image(path)
-    monkeypatch.undo()
+        images.decode_image_bytes(path.read_bytes(), max_pixels=10_000)
     assert images.read_image(path, max_side=100).shape == (67, 100, 3)
+
+
+def _halves(size, mode="RGB", left=(255, 0, 0), right=(0, 0, 255)) -> Image.Image:
+    img = Image.new(mode, size, left)
+    img.paste(right, (size[0] // 2, 0, size[0], size[1]))
+    return img
+
+
+@pytest.mark.parametrize(("name", "make"), [
+    ("png", lambda: _halves((9000, 3000))),
+    ("jpg", lambda: _halves((9000, 3000))),
+    ("gif", lambda: _halves((9000, 3000)).convert("P")),  # a palette: converted, then reduced
+    ("tif", lambda: _halves((9000, 3000), "L", 30, 220)),
+])
+def test_large_photos_are_decoded_reduced_upright_and_faithful(tmp_path, name, make):
+    """9,000 x 3,000 decoded at <= 4,096 a side (draft for JPEG, reduce otherwise), shown
+    upright per EXIF, and the same picture as a full decode shrunk afterwards."""
+    img = make()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display: the left half goes on top
+    oriented = name in ("png", "jpg")  # GIF has no EXIF (TIFF: Pillow orients it on load)
+    path = save(img, tmp_path / f"wide.{name}", **({"exif": exif} if oriented else {}))
+    out = images.read_image(path)
+    assert out.shape[:2] == ((4096, 1365) if oriented else (1365, 4096))
+    with Image.open(path) as full:
+        reference = images._to_bgr8(ImageOps.exif_transpose(full))
+    reference = cv2.resize(reference, out.shape[1::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(out.astype(int) - reference).mean() < 3
+    first, last = out[100, 100].astype(int), out[-100, -100].astype(int)
+    assert np.abs(first - reference[100, 100]).max() < 8 and not np.array_equal(first, last)
 
 
 def test_to_bgr_validates_frames():

@@ -21,8 +21,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from edge_smw.contract import PreprocessContract
 from edge_smw.data.datasets import load_dataset
+from edge_smw.detect import shared_detector
 from edge_smw.errors import InputError
-from edge_smw.faces import detect_faces
 from edge_smw.images import read_image, write_image
 from edge_smw.label import SKIPPED, LabelSession, create_app, start_server
 from edge_smw.label.photos import PathRejected, resolve_inside
@@ -305,12 +305,13 @@ def test_face_box_and_crop_follow_the_contract(smiles_dir: Path, tmp_path: Path)
     with LabelSession(folder) as session:
         info, face, photo = run_client(session, scenario)
     image = read_image(folder / "face0.png")
-    box = detect_faces(image)[0]
+    detection = shared_detector(contract.detector).detect(image)[0]
+    box = detection.box
     assert info["faces"] == 1 and info["box"] == list(box)
     assert info["square"] == list(contract.face_square(box, image.shape))
     assert (info["width"], info["height"]) == (image.shape[1], image.shape[0])
-    expected = cv2.cvtColor(contract.to_model_pixels(contract.crop_face(image, box)),
-                            cv2.COLOR_RGB2BGR)
+    crop = contract.crop_face(image, box, detection.eyes)
+    expected = cv2.cvtColor(contract.to_model_pixels(crop), cv2.COLOR_RGB2BGR)
     shown = cv2.imdecode(np.frombuffer(face, np.uint8), cv2.IMREAD_COLOR)
     assert shown.shape == expected.shape
     assert np.abs(shown.astype(int) - expected.astype(int)).mean() < 4  # JPEG-close

@@ -120,11 +120,13 @@ def test_score_finds_faces_in_frames_and_none_in_a_gradient(runtime: Runtime,
     assert len(runtime.score(gray, color="gray").faces) >= 1
 
 
-def test_detection_defaults_to_how_the_model_was_trained(smiles_onnx: Path, crops) -> None:
-    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1) as rt:
+def test_detection_can_follow_how_the_model_was_trained(smiles_onnx: Path, crops) -> None:
+    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1, detect_faces=None) as rt:
         assert rt.info.detect is False and rt.detect is False  # trained on face crops
         result = rt.score(crops[0])  # a 64x64 crop Haar cannot find a face in
     assert len(result.faces) == 1 and result.faces[0].box == (0, 0, 64, 64)
+    with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1) as rt:
+        assert rt.detect is True  # by default a frame holds faces to find (a camera)
 
 
 def test_no_detect_scores_the_whole_frame(smiles_onnx: Path, crops) -> None:
@@ -323,7 +325,7 @@ def test_bad_model_files_raise_model_error(smiles_onnx: Path, runtime: Runtime,
         (_tiny_onnx(tmp_path / "plain.onnx", side=size, classes=2, props={}),
          "no edge-smw metadata"),
         (_tiny_onnx(tmp_path / "renamed.onnx", side=size, classes=2, props=props,
-                    input_name="images"), "not one 'input'"),
+                    input_name="images"), "not 'input'"),
         (_tiny_onnx(tmp_path / "scores.onnx", side=size, classes=2, props=props,
                     output_name="scores"), "no 'probabilities'"),
         (_tiny_onnx(tmp_path / "small.onnx", side=32, classes=2, props=props),
@@ -373,6 +375,10 @@ from edge_smw.images import read_image
 model, crop_path = sys.argv[1], sys.argv[2]
 with edge_smw.Runtime(model, backend="onnxruntime-cpu", threads=1, detect_faces=False) as rt:
     result = rt.score(read_image(crop_path))
+import numpy as np
+with edge_smw.Runtime(model, backend="onnxruntime-cpu", threads=1, detect_faces=True) as rt:
+    assert rt.detector.name == "blazeface-short", rt.detector
+    rt.score(np.full((240, 320, 3), 128, np.uint8))
 import contextlib, io
 from edge_smw.cli.main import main
 import edge_smw.rank
@@ -399,9 +405,83 @@ def test_runtime_and_cli_run_where_torch_cannot_be_imported(smiles_onnx: Path,
 def test_importing_edge_smw_imports_no_torch() -> None:
     code = ("import sys, edge_smw; edge_smw.Runtime; import edge_smw.runtime.backends.tensorrt;"
             "import edge_smw.rank, edge_smw.cli.score, edge_smw.cli.rank;"
+            "import edge_smw.detect.blazeface, edge_smw.detect.haar, edge_smw.bench.detection;"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'torchvision', 'timm')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+# -- face detectors -------------------------------------------------------------------------
+def test_runtime_scores_frames_with_each_detector(smiles_onnx: Path, face_frames,
+                                                  tmp_path: Path) -> None:
+    from edge_smw.detect import DETECTORS
+
+    own_file = tmp_path / "detector.onnx"  # a detector given as a file
+    own_file.write_bytes(DETECTORS["blazeface-short"].path.read_bytes())
+    found = {}
+    for detector in ("haar", "blazeface-short", str(own_file)):
+        with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=1, detect_faces=True,
+                     detector=detector) as rt:
+            faces = [f for frame in face_frames for f in rt.score(frame).faces]
+            found[detector] = faces
+            expected_backend = "opencv" if detector == "haar" else "onnxruntime-cpu"
+            assert rt.detector.backend == expected_backend
+        assert faces, detector
+        for face in faces:
+            assert face.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+    assert all(f.landmarks is None for f in found["haar"])
+    dnn = found["blazeface-short"][0]
+    assert set(dnn.landmarks) >= {"right_eye", "left_eye", "mouth"}
+    assert 0.55 <= dnn.to_dict()["detection_score"] <= 1.0
+    # the same network from a file: decoded by its own metadata, at its trained size
+    assert all(set(f.landmarks) == set(dnn.landmarks) for f in found[str(own_file)])
+
+
+def _with_contract(source: Path, target: Path, *, trained_detect: bool, old: bool) -> Path:
+    """A copy of ``source`` whose metadata says how it was trained (an older edge-smw's
+    contract has no detector field: its crops came from Haar)."""
+    import onnx
+
+    from edge_smw.metadata import ModelInfo
+
+    model = onnx.load(str(source))
+    props = {p.key: p.value for p in model.metadata_props}
+    info = ModelInfo.from_props(props)
+    info.extra["detect"] = trained_detect
+    props = info.to_props()
+    if old:
+        contract = json.loads(props["edge_smw.contract"])
+        del contract["detector"]
+        contract["version"] = 1
+        props["edge_smw.contract"] = json.dumps(contract)
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(target))
+    return target
+
+
+def test_a_model_trained_on_haar_crops_refuses_another_detector(smiles_onnx: Path, face_frames,
+                                                                tmp_path: Path,
+                                                                caplog) -> None:
+    import logging
+
+    old = _with_contract(smiles_onnx, tmp_path / "old.onnx", trained_detect=True, old=True)
+    with Runtime(old, backend="onnxruntime-cpu", threads=1) as rt:  # auto: its own, Haar
+        assert rt.contract.detector.name == "haar" and rt.detector.name == "haar"
+    with pytest.raises(InputError, match="trained on crops from the haar face detector.*"
+                                         "allow_detector_mismatch"):
+        Runtime(old, backend="onnxruntime-cpu", threads=1, detector="blazeface-short")
+    with caplog.at_level(logging.WARNING, logger="edge_smw.runtime"):
+        with Runtime(old, backend="onnxruntime-cpu", threads=1, detector="blazeface-short",
+                     allow_detector_mismatch=True) as rt:
+            assert rt.detector.name == "blazeface-short" and rt.score(face_frames[0]).faces
+    assert any("allowed" in r.getMessage() for r in caplog.records)
+    # trained on whole crops (--no-detect): any detector serves it, nothing to warn about
+    crops = _with_contract(smiles_onnx, tmp_path / "crops.onnx", trained_detect=False, old=True)
+    with Runtime(crops, backend="onnxruntime-cpu", threads=1, detect_faces=True,
+                 detector="blazeface-short") as rt:
+        assert rt.detector.name == "blazeface-short"

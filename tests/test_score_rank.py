@@ -1,7 +1,7 @@
 """`edge-smw score` and `edge-smw rank` on an album that mixes good and bad files.
 
 Good photos are real SMILEsmileD crops (as they are, and given a border, enlarged and pasted
-into a larger frame so the Haar detector finds them); the bad ones are a corrupt JPEG, a
+into a larger frame so the face detector finds them); the bad ones are a corrupt JPEG, a
 zero-byte file, a text file named .jpg and a gradient with no face.
 """
 
@@ -195,3 +195,28 @@ def test_rank_no_detect_and_default_out_folder(smiles_onnx: Path, album, capsys,
                       sorted(float(r["expected_score"]) for r in
                              csv.DictReader((report / "ranking.csv").open(encoding="utf-8"))
                              if r["expected_score"])).all()
+
+
+def test_score_detector_flag_and_the_mismatch_error(smiles_onnx: Path, album, capsys,
+                                                     tmp_path: Path) -> None:
+    from tests.test_runtime import _with_contract
+
+    face = album["face_a"]
+    for detector in ("haar", "blazeface-short"):
+        code, out, _ = _run(capsys, "score", smiles_onnx, face, "--json", "--threads", "1",
+                            "--backend", "onnxruntime-cpu", "--detect", "--detector", detector)
+        assert code == 0
+        (record,) = [json.loads(line) for line in out.splitlines()]  # JSON Lines, one face
+        assert record["face"] == 1
+        assert ("landmarks" in record) == (detector != "haar")
+    old = _with_contract(smiles_onnx, tmp_path / "old.onnx", trained_detect=True, old=True)
+    code, out, err = _run(capsys, "score", old, face, "--threads", "1", "--backend",
+                          "onnxruntime-cpu", "--detector", "blazeface-short")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "--allow-detector-mismatch" in err
+    code, out, _ = _run(capsys, "score", old, face, "--json", "--threads", "1", "--backend",
+                        "onnxruntime-cpu", "--detector", "blazeface-short",
+                        "--allow-detector-mismatch")
+    assert code == 0 and json.loads(out.splitlines()[0])["face"] == 1
+    code, _, err = _run(capsys, "score", smiles_onnx, face, "--detect", "--detector", "yolo")
+    assert code == 2 and "unknown face detector 'yolo'" in err

@@ -264,6 +264,42 @@ def test_capture_max_count_and_disk_floor_hold_back_with_one_log_line(footage, t
     assert list((tmp_path / "b").iterdir()) == []
 
 
+@pytest.mark.faults
+def test_capture_writer_survives_a_broken_folder_and_retries(footage, tmp_path, caplog,
+                                                            monkeypatch):
+    """No root needed: the captures folder is replaced by a file (every write fails), then
+    put right. The writer keeps the capture, holds new ones back, and saves again."""
+    from edge_smw.serve import capture as capture_module
+
+    monkeypatch.setattr(capture_module, "RETRY_BACKOFF_S", 0.05)
+    caplog.set_level(logging.INFO, logger="edge_smw.serve.capture")
+    folder = tmp_path / "caps"
+    cap, saved, skipped = _capture(footage, folder, min_frames=1, cooldown_s=0)
+    first, second, third = list(_scored_stream(footage, _high_run(footage, 3)))
+    try:
+        assert cap.observe(first) is not None
+        wait_until(lambda: len(saved) == 1, 30, what="the first capture")
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()
+        folder.write_text("a file where the folder was")
+        kept = cap.observe(second)
+        assert kept is not None
+        wait_until(lambda: not cap.writable and cap.write_errors >= 2, 30,
+                   what="failed attempts")
+        assert "File exists" in cap.write_error or "Not a directory" in cap.write_error
+        assert cap.observe(third) is None and skipped == ["unwritable"]
+        folder.unlink()  # put right: the writer's next attempt recreates the folder
+        wait_until(lambda: cap.writable and len(saved) == 2, 30, what="the kept capture saved")
+    finally:
+        cap.close()
+    assert saved[1]["name"] == kept
+    assert (folder / f"{kept}.jpg").is_file() and (folder / f"{kept}.json").is_file()
+    messages = [r.message for r in caplog.records]
+    assert len([m for m in messages if "cannot save into" in m]) == 1
+    assert len([m for m in messages if "is writable again" in m]) == 1
+
+
 def test_capture_folder_listing_survives_restart(footage, tmp_path):
     run = _high_run(footage, 2)
     cap, saved, _ = _capture(footage, tmp_path / "caps", min_frames=1, cooldown_s=0)

@@ -90,7 +90,7 @@ def test_expected_level_shares_are_balanced() -> None:
     shares = expected_level_shares()
     assert set(shares) == set(LEVELS)
     assert sum(shares.values()) == pytest.approx(1.0)
-    assert min(shares.values()) >= 0.08
+    assert 0.18 <= min(shares.values()) <= max(shares.values()) <= 0.22, shares
 
 
 def test_sampled_levels_each_get_at_least_8_percent() -> None:
@@ -145,7 +145,6 @@ def test_images_and_regions_are_well_formed(size: int) -> None:
 @pytest.mark.parametrize(
     ("field", "values", "region_names"),
     [
-        ("gaze", ("camera", "away"), ("left_eye", "right_eye")),
         ("eyes", ("open", "half", "closed"), ("left_eye", "right_eye")),
         ("mouth", ("smile", "neutral", "frown"), ("mouth",)),
     ],
@@ -167,6 +166,26 @@ def test_scored_variants_change_pixels_only_inside_their_regions(
             changed = np.abs(other - images[0]).max(axis=2) > 0
             assert changed.sum() > 10, f"{field} variants look identical"
             assert changed[~mask].sum() <= 0.02 * changed.sum(), f"{field} changed outside boxes"
+
+
+def test_gaze_away_turns_eyes_and_head_to_one_side() -> None:
+    """Looking away slides the eyes and mouth toward the turn (the regions follow them), and
+    changes nothing on a closed-eyed face: a closed eye shows no gaze."""
+    for seed in range(6):
+        base = FaceAttributes(eyes="open", gaze="camera", mouth="neutral")
+        facing, facing_regions = _render(base, seed)
+        away, away_regions = _render(dataclasses.replace(base, gaze="away"), seed)
+        def centre_x(box: tuple[int, int, int, int]) -> float:
+            return box[0] + box[2] / 2
+
+        moves = [centre_x(away_regions[n]) - centre_x(facing_regions[n]) for n in REGION_NAMES]
+        assert all(abs(m) >= 3 for m in moves), moves  # >= 3 px at 128: a visible turn
+        assert len({np.sign(m) for m in moves}) == 1, moves  # all toward the same side
+        assert np.abs(away.astype(int) - facing.astype(int)).max() > 100
+        closed = dataclasses.replace(base, eyes="closed")
+        closed_facing, _ = _render(closed, seed)
+        closed_away, _ = _render(dataclasses.replace(closed, gaze="away"), seed)
+        assert np.array_equal(closed_facing, closed_away)
 
 
 def test_pose_moves_the_regions() -> None:
@@ -196,11 +215,19 @@ def test_skin_tones_go_from_light_to_dark() -> None:
 
 def test_bad_exposure_and_blur_show() -> None:
     base = FaceAttributes(eyes="open", gaze="camera", mouth="smile")
-    normal, _ = _render(base)
+    normal, regions = _render(base)
     dark, _ = _render(dataclasses.replace(base, exposure="dark"))
     bright, _ = _render(dataclasses.replace(base, exposure="bright"))
     blurred, _ = _render(dataclasses.replace(base, blur="strong"))
-    assert dark.mean() < 0.6 * normal.mean() < bright.mean()
+    assert dark.mean() < 0.7 * normal.mean() and bright.mean() > 1.15 * normal.mean()
+
+    def grain(image: np.ndarray) -> float:  # on a flat patch of cheek, under the left eye
+        x, y, w, h = regions["left_eye"]
+        patch = image[y + h + 2 : y + h + 10, x + 2 : x + w // 2]
+        grey = cv2.cvtColor(patch, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        return float((grey - cv2.blur(grey, (3, 3))).std())
+
+    assert grain(dark) > 1.5 * grain(normal)  # low light is grainy
 
     def sharpness(image: np.ndarray) -> float:
         return float(cv2.Laplacian(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.CV_64F).var())
@@ -286,3 +313,22 @@ def test_default_dir_is_under_the_user_cache(
     monkeypatch.setenv("EDGE_SMW_CACHE", str(tmp_path))
     path = default_synthetic_dir(3000, 128, 0)
     assert path == tmp_path / "synthetic" / f"v{synthetic.VERSION}-n3000-s128-seed0"
+
+
+# -- learnable: a fair demonstration ---------------------------------------------------------
+
+
+def test_the_project_training_learns_the_rule_from_a_small_set(tmp_path: Path) -> None:
+    """The faces show what decides the level at the backbone's input size: the project's own
+    training (frozen EfficientNet-Lite0 + linear head, no special path) learns the rule from
+    300 faces far above chance (1 in 5); the demo's 3000 faces reach more (README)."""
+    pytest.importorskip("torch", reason="training needs torch (pip install edge-smw[train])")
+    from edge_smw.data.sources import resolve_data
+    from edge_smw.train.pipeline import TrainOptions, train_run
+
+    source = resolve_data("synthetic", synthetic_count=300, progress=False)
+    result = train_run(source, tmp_path / "run", TrainOptions(
+        compare_losses=False, progress=False, lrs=(0.003, 0.01), momenta=(0.9,)))
+    metrics = result.test_metrics
+    assert metrics["n"] >= 40
+    assert metrics["accuracy"] >= 0.5, metrics  # chance: 0.2

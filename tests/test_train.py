@@ -59,7 +59,7 @@ def test_checkpoint_errors_are_clear(smiles_run, tmp_path):
     from edge_smw.errors import ModelError
     from edge_smw.train.checkpoint import load_checkpoint
 
-    with pytest.raises(ModelError, match="no checkpoint"):
+    with pytest.raises(ModelError, match="holds neither a training checkpoint"):
         load_checkpoint(tmp_path)
     data = (smiles_run / "checkpoint.pt").read_bytes()
     cut = tmp_path / "cut.pt"

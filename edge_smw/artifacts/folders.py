@@ -9,6 +9,7 @@ exported model from a training run.
 
 from __future__ import annotations
 
+import errno
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from edge_smw.artifacts.formats import (
     ONNX_SUFFIX,
     offered_models,
 )
-from edge_smw.errors import ModelError
+from edge_smw.errors import InputError, ModelError
 
 CHECKPOINT_NAME = CHECKPOINT.file_name
 SPLIT_NAME = "split.json"
@@ -132,6 +133,7 @@ def is_exported_model(model: str | Path) -> bool:
 def resolve_model_path(model: str | Path) -> Path:
     """An .onnx or .engine file, or an export folder (its most deployable model)."""
     path = Path(model)
+    _check_path(path)
     if path.is_dir():
         return ExportDir(path).default_model()
     if not path.is_file():
@@ -140,6 +142,23 @@ def resolve_model_path(model: str | Path) -> Path:
         raise ModelError(f"{path}: expected an .onnx or .engine model (or an export folder); a "
                          "training checkpoint must be exported first with `edge-smw export`")
     return path
+
+
+def _check_path(path: Path) -> None:
+    """A path the system cannot even look up is the caller's argument error (the C bridge
+    turns it into ESMW_ERR_ARGUMENT), not an OSError; a missing file is reported by the
+    caller in its own words."""
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise InputError(f"model path is too long for this system ({len(str(path))} "
+                             f"characters: {str(path)[:60]}...); use a shorter path") from None
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise ModelError(f"model {path} cannot be read ({exc.strerror or exc})") from None
+    except ValueError:  # an embedded NUL byte
+        raise InputError(f"model path {str(path)!r} holds a NUL character; give a file "
+                         "path") from None
 
 
 def is_engine(path: str | Path) -> bool:

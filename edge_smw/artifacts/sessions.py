@@ -4,6 +4,13 @@ sessions, runners only run them.
 Threads, spinning, graph optimisation, logging and providers are decided here and nowhere
 else, so a measurement, a calibration pass and the camera runtime cannot drift apart by an
 option one of them forgot.
+
+Threads are bounded by the cores this process may use: far more threads than cores buys
+nothing and can exhaust memory (onnxruntime gives each thread a stack and arena: 100,000
+threads crashed it, 1,000,000 used 22 GB before the OOM killer), so ``check_threads`` refuses
+more than ``MAX_THREADS_PER_CORE`` per usable core with a clear error. The C bridge applies
+the same rule (``EDGE_SMW_MAX_THREADS_PER_CORE`` in ``firmware_bridge/include/edge_smw.h``;
+a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -11,18 +18,44 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
+from edge_smw.errors import InputError
+
 OPTIMIZATION_LEVELS = ("none", "basic", "extended", "all")
+# More inference threads than this many per usable core is refused.
+MAX_THREADS_PER_CORE = 4
 
 
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity), not the machine's total."""
     try:
-        return len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
         return os.cpu_count() or 1
+
+
+def max_threads() -> int:
+    """The most inference threads a session may ask for on this machine."""
+    return MAX_THREADS_PER_CORE * usable_cores()
+
+
+def check_threads(threads: object, what: str = "threads") -> int | None:
+    """``threads`` as an int (None: the default, one per usable core), or ``InputError``."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, Integral) or threads < 1:
+        raise InputError(f"{what} must be a whole number >= 1 (or None), got {threads!r}")
+    cap = max_threads()
+    if threads > cap:
+        raise InputError(
+            f"{what}={threads} is more than this machine can use: {usable_cores()} usable "
+            f"core(s), and at most {MAX_THREADS_PER_CORE} threads per core ({cap}) are "
+            f"allowed; use {what} <= {cap}, or leave it unset for one per usable core"
+        )
+    return int(threads)
 
 
 @dataclass(frozen=True)
@@ -42,13 +75,15 @@ class SessionSettings:
     providers: tuple[Any, ...] = ("CPUExecutionProvider",)
     log_severity: int = 3
 
+    def __post_init__(self) -> None:
+        if self.threads != 0:  # 0: onnxruntime's own defaults
+            check_threads(self.threads)
+
     def options(self) -> Any:
         """The ``onnxruntime.SessionOptions`` these settings stand for."""
         import onnxruntime as ort
 
         if self.optimization not in OPTIMIZATION_LEVELS:
-            from edge_smw.errors import InputError
-
             raise InputError(f"graph optimisation {self.optimization!r}: choose one of "
                              f"{list(OPTIMIZATION_LEVELS)}")
         levels = {"none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

@@ -1,6 +1,8 @@
 """``edge-smw bench``: the toolkit's claims, measured in one process on one machine.
 
-- ``run``: ``run_bench(BenchOptions)`` -> the report (bench.json's content).
+- ``run``: ``run_bench(BenchOptions)`` -> a ``BenchReport``.
+- ``results``: the typed rows and ``BenchReport``; ``to_dict()`` is bench.json, ``from_dict``
+  reads it back.
 - ``latency``: interleaved round-robin timing, peak memory in child processes, speed-ups.
 - ``endtoend``: JPEG frame -> decode -> detect -> crop -> preprocess -> infer, single and
   pipelined.

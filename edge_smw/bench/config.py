@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_smw.bench.results import GateVerdict
+from edge_smw.contract import DEFAULT_DETECTOR
 from edge_smw.errors import InputError
 from edge_smw.stats import CONFIDENCE, Proportion, min_n_to_show
 
@@ -28,7 +30,8 @@ OPS = {
 REDUCE = ("min", "max", "mean")
 STATISTICS = ("value", "proportion")
 STATS = ("max", "mean", "median", "quantile", "elemwise")
-SECTIONS = ("latency", "comparisons", "parity", "robustness", "end_to_end", "limit")
+SECTIONS = ("latency", "comparisons", "parity", "robustness", "end_to_end", "limit",
+            "detection")
 
 
 def _toml(path: Path) -> dict[str, Any]:
@@ -74,6 +77,9 @@ class Suite:
     e2e_models: str
     peak_matmul: int
     peak_repeats: int
+    # Face detectors compared in the end-to-end rows and on the detection set.
+    detectors: list[str] = field(default_factory=lambda: ["haar", DEFAULT_DETECTOR])
+    detection_frames: int = 0  # detection-set frames per condition (0: no detection section)
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -90,7 +96,7 @@ class Suite:
             setattr(self, name, sorted(float(b) for b in values))
         for name in ("warmup", "min_runs", "max_runs", "threads", "parity_max", "robust_n",
                      "pgd_steps", "blackbox_n", "blackbox_iterations", "e2e_frames",
-                     "peak_matmul", "peak_repeats"):
+                     "peak_matmul", "peak_repeats", "detection_frames"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"suite {where}: {name} must be a whole number >= 0, got "
@@ -103,6 +109,9 @@ class Suite:
             raise InputError(f"suite {where}: memory must be all, onnx or none")
         if self.e2e_models not in ("deployable", "all"):
             raise InputError(f"suite {where}: e2e_models must be deployable or all")
+        if not self.detectors or not all(isinstance(d, str) and d for d in self.detectors):
+            raise InputError(f"suite {where}: detectors must be a list of detector names, got "
+                             f"{self.detectors!r}")
         if self.peak_matmul < 64:
             raise InputError(f"suite {where}: peak_matmul must be >= 64")
 
@@ -174,6 +183,8 @@ class Gate:
     min_n: int = 0  # rows judged on fewer items than this are "not judged: n too small"
 
     def select(self, report: dict[str, Any]) -> list[dict[str, Any]]:
+        """The section's judged rows in bench.json's form (``BenchReport.to_dict()``): gates
+        are configured by its field names."""
         rows = report.get(self.section) or []
         if isinstance(rows, dict):
             rows = rows.get("rows", [])
@@ -186,32 +197,36 @@ class Gate:
                 out.append(row)
         return out
 
-    def evaluate(self, report: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(self, report: dict[str, Any]) -> GateVerdict:
+        """Judge bench.json's form of a report (``BenchReport.to_dict()``)."""
         rows = self.select(report)
-        result: dict[str, Any] = {
-            "name": self.name, "help": self.help, "section": self.section, "field": self.field,
-            "where": self.where, "op": self.op, "threshold": self.threshold,
-            "reduce": self.reduce, "target": self.target,
-        }
+        verdict = GateVerdict(
+            name=self.name, help=self.help, section=self.section, field=self.field,
+            where=self.where, op=self.op, threshold=self.threshold, reduce=self.reduce,
+            target=self.target, value=None)
         if not rows:
-            return {**result, "value": None, "pass": None, "rows": 0,
-                    "note": f"skipped: no {self.section} rows with {self.where or 'any fields'}"}
+            verdict.note = f"skipped: no {self.section} rows with {self.where or 'any fields'}"
+            return verdict
         needed = self.needed_n()
         judged = [r for r in rows if int(r.get("n") or 0) >= needed] if needed else rows
+        verdict.min_n = needed
         if not judged:
             sizes = sorted({int(r.get("n") or 0) for r in rows})
-            return {**result, "value": None, "pass": None, "rows": 0, "min_n": needed,
-                    "note": f"not judged: n too small (n = {', '.join(map(str, sizes))}; "
-                            f"{self.rule()} needs n >= {needed})"}
+            verdict.note = (f"not judged: n too small (n = {', '.join(map(str, sizes))}; "
+                            f"{self.rule()} needs n >= {needed})")
+            return verdict
+        verdict.rows = len(judged)
+        verdict.unjudged_rows = len(rows) - len(judged)
         if self.statistic == "proportion":
-            return {**result, **self._judge_proportions(judged), "min_n": needed,
-                    "unjudged_rows": len(rows) - len(judged)}
+            self._judge_proportions(judged, verdict)
+            return verdict
         values = [float(r[self.field]) for r in judged]
         value = {"min": min, "max": max, "mean": lambda v: sum(v) / len(v)}[self.reduce](values)
         worst = judged[values.index(min(values) if self.op.startswith(">") else max(values))]
-        return {**result, "value": value, "pass": bool(OPS[self.op](value, self.threshold)),
-                "rows": len(judged), "worst": _subject(worst), "min_n": needed,
-                "unjudged_rows": len(rows) - len(judged)}
+        verdict.value = value
+        verdict.passed = bool(OPS[self.op](value, self.threshold))
+        verdict.worst = _subject(worst)
+        return verdict
 
     def needed_n(self) -> int:
         """Items a row needs before this gate judges it."""
@@ -226,7 +241,7 @@ class Gate:
                     f"{100 * CONFIDENCE:.0f}% confidence (Wilson)")
         return f"judging {self.field}"
 
-    def _judge_proportions(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def _judge_proportions(self, rows: list[dict[str, Any]], verdict: GateVerdict) -> None:
         """Each row by its interval; the gate reports the row whose bound is worst."""
         at_least = self.op.startswith(">")
         scored = []
@@ -236,9 +251,12 @@ class Gate:
             bound = lo if at_least else hi
             scored.append((bound, row, prop))
         bound, worst, prop = (min if at_least else max)(scored, key=lambda t: t[0])
-        return {"value": prop.value, "interval": list(prop.interval), "n": prop.n,
-                "bound": bound, "pass": bool(OPS[self.op](bound, self.threshold)),
-                "rows": len(rows), "worst": _subject(worst)}
+        verdict.value = prop.value
+        verdict.interval = list(prop.interval)
+        verdict.n = prop.n
+        verdict.bound = bound
+        verdict.passed = bool(OPS[self.op](bound, self.threshold))
+        verdict.worst = _subject(worst)
 
 
 def _subject(row: dict[str, Any]) -> dict[str, Any]:

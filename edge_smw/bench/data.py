@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_smw.artifacts.folders import RunDir
+from edge_smw.bench.results import DataSummary
 from edge_smw.contract import PreprocessContract
 from edge_smw.data.crops import SkipReport, load_crop
 from edge_smw.data.datasets import LabelledImage, SplitManifest, stratified_indices
@@ -34,10 +35,10 @@ class BenchData:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def summary(self) -> dict:
+    def summary(self) -> DataSummary:
         counts = {name: int((self.labels == i).sum()) for i, name in enumerate(self.levels)}
-        return {"source": self.source, "n": len(self), "counts": counts,
-                "skipped": self.skipped.to_dict()}
+        return DataSummary(source=self.source, n=len(self), counts=counts,
+                           skipped=self.skipped.to_dict())
 
 
 def stratified_sample(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""End-to-end frame rate: JPEG frame -> decode -> Haar detect -> crop -> preprocess -> infer.
+"""End-to-end frame rate: JPEG frame -> decode -> detect -> crop -> preprocess -> infer.
 
 The frame is synthetic but honest: a 640x480 scene with a real face crop from the labelled
 set pasted in at a size a doorway camera would see, JPEG-encoded once like an MJPEG camera
@@ -7,7 +7,8 @@ delivers it, and decoded on every frame. Timed two ways:
 - pipelined: a capture thread decodes, detects and crops the next frame while an inference
   thread preprocesses and scores the previous one (``Runtime.score_batch``), with a queue of
   two frames between them, which is how a camera loop uses two cores.
-Configurations run interleaved, a few frames each in turn, like the latency section.
+Configurations (mode x face detector) run interleaved, a few frames each in turn, like the
+latency section; each detector is the Runtime's own (``Runtime.detector``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_smw.faces import detect_faces
+from edge_smw.bench.results import ModeTiming, StageTiming
+from edge_smw.detect import FaceDetector
 
 FRAME_W, FRAME_H = 640, 480
 FACE_SIDE = 200  # pixels: a face a couple of metres from a wide-angle camera
@@ -42,22 +44,24 @@ def make_frame(crop_bgr: np.ndarray, seed: int = 0) -> np.ndarray:
     return frame
 
 
-def pick_frame(crops_bgr: list[np.ndarray], tries: int = 50) -> tuple[np.ndarray, int]:
-    """The first crop whose frame Haar finds a face in (else the first; the report says so)."""
+def pick_frame(crops_bgr: list[np.ndarray], detectors: list[FaceDetector],
+               tries: int = 50) -> tuple[np.ndarray, int]:
+    """The first crop whose frame every detector finds a face in (else the first; the report
+    says so), so each detector's row times the same, complete, work."""
     for i, crop in enumerate(crops_bgr[:tries]):
         frame = make_frame(crop, seed=i)
-        if detect_faces(frame, max_faces=1):
+        if all(d.detect(frame, max_faces=1) for d in detectors):
             return frame, i
     return make_frame(crops_bgr[0]), -1
 
 
-def _stats(values: list[float]) -> dict[str, float] | None:
+def _stats(values: list[float]) -> StageTiming | None:
     if not values:
         return None
     arr = np.asarray(values)
     p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-    return {"p50_ms": round(float(p50), 4), "p90_ms": round(float(p90), 4),
-            "p99_ms": round(float(p99), 4), "mean_ms": round(float(arr.mean()), 4)}
+    return StageTiming(p50_ms=round(float(p50), 4), p90_ms=round(float(p90), 4),
+                       p99_ms=round(float(p99), 4), mean_ms=round(float(arr.mean()), 4))
 
 
 @dataclass
@@ -86,7 +90,7 @@ def single_threaded(runtime: Any, jpeg: bytes, frames: int, warmup: int = 1) -> 
             continue
         found += bool(result.faces)
         stages["decode"].append((t1 - t0) * 1000)
-        stages["detect"].append(result.timings["detect"])  # detection + crop
+        stages["detect"].append(result.timings["detect"])  # detection + crop (+ align)
         stages["preprocess"].append(result.timings["preprocess"])
         stages["infer"].append(result.timings["infer"])
         stages["total"].append((t2 - t0) * 1000)
@@ -100,6 +104,7 @@ def pipelined(runtime: Any, jpeg: bytes, frames: int, warmup: int = 1) -> Chunk:
     contract = runtime.contract
     handoff: queue.Queue[Any] = queue.Queue(maxsize=2)
     capture_ms: list[float] = []
+    detect_ms: list[float] = []
     infer_ms: list[float] = []
     stamps: list[float] = []
     found = [0]
@@ -111,9 +116,12 @@ def pipelined(runtime: Any, jpeg: bytes, frames: int, warmup: int = 1) -> Chunk:
             for _ in range(total):
                 t0 = time.perf_counter()
                 image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-                boxes = detect_faces(image, max_faces=runtime.max_faces)
-                crops = [contract.crop_face(image, box) for box in boxes]
-                capture_ms.append((time.perf_counter() - t0) * 1000)
+                t1 = time.perf_counter()
+                found = runtime.detector.detect(image, max_faces=runtime.max_faces)
+                crops = [contract.crop_face(image, d.box, d.eyes) for d in found]
+                t2 = time.perf_counter()
+                capture_ms.append((t2 - t0) * 1000)
+                detect_ms.append((t2 - t1) * 1000)
                 handoff.put(crops)
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
@@ -142,6 +150,7 @@ def pipelined(runtime: Any, jpeg: bytes, frames: int, warmup: int = 1) -> Chunk:
     # Throughput over the measured frames only: from the last warm-up frame's completion.
     span = stamps[-1] - stamps[warmup - 1] if len(stamps) > warmup else 0.0
     return Chunk(frames, span, found[0], {"capture (decode+detect+crop)": capture_ms[warmup:],
+                                          "detect": detect_ms[warmup:],
                                           "infer (preprocess+infer)": infer_ms[warmup:]})
 
 
@@ -149,7 +158,7 @@ MODES = {"single-threaded": single_threaded, "pipelined": pipelined}
 
 
 def interleaved(configs: list[tuple[str, Any]], jpeg: bytes, frames: int,
-                rounds: int) -> list[dict[str, Any]]:
+                rounds: int) -> list[ModeTiming]:
     """Run every (mode, runtime) configuration in turn, ``frames / rounds`` frames at a time,
     so load drift hits every configuration alike (as the latency section does per call)."""
     rounds = max(1, min(rounds, frames))
@@ -166,10 +175,11 @@ def interleaved(configs: list[tuple[str, Any]], jpeg: bytes, frames: int,
         for c in parts:
             for k, v in c.stages.items():
                 stages.setdefault(k, []).extend(v)
-        out.append({"mode": mode, "frames": done, "rounds": rounds,
-                    "fps": round(done / seconds, 2) if seconds > 0 else None,
-                    "faces_found_rate": sum(c.found for c in parts) / done if done else None,
-                    "stages": {k: _stats(v) for k, v in stages.items()}})
+        out.append(ModeTiming(
+            mode=mode, frames=done, rounds=rounds,
+            fps=round(done / seconds, 2) if seconds > 0 else None,
+            faces_found_rate=sum(c.found for c in parts) / done if done else None,
+            stages={k: _stats(v) for k, v in stages.items()}))
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edge_smw.bench.results import MacCount
 from edge_smw.errors import BackendUnavailableError, ModelError
 
 COUNTED = ("Conv", "ConvInteger", "QLinearConv", "Gemm", "MatMul", "MatMulInteger",
@@ -21,8 +22,8 @@ _MATMUL_INPUTS = {"Gemm": (0, 1), "MatMul": (0, 1), "MatMulInteger": (0, 1),
                   "QLinearMatMul": (0, 3)}
 
 
-def count_macs(path: str | Path, batch: int = 1) -> dict[str, Any]:
-    """{"macs": per-image MACs, "by_op": {op: macs}, "nodes": count} for the ONNX at ``path``."""
+def count_macs(path: str | Path, batch: int = 1) -> MacCount:
+    """Per-image MACs of the ONNX at ``path``, in total and by operator."""
     try:
         import onnx
         from onnx import shape_inference
@@ -81,15 +82,10 @@ def count_macs(path: str | Path, batch: int = 1) -> dict[str, Any]:
             continue
         by_op[node.op_type] = by_op.get(node.op_type, 0) + macs
     total = sum(by_op.values())
-    return {
-        "macs": total // batch,
-        "gmacs": total / batch / 1e9,
-        "gflops": 2 * total / batch / 1e9,
-        "by_op": {k: v // batch for k, v in by_op.items()},
-        "counted_nodes": nodes,
-        "uncounted_nodes": unknown,
-        "counted_ops": list(COUNTED),
-    }
+    return MacCount(macs=total // batch, gmacs=total / batch / 1e9,
+                    gflops=2 * total / batch / 1e9,
+                    by_op={k: v // batch for k, v in by_op.items()}, counted_nodes=nodes,
+                    uncounted_nodes=unknown, counted_ops=list(COUNTED))
 
 
 def _prod(values: list[int]) -> int:

@@ -17,11 +17,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edge_smw.bench.results import ComparisonRow, LatencyRow
 
 log = logging.getLogger("edge_smw.bench")
 
@@ -40,7 +42,7 @@ class Candidate:
     size_mb: float | None = None
     threads: int | str | None = None
     intended: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None  # how the summary table names it
 
     @property
     def key(self) -> str:
@@ -56,13 +58,13 @@ def percentiles(times_ms: np.ndarray) -> dict[str, float]:
 
 def measure_interleaved(candidates: list[Candidate], inputs: list[Any], batch: int, *,
                         warmup: int, min_runs: int, max_runs: int,
-                        seconds: float) -> list[dict[str, Any]]:
+                        seconds: float) -> list[LatencyRow]:
     """Time every candidate on the same ``inputs`` (cycled), one call each per round.
 
     Returns one row per candidate (``status`` ok, or error with the reason).
     """
     alive: list[Candidate] = []
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, LatencyRow] = {}
     estimate: dict[str, float] = {}
     for cand in candidates:
         try:
@@ -94,79 +96,72 @@ def measure_interleaved(candidates: list[Candidate], inputs: list[Any], batch: i
 
 
 def _row(cand: Candidate, batch: int, times_ms: np.ndarray | None, *, status: str = "ok",
-         reason: str | None = None) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "model": cand.model, "backend": cand.backend, "precision": cand.precision,
-        "flavour": cand.flavour, "batch": batch, "scope": cand.scope, "kind": cand.kind,
-        "intended": cand.intended, "threads": cand.threads,
-        "size_mb": None if cand.size_mb is None else round(cand.size_mb, 3),
-        "status": status,
-    }
+         reason: str | None = None) -> LatencyRow:
+    row = LatencyRow(
+        model=cand.model, backend=cand.backend, precision=cand.precision, flavour=cand.flavour,
+        batch=batch, scope=cand.scope, kind=cand.kind, intended=cand.intended,
+        threads=cand.threads, size_mb=None if cand.size_mb is None else round(cand.size_mb, 3),
+        status=status, reason=reason or None, label=cand.label)
     if times_ms is not None:
-        stats = percentiles(times_ms)
-        row.update({k: round(v, 4) for k, v in stats.items()})
-        row["fps"] = round(batch * 1000.0 / stats["mean_ms"], 2)
-        row["runs"] = int(len(times_ms))
-    else:
-        row.update({"p50_ms": None, "p90_ms": None, "p99_ms": None, "fps": None, "runs": 0})
-    if reason:
-        row["reason"] = reason
-    row.update(cand.extra)
+        exact = percentiles(times_ms)
+        stats = {k: round(v, 4) for k, v in exact.items()}
+        row.p50_ms, row.p90_ms, row.p99_ms = stats["p50_ms"], stats["p90_ms"], stats["p99_ms"]
+        row.mean_ms, row.min_ms, row.std_ms = stats["mean_ms"], stats["min_ms"], stats["std_ms"]
+        row.fps = round(batch * 1000.0 / exact["mean_ms"], 2)
+        row.runs = int(len(times_ms))
     return row
 
 
 def skipped_row(model: str, backend: str, precision: str, batch: int | None, reason: str, *,
                 flavour: str | None = None, size_mb: float | None = None,
-                kind: str = "ours") -> dict[str, Any]:
+                kind: str = "ours", status: str = "skipped",
+                label: str | None = None) -> LatencyRow:
     """A row for a backend that cannot run here: it stays in the table with its reason."""
-    return {"model": model, "backend": backend, "precision": precision, "flavour": flavour,
-            "batch": batch, "scope": "network", "kind": kind, "intended": False,
-            "threads": None, "size_mb": None if size_mb is None else round(size_mb, 3),
-            "status": "skipped", "reason": reason, "p50_ms": None, "p90_ms": None,
-            "p99_ms": None, "fps": None, "runs": 0, "peak_rss_mb": None}
+    return LatencyRow(model=model, backend=backend, precision=precision, flavour=flavour,
+                      batch=batch, kind=kind, intended=False,
+                      size_mb=None if size_mb is None else round(size_mb, 3), status=status,
+                      reason=reason, label=label)
 
 
-def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def comparisons(rows: list[LatencyRow]) -> list[ComparisonRow]:
     """Speed-ups from the network-scope rows: each model vs fp32 ONNX on the same backend,
     vs torch eager, vs a plain onnxruntime session; and crop-scope ours vs theirs."""
-    ok = [r for r in rows if r["status"] == "ok" and r.get("p50_ms")]
-    out: list[dict[str, Any]] = []
-    by_batch: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    ok = [r for r in rows if r.measured]
+    out: list[ComparisonRow] = []
+    by_batch: dict[tuple[str, int], list[LatencyRow]] = {}
     for r in ok:
-        by_batch.setdefault((r["scope"], r["batch"]), []).append(r)
+        by_batch.setdefault((r.scope, r.batch), []).append(r)  # type: ignore[arg-type]
     for (scope, batch), group in sorted(by_batch.items()):
-        ours = [r for r in group if r["kind"] == "ours"]
+        ours = [r for r in group if r.kind == "ours"]
         if scope == "network":
-            torch_rows = [r for r in group if r["backend"] == "torch-eager"]
-            plain = [r for r in group if r["kind"] == "theirs"]
+            torch_rows = [r for r in group if r.backend == "torch-eager"]
+            plain = [r for r in group if r.kind == "theirs"]
             for r in ours:
-                refs: list[tuple[str, dict[str, Any]]] = []
-                fp32 = [f for f in ours if f["backend"] == r["backend"]
-                        and f["precision"] == "fp32" and f is not r]
-                if fp32 and r["precision"] != "fp32":
+                refs: list[tuple[str, LatencyRow]] = []
+                fp32 = [f for f in ours if f.backend == r.backend
+                        and f.precision == "fp32" and f is not r]
+                if fp32 and r.precision != "fp32":
                     refs.append(("fp32", fp32[0]))
                 refs += [("torch-eager", t) for t in torch_rows]
                 refs += [("onnxruntime-default", p) for p in plain
-                         if p["model"] == r["model"] and r["backend"] == "onnxruntime-cpu"]
+                         if p.model == r.model and r.backend == "onnxruntime-cpu"]
                 for versus, ref in refs:
                     out.append(_compare(r, ref, versus, scope, batch))
         else:
             for r in ours:
-                for ref in (g for g in group if g["kind"] == "theirs"):
-                    out.append(_compare(r, ref, ref["backend"], scope, batch))
+                for ref in (g for g in group if g.kind == "theirs"):
+                    out.append(_compare(r, ref, ref.backend, scope, batch))
     return out
 
 
-def _compare(r: dict[str, Any], ref: dict[str, Any], versus: str, scope: str,
-             batch: int) -> dict[str, Any]:
-    return {
-        "model": r["model"], "backend": r["backend"], "precision": r["precision"],
-        "flavour": r.get("flavour"), "intended": r["intended"], "batch": batch,
-        "scope": scope, "versus": versus, "versus_model": ref["model"],
-        "versus_backend": ref["backend"], "p50_ms": r["p50_ms"],
-        "versus_p50_ms": ref["p50_ms"], "speedup": round(ref["p50_ms"] / r["p50_ms"], 3),
-        "status": "ok",
-    }
+def _compare(r: LatencyRow, ref: LatencyRow, versus: str, scope: str,
+             batch: int) -> ComparisonRow:
+    assert r.p50_ms and ref.p50_ms  # only measured rows are compared
+    return ComparisonRow(
+        model=r.model, backend=r.backend, precision=r.precision, flavour=r.flavour,
+        intended=r.intended, batch=batch, scope=scope, versus=versus, versus_model=ref.model,
+        versus_backend=ref.backend, p50_ms=r.p50_ms, versus_p50_ms=ref.p50_ms,
+        speedup=round(ref.p50_ms / r.p50_ms, 3))
 
 
 # -- peak resident memory, one child process per model -------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge_smw.artifacts.sessions import SessionSettings, load_session, usable_cores
+from edge_smw.bench.results import Machine, PeakMeasurement
 
 ENV_KEYS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
             "CUDA_VISIBLE_DEVICES")
@@ -102,33 +103,37 @@ def memory_total_mb() -> float | None:
     return None
 
 
-def describe_machine() -> dict[str, Any]:
+def describe_machine() -> Machine:
     """Everything a reader needs to judge whether figures carry over to their machine."""
-    try:
-        load = [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        load = None
     packages = ("edge-smw", "numpy", "onnxruntime", "onnxruntime-gpu", "onnx",
                 "opencv-python-headless", "torch", "torchvision", "timm")
-    return {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu_model(),
-        "arch": platform.machine(),
-        "cores_logical": os.cpu_count(),
-        "cores_usable": usable_cores(),
-        "cpu_flags": cpu_flags(),
-        "memory_total_mb": memory_total_mb(),
-        "load_average_1_5_15": load,
-        "versions": {name: v for name in packages if (v := _version(name)) is not None},
-        "env": {k: os.environ[k] for k in ENV_KEYS if k in os.environ},
-        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    return Machine(
+        hostname=platform.node(),
+        platform=platform.platform(),
+        python=platform.python_version(),
+        cpu=cpu_model(),
+        arch=platform.machine(),
+        cores_logical=os.cpu_count(),
+        cores_usable=usable_cores(),
+        cpu_flags=cpu_flags(),
+        memory_total_mb=memory_total_mb(),
+        load_average_1_5_15=load_average(),
+        versions={name: v for name in packages if (v := _version(name)) is not None},
+        env={k: os.environ[k] for k in ENV_KEYS if k in os.environ},
+        time_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def measure_peak_gflops(size: int = 2048, repeats: int = 10,
-                        threads: int | None = None) -> dict[str, Any]:
+                        threads: int | None = None) -> PeakMeasurement:
     """Best-of-N float32 GEMM rate: the machine's practical compute ceiling right now.
 
     Measured twice, with numpy's BLAS and with onnxruntime's own GEMM (MLAS, the kernels the
@@ -142,24 +147,25 @@ def measure_peak_gflops(size: int = 2048, repeats: int = 10,
     flops = 2.0 * size**3
     out = np.empty((size, size), dtype=np.float32)
     numpy_times = _best_times(lambda: np.matmul(a, b, out=out), repeats)
-    result: dict[str, Any] = {
-        "numpy_gflops": flops / min(numpy_times) / 1e9,
-        "numpy_median_gflops": flops / float(np.median(numpy_times)) / 1e9,
-    }
+    numpy_best = flops / min(numpy_times) / 1e9
+    numpy_median = flops / float(np.median(numpy_times)) / 1e9
+    ort_best = ort_median = ort_note = None
     try:
         run = _ort_matmul(size, threads)
         ort_times = _best_times(lambda: run(a, b), repeats)
-        result["onnxruntime_gflops"] = flops / min(ort_times) / 1e9
-        result["onnxruntime_median_gflops"] = flops / float(np.median(ort_times)) / 1e9
+        ort_best = flops / min(ort_times) / 1e9
+        ort_median = flops / float(np.median(ort_times)) / 1e9
     except Exception as exc:  # noqa: BLE001 - onnx missing, or a provider problem: numpy alone
-        result["onnxruntime_note"] = f"not measured ({exc})"
-    best = max(result.get("onnxruntime_gflops", 0.0), result["numpy_gflops"])
-    source = "onnxruntime MatMul" if best == result.get("onnxruntime_gflops") else "numpy matmul"
-    median = result.get("onnxruntime_median_gflops") if source.startswith("onnx") else \
-        result["numpy_median_gflops"]
-    return {**result, "peak_gflops": best, "median_gflops": median,
-            "method": f"float32 {size}x{size} matrix product, best of {repeats} "
-                      f"({source} was faster)"}
+        ort_note = f"not measured ({exc})"
+    best = max(ort_best or 0.0, numpy_best)
+    source = "onnxruntime MatMul" if best == ort_best else "numpy matmul"
+    median = ort_median if best == ort_best and ort_median is not None else numpy_median
+    return PeakMeasurement(
+        numpy_gflops=numpy_best, numpy_median_gflops=numpy_median, onnxruntime_gflops=ort_best,
+        onnxruntime_median_gflops=ort_median, onnxruntime_note=ort_note, peak_gflops=best,
+        median_gflops=median,
+        method=f"float32 {size}x{size} matrix product, best of {repeats} ({source} was "
+               "faster)")
 
 
 def _best_times(fn: Any, repeats: int) -> list[float]:

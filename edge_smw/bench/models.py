@@ -26,6 +26,7 @@ from edge_smw.artifacts.formats import (
     ArtifactFormat,
     model_format,
 )
+from edge_smw.bench.results import BenchedModel, SkippedFile
 from edge_smw.contract import PreprocessContract
 from edge_smw.errors import BackendUnavailableError, InputError, ModelError
 from edge_smw.metadata import ModelInfo
@@ -84,37 +85,36 @@ class ModelEntry:
             options["allow_spinning"] = False
         return options
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.name, "path": str(self.path), "kind": self.kind,
-            "precision": self.precision, "flavour": self.flavour,
-            "size_mb": round(self.size_mb, 3), "label": self.label,
-            "checkpoint_sha256": self.info.checkpoint_sha256,
-            "calibration_sha256": self.info.calibration_sha256,
-            "contract_sha256": self.info.contract.sha256,
-        }
+    def describe(self) -> BenchedModel:
+        return BenchedModel(
+            model=self.name, path=str(self.path), kind=self.kind, precision=self.precision,
+            flavour=self.flavour, size_mb=round(self.size_mb, 3), label=self.label,
+            checkpoint_sha256=self.info.checkpoint_sha256,
+            calibration_sha256=self.info.calibration_sha256,
+            contract_sha256=self.info.contract.sha256)
 
 
-def discover_models(export_dir: str | Path) -> tuple[list[ModelEntry], list[dict[str, str]]]:
+def discover_models(export_dir: str | Path) -> tuple[list[ModelEntry], list[SkippedFile]]:
     """(models, skipped files with reasons) in ``export_dir``; fp32 first, then by name."""
     folder = Path(export_dir)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; give the export folder written by "
                          "`edge-smw export RUN_DIR --out DIR`")
     models: list[ModelEntry] = []
-    skipped: list[dict[str, str]] = []
+    skipped: list[SkippedFile] = []
     for path in ExportDir(folder).model_files():
         try:
             info = ModelInfo.from_file(path)
         except ModelError as exc:
-            skipped.append({"file": path.name, "reason": str(exc)})
+            skipped.append(SkippedFile(file=path.name, reason=str(exc)))
             continue
         models.append(ModelEntry(path.name, path, "engine" if is_engine(path) else "onnx", info))
     if not models:
         raise ModelError(f"{folder} holds no edge-smw model (.onnx with edge-smw metadata or "
                          ".engine with its sidecar); export one with `edge-smw export RUN_DIR "
                          f"--out {folder}`"
-                         + (f"; skipped: {skipped}" if skipped else ""))
+                         + (f"; skipped: {[s.to_dict() for s in skipped]}" if skipped
+                            else ""))
     order = {"fp32": 0, "int8": 1, "fp16": 2}
     models.sort(key=lambda m: (m.kind != "onnx", order.get(m.precision, 9), m.name))
     contracts = {m.info.contract.sha256 for m in models}

@@ -25,6 +25,13 @@ from edge_smw.attacks.blackbox import runtime_probs_fn, square_attack
 from edge_smw.attacks.pgd import pgd_attack
 from edge_smw.bench.config import Suite
 from edge_smw.bench.data import stratified_sample
+from edge_smw.bench.results import (
+    MaskingCheck,
+    MedianBudget,
+    RobustnessRow,
+    RobustnessSample,
+    RobustnessSummary,
+)
 
 log = logging.getLogger("edge_smw.bench")
 
@@ -56,11 +63,13 @@ def _goal_met(pred: np.ndarray, target: int | None, labels: np.ndarray) -> np.nd
 
 def run_robustness(pixel_model: Any, torch_judge: Judge, judges: list[Judge],
                    pixels: np.ndarray, labels: np.ndarray, ref_probs: np.ndarray,
-                   levels: tuple[str, ...], suite: Suite) -> dict[str, Any]:
-    """Rows of success rates, median budgets to flip, and the gradient-masking check."""
+                   levels: tuple[str, ...], suite: Suite,
+                   ) -> tuple[list[RobustnessRow], RobustnessSummary]:
+    """Rows of success rates, and a summary: median budgets to flip, the gradient-masking
+    check."""
     sample = pick_sample(labels, ref_probs, suite.robust_n)
     if len(sample) == 0:
-        return {"rows": [], "summary": {"note": "the torch model got no sampled crop right"}}
+        return [], RobustnessSummary(note="the torch model got no sampled crop right")
     top = len(levels) - 1
     crops, crop_labels = pixels[sample], labels[sample]
     attacks: list[tuple[str, int | None, np.ndarray]] = [("pgd-untargeted", None, np.arange(
@@ -69,7 +78,7 @@ def run_robustness(pixel_model: Any, torch_judge: Judge, judges: list[Judge],
     if len(below_top):
         attacks.append(("pgd-targeted", top, below_top))
     everyone = [torch_judge, *judges]
-    rows: list[dict[str, Any]] = []
+    rows: list[RobustnessRow] = []
     # success[(attack, model@backend)] -> (n_crops, n_budgets) bool
     success: dict[tuple[str, str], np.ndarray] = {}
     for attack, target, idx in attacks:
@@ -90,21 +99,16 @@ def run_robustness(pixel_model: Any, torch_judge: Judge, judges: list[Judge],
                     ok = _goal_met(judge.probs(adv).argmax(1), target, y)
                 success.setdefault((attack, key), np.zeros((len(idx), len(suite.budgets)),
                                                            bool))[:, b] = ok
-                row = {
-                    "model": judge.model, "backend": judge.backend,
-                    "precision": judge.precision, "flavour": judge.flavour,
-                    "attack": attack, "crafted_on": "torch fp32",
-                    "transfer": judge is not torch_judge,
-                    "target": None if target is None else levels[target],
-                    "budget": budget, "n": int(len(idx)),
-                    "success_rate": float(ok.mean()),
-                    "clean_success_rate": float(clean[key].mean()),
-                    "median_l2": _median_l2(results, ok),
-                    "steps": suite.pgd_steps, "status": "ok",
-                }
-                if judge.precision == "fp32" and judge is not torch_judge:
-                    row["matches_torch"] = float((ok == torch_success).mean())
-                rows.append(row)
+                rows.append(RobustnessRow(
+                    model=judge.model, backend=judge.backend, precision=judge.precision,
+                    flavour=judge.flavour, attack=attack, crafted_on="torch fp32",
+                    transfer=judge is not torch_judge,
+                    target=None if target is None else levels[target],
+                    budget=budget, n=int(len(idx)), success_rate=float(ok.mean()),
+                    clean_success_rate=float(clean[key].mean()),
+                    median_l2=_median_l2(results, ok), steps=suite.pgd_steps,
+                    matches_torch=float((ok == torch_success).mean())
+                    if judge.precision == "fp32" and judge is not torch_judge else None))
     # Black-box, straight on each exported model's outputs (int8 first; fp32 for reference).
     bb_targets = [j for j in judges if j.runtime is not None and j.precision in ("int8", "fp32")]
     bb_idx = np.arange(min(suite.blackbox_n, len(sample)))
@@ -122,24 +126,21 @@ def run_robustness(pixel_model: Any, torch_judge: Judge, judges: list[Judge],
                 success.setdefault(("square-untargeted", key),
                                    np.zeros((len(bb_idx), len(suite.blackbox_budgets)),
                                             bool))[:, b] = ok
-                rows.append({
-                    "model": judge.model, "backend": judge.backend,
-                    "precision": judge.precision, "flavour": judge.flavour,
-                    "attack": "square-untargeted", "crafted_on": "itself (black-box)",
-                    "transfer": False, "target": None, "budget": budget,
-                    "n": int(len(bb_idx)), "success_rate": float(ok.mean()),
-                    "median_l2": _median_l2(results, ok),
-                    "mean_queries": float(np.mean([r.queries for r in results])),
-                    "iterations": suite.blackbox_iterations, "status": "ok",
-                })
-    summary = {
-        "sample": {"n": int(len(sample)), "levels": {
-            name: int((crop_labels == i).sum()) for i, name in enumerate(levels)}},
-        "budgets": suite.budgets, "blackbox_budgets": suite.blackbox_budgets,
-        "median_budget": _median_budgets(success, rows, suite),
-        "gradient_masking": _masking_check(rows, judges),
-    }
-    return {"rows": rows, "summary": summary}
+                rows.append(RobustnessRow(
+                    model=judge.model, backend=judge.backend, precision=judge.precision,
+                    flavour=judge.flavour, attack="square-untargeted",
+                    crafted_on="itself (black-box)", transfer=False, target=None,
+                    budget=budget, n=int(len(bb_idx)), success_rate=float(ok.mean()),
+                    median_l2=_median_l2(results, ok),
+                    mean_queries=float(np.mean([r.queries for r in results])),
+                    iterations=suite.blackbox_iterations))
+    summary = RobustnessSummary(
+        sample=RobustnessSample(n=int(len(sample)), levels={
+            name: int((crop_labels == i).sum()) for i, name in enumerate(levels)}),
+        budgets=suite.budgets, blackbox_budgets=suite.blackbox_budgets,
+        median_budget=_median_budgets(success, suite),
+        gradient_masking=_masking_check(rows, judges))
+    return rows, summary
 
 
 def _median_l2(results: list[Any], ok: np.ndarray) -> float | None:
@@ -149,8 +150,8 @@ def _median_l2(results: list[Any], ok: np.ndarray) -> float | None:
     return float(np.median(sizes)) if sizes else None
 
 
-def _median_budgets(success: dict[tuple[str, str], np.ndarray], rows: list[dict[str, Any]],
-                    suite: Suite) -> list[dict[str, Any]]:
+def _median_budgets(success: dict[tuple[str, str], np.ndarray],
+                    suite: Suite) -> list[MedianBudget]:
     """Per (model, attack): the median over crops of the smallest budget that flipped it."""
     out = []
     for (attack, key), table in success.items():
@@ -159,17 +160,16 @@ def _median_budgets(success: dict[tuple[str, str], np.ndarray], rows: list[dict[
         first = np.where(table.any(1), budgets[np.argmax(table, axis=1)], np.inf)
         median = float(np.median(first))
         model, backend = key.split("@", 1)
-        out.append({
-            "model": model, "backend": backend, "attack": attack,
-            "median_budget": None if not np.isfinite(median) else median,
-            "flipped_at_max_budget": float(table[:, -1].mean()),
-            "note": None if np.isfinite(median) else f"> {budgets[-1]:g}/255 (fewer than half "
-                                                     "flipped within the budgets)",
-        })
+        out.append(MedianBudget(
+            model=model, backend=backend, attack=attack,
+            median_budget=None if not np.isfinite(median) else median,
+            flipped_at_max_budget=float(table[:, -1].mean()),
+            note=None if np.isfinite(median) else f"> {budgets[-1]:g}/255 (fewer than half "
+                                                  "flipped within the budgets)"))
     return out
 
 
-def _masking_check(rows: list[dict[str, Any]], judges: list[Judge]) -> list[dict[str, Any]]:
+def _masking_check(rows: list[RobustnessRow], judges: list[Judge]) -> list[MaskingCheck]:
     """Is int8 harder to fool than fp32, or only harder to attack through torch's gradients?
 
     Robustness is the worst case over attacks, so each model's success rate at a budget is the
@@ -179,9 +179,8 @@ def _masking_check(rows: list[dict[str, Any]], judges: list[Judge]) -> list[dict
     """
     def rate(model: str, backend: str, attack: str, budget: float) -> float | None:
         for r in rows:
-            if (r["model"], r["backend"], r["attack"], r["budget"]) == (model, backend, attack,
-                                                                       budget):
-                return r["success_rate"]
+            if (r.model, r.backend, r.attack, r.budget) == (model, backend, attack, budget):
+                return r.success_rate
         return None
 
     fp32 = next((j for j in judges if j.precision == "fp32" and j.runtime is not None), None)
@@ -190,12 +189,12 @@ def _masking_check(rows: list[dict[str, Any]], judges: list[Judge]) -> list[dict
         if judge.precision != "int8" or judge.runtime is None:
             continue
         for r in rows:
-            if r["attack"] != "square-untargeted" or r["model"] != judge.model or \
-                    r["backend"] != judge.backend:
+            if r.attack != "square-untargeted" or r.model != judge.model or \
+                    r.backend != judge.backend:
                 continue
-            budget = r["budget"]
+            budget = r.budget
             transfer = rate(judge.model, judge.backend, "pgd-untargeted", budget)
-            direct = r["success_rate"]
+            direct = r.success_rate
             torch_pgd = rate("torch", "torch-eager", "pgd-untargeted", budget)
             fp32_bb = None if fp32 is None else rate(fp32.model, fp32.backend,
                                                      "square-untargeted", budget)
@@ -213,9 +212,10 @@ def _masking_check(rows: list[dict[str, Any]], judges: list[Judge]) -> list[dict
                            "robustness")
             else:
                 verdict = "as easy to fool as fp32"
-            out.append({"model": judge.model, "backend": judge.backend, "budget": budget,
-                        "pgd_transfer_success": transfer, "blackbox_success": direct,
-                        "fp32_blackbox_success": fp32_bb, "torch_pgd_success": torch_pgd,
-                        "int8_worst_case_success": int8_worst,
-                        "fp32_worst_case_success": fp32_worst, "verdict": verdict})
+            out.append(MaskingCheck(
+                model=judge.model, backend=judge.backend, budget=budget,
+                pgd_transfer_success=transfer, blackbox_success=direct,
+                fp32_blackbox_success=fp32_bb, torch_pgd_success=torch_pgd,
+                int8_worst_case_success=int8_worst, fp32_worst_case_success=fp32_worst,
+                verdict=verdict))
     return out

@@ -1,5 +1,5 @@
-"""``run_bench``: one export folder in, one report out (latency, end to end, compute limit,
-parity, robustness, gates), every model side by side in this one process.
+"""``run_bench``: one export folder in, one ``BenchReport`` out (latency, end to end, compute
+limit, parity, robustness, gates), every model side by side in this one process.
 
 Torch is imported only for what needs it (the reference outputs, the eager baseline, the
 attacks); ``--golden check`` runs without it, as on a Jetson.
@@ -7,6 +7,7 @@ attacks); ``--golden check`` runs without it, as on a Jetson.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from edge_smw.artifacts.sessions import SessionSettings, load_session, usable_co
 from edge_smw.bench import latency as lat
 from edge_smw.bench.config import GateSet, Suite, load_gates, load_suite
 from edge_smw.bench.data import BenchData, load_bench_data
-from edge_smw.bench.machine import describe_machine, measure_peak_gflops
+from edge_smw.bench.machine import describe_machine, load_average, measure_peak_gflops
 from edge_smw.bench.models import (
     ALL_BACKENDS,
     TORCH_BACKEND,
@@ -31,12 +32,30 @@ from edge_smw.bench.models import (
     require_torch,
 )
 from edge_smw.bench.parity import parity_row
-from edge_smw.bench.report import SCHEMA_VERSION
+from edge_smw.bench.results import (
+    SCHEMA_VERSION,
+    BenchReport,
+    DetectionSection,
+    EndToEndRow,
+    EndToEndSection,
+    FrameInfo,
+    GoldenUse,
+    LatencyRow,
+    LimitRow,
+    LimitSection,
+    ParityRow,
+    RobustnessRow,
+    RobustnessSummary,
+)
 from edge_smw.errors import BackendUnavailableError, EdgeSmwError, InputError, ModelError
 from edge_smw.metadata import OUTPUT_PROBABILITIES
 
 log = logging.getLogger("edge_smw.bench")
 GOLDEN_MODES = ("save", "check")
+INTERLEAVING = ("every candidate in turn, one call each per round; onnxruntime sessions with "
+                "intra-op spinning off and torch's OpenMP pool passive, so no candidate's idle "
+                "threads steal the next one's cores")
+NOT_REQUESTED = "not requested"
 
 
 @dataclass
@@ -53,7 +72,9 @@ class BenchOptions:
     threads: int | None = None
     detect: bool | None = None  # None: as the model was trained
     command: str = ""
-    sections: tuple[str, ...] = ("latency", "end_to_end", "limit", "parity", "robustness")
+    sections: tuple[str, ...] = ("latency", "end_to_end", "limit", "parity", "robustness",
+                                 "detection")
+    detectors: list[str] | None = None  # None: the suite's
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -128,11 +149,12 @@ def _wanted(options: BenchOptions, backend: str) -> bool:
 
 
 def open_sessions(models: list[ModelEntry], options: BenchOptions, threads: int,
-                  ) -> tuple[list[Session], list[dict[str, Any]]]:
+                  ) -> tuple[list[Session], list[LatencyRow]]:
     """Open every (model, backend); the ones that cannot run here become skipped rows."""
     from edge_smw.runtime import Runtime
 
-    sessions, skipped = [], []
+    sessions: list[Session] = []
+    skipped: list[LatencyRow] = []
     for entry in models:
         for backend in entry.backends():
             if not _wanted(options, backend):
@@ -141,20 +163,14 @@ def open_sessions(models: list[ModelEntry], options: BenchOptions, threads: int,
                 rt = Runtime(entry.path, backend=backend, threads=threads, detect_faces=False,
                              warmup=True,
                              backend_options=entry.backend_options(backend, spinning=False))
-            except BackendUnavailableError as exc:
+            except (BackendUnavailableError, ModelError) as exc:
+                status = "skipped" if isinstance(exc, BackendUnavailableError) else "error"
                 skipped.append(lat.skipped_row(entry.name, backend, entry.precision, None,
                                                str(exc), flavour=entry.flavour,
-                                               size_mb=entry.size_mb))
-                continue
-            except ModelError as exc:
-                row = lat.skipped_row(entry.name, backend, entry.precision, None, str(exc),
-                                      flavour=entry.flavour, size_mb=entry.size_mb)
-                row["status"] = "error"
-                skipped.append(row)
+                                               size_mb=entry.size_mb, status=status,
+                                               label=entry.label))
                 continue
             sessions.append(Session(entry, backend, rt))
-    for row in skipped:
-        row["label"] = next(m.label for m in models if m.name == row["model"])
     return sessions, skipped
 
 
@@ -179,7 +195,7 @@ class Bench:
         self.ref_probs: np.ndarray | None = None
         self.reference = ""
         self.sessions: list[Session] = []
-        self.unavailable: list[dict[str, Any]] = []
+        self.unavailable: list[LatencyRow] = []
         self.timings: dict[str, float] = {}
 
     # -- setup ----------------------------------------------------------------------------
@@ -232,8 +248,7 @@ class Bench:
                 log.info("bench: golden outputs saved to %s", opts.golden_file)
         self.sessions, self.unavailable = open_sessions(self.models, opts, self.threads)
         if not self.sessions:
-            reasons = "; ".join(f"{r['model']}@{r['backend']}: {r['reason']}"
-                                for r in self.unavailable)
+            reasons = "; ".join(f"{r.model}@{r.backend}: {r.reason}" for r in self.unavailable)
             raise BackendUnavailableError(f"no model in {self.export_dir} runs on the requested "
                                           f"backends here ({reasons})")
 
@@ -254,41 +269,40 @@ class Bench:
         return crops
 
     # -- sections -------------------------------------------------------------------------
-    def parity(self) -> list[dict[str, Any]]:
+    def parity(self) -> list[ParityRow]:
         assert self.data is not None and self.ref_probs is not None
-        rows = []
+        rows: list[ParityRow] = []
         labels = self.data.labels
         if self.ref is not None:
             rows.append(parity_row("torch", TORCH_BACKEND, "fp32", self.ref_probs,
                                    self.ref_probs, labels, self.contract.levels,
                                    self.gates.tolerance("fp32"), reference="torch"))
-            rows[-1]["is_reference"] = True
+            rows[-1].is_reference = True
         elif self.golden is not None and labels is not None:
             rows.append(parity_row("torch (golden)", "golden-file", "fp32", self.ref_probs,
                                    self.ref_probs, labels, self.contract.levels,
                                    self.gates.tolerance("fp32"), reference="golden"))
-            rows[-1]["is_reference"] = True
+            rows[-1].is_reference = True
         ref_name = "golden" if self.golden is not None else "torch"
         for s in self.sessions:
             log.info("parity: %s on %s", s.entry.name, s.backend)
             try:
                 probs = s.probs(self.data.pixels)
             except EdgeSmwError as exc:
-                rows.append({"model": s.entry.name, "backend": s.backend,
-                             "precision": s.entry.precision, "status": "error",
-                             "reason": str(exc)})
+                rows.append(ParityRow(model=s.entry.name, backend=s.backend,
+                                      precision=s.entry.precision, status="error",
+                                      reason=str(exc)))
                 continue
             rows.append(parity_row(s.entry.name, s.backend, s.entry.precision, probs,
                                    self.ref_probs, labels, self.contract.levels,
                                    self.gates.tolerance(s.entry.precision), reference=ref_name,
                                    flavour=s.entry.flavour, intended=s.intended))
         for r in self.unavailable:
-            rows.append({"model": r["model"], "backend": r["backend"],
-                         "precision": r["precision"], "status": r["status"],
-                         "reason": r["reason"]})
+            rows.append(ParityRow(model=r.model, backend=r.backend, precision=r.precision,
+                                  status=r.status, reason=r.reason))
         return rows
 
-    def latency(self) -> list[dict[str, Any]]:
+    def latency(self) -> list[LatencyRow]:
         assert self.data is not None
         suite, opts = self.suite, self.options
         pixels = self.data.pixels
@@ -298,15 +312,15 @@ class Bench:
             candidates.append(lat.Candidate(
                 "torch", TORCH_BACKEND, "fp32", self.ref.forward, kind="baseline",
                 size_mb=self.torch_size_mb(), threads=self.ref.threads,
-                extra={"label": "PyTorch fp32 (eager)"}))
+                label="PyTorch fp32 (eager)"))
         for s in self.sessions:
             candidates.append(lat.Candidate(
                 s.entry.name, s.backend, s.entry.precision, s.runtime.infer,
                 flavour=s.entry.flavour, size_mb=s.entry.size_mb, threads=self.threads,
-                intended=s.intended, extra={"label": s.entry.label}))
+                intended=s.intended, label=s.entry.label))
         plain = self._plain_sessions() if suite.theirs else []
         candidates += plain
-        rows: list[dict[str, Any]] = []
+        rows: list[LatencyRow] = []
         for batch in suite.batches:
             inputs = []
             for _ in range(4):  # a few different real batches, cycled
@@ -318,7 +332,7 @@ class Bench:
                 max_runs=suite.max_runs, seconds=suite.seconds_per_batch)
         if suite.theirs:
             rows += self._crop_scope()
-        rows += [dict(r) for r in self.unavailable]
+        rows += [dataclasses.replace(r) for r in self.unavailable]
         self._attach_memory(rows)
         return rows
 
@@ -343,11 +357,10 @@ class Bench:
 
             out.append(lat.Candidate(m.name, "onnxruntime-default", m.precision, run,
                                      flavour=m.flavour, kind="theirs", size_mb=m.size_mb,
-                                     threads="default",
-                                     extra={"label": f"{m.label}, plain session"}))
+                                     threads="default", label=f"{m.label}, plain session"))
         return out
 
-    def _crop_scope(self) -> list[dict[str, Any]]:
+    def _crop_scope(self) -> list[LatencyRow]:
         """From a decoded BGR crop to probabilities: ours vs torchvision-style pipelines."""
         crops = self.crops_bgr()
         candidates: list[lat.Candidate] = []
@@ -358,7 +371,7 @@ class Bench:
                 s.entry.name, "edge-smw Runtime.score_crop", s.entry.precision,
                 s.runtime.score_crop, scope="crop", flavour=s.entry.flavour,
                 size_mb=s.entry.size_mb, threads=self.threads, intended=True,
-                extra={"label": s.entry.label}))
+                label=s.entry.label))
         candidates += self._theirs_crop()
         if not candidates:
             return []
@@ -396,7 +409,7 @@ class Bench:
 
         out = [lat.Candidate("torch", "torchvision+torch-eager", "fp32", torch_eager,
                              scope="crop", kind="theirs", size_mb=self.torch_size_mb(),
-                             threads=ref.threads, extra={"label": "torchvision + PyTorch"})]
+                             threads=ref.threads, label="torchvision + PyTorch")]
         fp32 = reference_model(self.models)
         if fp32.kind == "onnx" and _wanted(self.options, "onnxruntime-cpu"):
             sess = load_session(fp32.path, PLAIN_SESSION)
@@ -408,13 +421,11 @@ class Bench:
             out.append(lat.Candidate(fp32.name, "torchvision+onnxruntime-default", "fp32",
                                      plain_ort, scope="crop", kind="theirs",
                                      size_mb=fp32.size_mb, threads="default",
-                                     extra={"label": "torchvision + plain onnxruntime"}))
+                                     label="torchvision + plain onnxruntime"))
         return out
 
-    def _attach_memory(self, rows: list[dict[str, Any]]) -> None:
+    def _attach_memory(self, rows: list[LatencyRow]) -> None:
         mode = self.suite.memory
-        for r in rows:
-            r.setdefault("peak_rss_mb", None)
         if mode == "none":
             return
         probes: dict[tuple[str, str], dict[str, Any]] = {}
@@ -429,32 +440,30 @@ class Bench:
             log.info("memory: %s on %s in a child process", *key)
             result = lat.measure_memory(spec, self.suite.batches)
             for r in rows:
-                if (r["model"], r["backend"]) != key or r["scope"] != "network" or \
-                        r["status"] != "ok":
+                if r.key != key or r.scope != "network" or r.status != "ok":
                     continue
                 if "error" in result:
-                    r["memory_note"] = result["error"]
+                    r.memory_note = result["error"]
                     continue
-                peak = result["peak_rss_mb"].get(str(r["batch"]))
-                r["peak_rss_mb"] = peak
-                r["model_rss_mb"] = None if peak is None else round(
+                peak = result["peak_rss_mb"].get(str(r.batch))
+                r.peak_rss_mb = peak
+                r.model_rss_mb = None if peak is None else round(
                     peak - result["baseline_rss_mb"], 2)
 
-    def end_to_end(self) -> dict[str, Any]:
+    def end_to_end(self) -> EndToEndSection:
         from edge_smw.bench import endtoend
         from edge_smw.runtime import Runtime
 
         suite = self.suite
         cpu = [s for s in self.sessions if s.intended]
         if not cpu or suite.e2e_frames < 1:
-            return {"rows": [], "note": "no model on its intended backend here" if not cpu
-                    else "suite has e2e_frames = 0"}
+            return EndToEndSection(note="no model on its intended backend here" if not cpu
+                                   else "suite has e2e_frames = 0")
         int8 = [s for s in cpu if s.entry.precision == "int8"]
         deployable = (int8 or [s for s in cpu if s.entry.precision == "fp32"] or cpu)[0]
         chosen = cpu if suite.e2e_models == "all" else [deployable]
-        frame, index = endtoend.pick_frame(self.crops_bgr(50))
-        jpeg = endtoend.encode_frame(frame)
-        rows = []
+        detectors = self.detector_names()
+        rows: list[EndToEndRow] = []
         # The runtime's defaults (onnxruntime threads spin-wait between runs), then variants:
         # with spinning off, a 2-thread pool stops competing with decoding and face detection.
         many = self.threads > 1
@@ -467,74 +476,107 @@ class Bench:
         runtimes: list[tuple[Session, str, int, bool, Any]] = []
         try:
             for s in chosen:
-                for mode, threads, spinning in configs:
-                    options = s.entry.backend_options(s.backend, spinning=spinning)
-                    rt = Runtime(s.entry.path, backend=s.backend, threads=threads,
-                                 backend_options=options)
-                    runtimes.append((s, mode, threads, spinning, rt))
+                for detector in detectors:
+                    for mode, threads, spinning in configs:
+                        options = s.entry.backend_options(s.backend, spinning=spinning)
+                        # Camera frames are not crops: always detect. Detectors are compared
+                        # on purpose: the model's own is not enforced.
+                        rt = Runtime(s.entry.path, backend=s.backend, threads=threads,
+                                     backend_options=options, detect_faces=True,
+                                     detector=detector, allow_detector_mismatch=True)
+                        runtimes.append((s, mode, threads, spinning, rt))
+            frame, index = endtoend.pick_frame(self.crops_bgr(50),
+                                               [rt.detector for *_, rt in runtimes])
+            jpeg = endtoend.encode_frame(frame)
             log.info("end to end: %d configurations interleaved, %d frames each",
                      len(runtimes), suite.e2e_frames)
             results = endtoend.interleaved([(mode, rt) for _, mode, _, _, rt in runtimes], jpeg,
                                            suite.e2e_frames, rounds=suite.e2e_frames // 30)
+            for (s, _, threads, spinning, rt), timing in zip(runtimes, results, strict=True):
+                rows.append(EndToEndRow(
+                    model=s.entry.name, backend=s.backend, precision=s.entry.precision,
+                    threads=threads, onnxruntime_spinning=spinning, deployable=s is deployable,
+                    detector=rt.detector.name, detector_settings=rt.detector.spec.describe(),
+                    detector_backend=rt.detector.backend, timing=timing))
         finally:
             for *_, rt in runtimes:
                 rt.close()
-        for (s, _, threads, spinning, _), result in zip(runtimes, results, strict=True):
-            rows.append({"model": s.entry.name, "backend": s.backend,
-                         "precision": s.entry.precision, "threads": threads,
-                         "onnxruntime_spinning": spinning, "deployable": s is deployable,
-                         "status": "ok", **result})
-        return {"frame": {"width": endtoend.FRAME_W, "height": endtoend.FRAME_H,
-                          "face_side": endtoend.FACE_SIDE, "crop_index": index,
-                          "detected": index >= 0, "jpeg_bytes": len(jpeg)},
-                "rows": rows}
+        frame = FrameInfo(width=endtoend.FRAME_W, height=endtoend.FRAME_H,
+                          face_side=endtoend.FACE_SIDE, crop_index=index, detected=index >= 0,
+                          jpeg_bytes=len(jpeg))
+        return EndToEndSection(frame=frame, rows=rows)
 
-    def limit(self, latency_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def detector_names(self) -> list[str]:
+        return list(self.options.detectors or self.suite.detectors)
+
+    def detection(self) -> DetectionSection:
+        """Recall and false positives per condition and detector on a detection set built
+        from this bench's own face crops (``edge_smw.bench.detection``)."""
+        from edge_smw.bench import detection as det
+        from edge_smw.detect import open_detector, resolve_spec
+
+        per = self.suite.detection_frames
+        if per < 1:
+            return DetectionSection(note="suite has detection_frames = 0")
+        crops = self.crops_bgr(400)
+        frames = det.build_detection_set(crops, per_condition=per, seed=0)
+        opened = []
+        try:
+            for name in self.detector_names():
+                opened.append(open_detector(resolve_spec(name, self.contract),
+                                            backend="onnxruntime-cpu", threads=self.threads,
+                                            options={"allow_spinning": False}))
+            rows = det.evaluate_detectors(opened, frames)
+        finally:
+            for d in opened:
+                d.close()
+        return det.detection_section(crops, frames, per, rows)
+
+    def limit(self, latency_rows: list[LatencyRow]) -> LimitSection:
         from edge_smw.bench.flops import count_macs
 
         ref = reference_model(self.models)
         if ref.kind != "onnx":
-            return {"rows": [], "note": "no ONNX model to count operations in"}
+            return LimitSection(note="no ONNX model to count operations in")
         try:
             counted = count_macs(ref.path)
         except BackendUnavailableError as exc:
-            return {"rows": [], "note": str(exc)}
-        per_model = {}
+            return LimitSection(note=str(exc))
+        per_model: dict[str, int | None] = {}
         for m in self.models:
             if m.kind == "onnx":
                 try:
-                    per_model[m.name] = count_macs(m.path)["macs"]
+                    per_model[m.name] = count_macs(m.path).macs
                 except EdgeSmwError:
                     per_model[m.name] = None
         peak = measure_peak_gflops(self.suite.peak_matmul, self.suite.peak_repeats,
                                    threads=self.threads)
-        gflops = counted["gflops"]
+        gflops = counted.gflops
         rows = []
         for r in latency_rows:
-            if r["status"] != "ok" or r["scope"] != "network" or not r.get("p50_ms"):
+            if not r.measured or r.scope != "network":
                 continue
-            achieved = gflops * r["batch"] / (r["p50_ms"] / 1000)
-            rows.append({"model": r["model"], "backend": r["backend"],
-                         "precision": r["precision"], "batch": r["batch"], "kind": r["kind"],
-                         "achieved_gflops": round(achieved, 3),
-                         "fraction_of_peak": round(achieved / peak["peak_gflops"], 4),
-                         "status": "ok"})
-        return {"model": ref.name, **counted, "macs_per_model": per_model,
-                "peak_gflops": round(peak["peak_gflops"], 2),
-                "peak_median_gflops": round(peak["median_gflops"], 2),
-                "peak_method": peak["method"],
-                "peak_detail": {k: (round(v, 2) if isinstance(v, float) else v)
-                                for k, v in peak.items()},
-                "note": "fraction of the measured float32 peak, also for int8 rows (int8 "
-                        "kernels can exceed it)",
-                "rows": rows}
+            assert r.p50_ms is not None and r.batch is not None
+            achieved = gflops * r.batch / (r.p50_ms / 1000)
+            rows.append(LimitRow(model=r.model, backend=r.backend, precision=r.precision,
+                                 batch=r.batch, kind=r.kind,
+                                 achieved_gflops=round(achieved, 3),
+                                 fraction_of_peak=round(achieved / peak.peak_gflops, 4)))
+        return LimitSection(
+            model=ref.name, counted=counted, macs_per_model=per_model,
+            peak_gflops=round(peak.peak_gflops, 2),
+            peak_median_gflops=round(peak.median_gflops, 2),
+            peak_method=peak.method, peak_detail=peak.rounded(2),
+            note="fraction of the measured float32 peak, also for int8 rows (int8 kernels can "
+                 "exceed it)",
+            rows=rows)
 
-    def robustness(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def robustness(self) -> tuple[list[RobustnessRow], RobustnessSummary]:
         if self.ref is None:
-            return [], {"note": "needs torch (PGD gradients on the torch model); run it where "
-                                "torch is installed"}
+            return [], RobustnessSummary(note="needs torch (PGD gradients on the torch model); "
+                                              "run it where torch is installed")
         if self.suite.robust_n < 1 or not self.suite.budgets:
-            return [], {"note": "suite has robust_n = 0"}
+            return [], RobustnessSummary(note="suite has robust_n = 0")
         from edge_smw.bench.robustness import Judge, run_robustness
 
         assert self.data is not None and self.ref_probs is not None
@@ -542,12 +584,11 @@ class Bench:
         torch_judge = Judge("torch", TORCH_BACKEND, "fp32", None, ref.probabilities)
         judges = [Judge(s.entry.name, s.backend, s.entry.precision, s.entry.flavour, s.probs,
                         s.runtime) for s in self.sessions]
-        out = run_robustness(ref.pixel_model(), torch_judge, judges, self.data.pixels,
-                             self.data.labels, self.ref_probs, self.contract.levels, self.suite)
-        return out["rows"], out["summary"]
+        return run_robustness(ref.pixel_model(), torch_judge, judges, self.data.pixels,
+                              self.data.labels, self.ref_probs, self.contract.levels, self.suite)
 
     # -- everything ------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
+    def run(self) -> BenchReport:
         """Every section; the models' runtimes are closed however it ends."""
         try:
             return self._run()
@@ -558,52 +599,41 @@ class Bench:
         for s in self.sessions:
             s.runtime.close()
 
-    def _run(self) -> dict[str, Any]:
+    def _run(self) -> BenchReport:
         t_start = time.perf_counter()
         machine = describe_machine()
         self.prepare()
+        assert self.data is not None
         self.timings["prepare_s"] = time.perf_counter() - t_start
         sections = self.options.sections
-        report: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "command": self.options.command,
-            "export_dir": str(self.export_dir),
-            "suite": self.suite.to_dict(),
-            "threads": self.threads,
-            "openmp": self.omp_note,
-            "interleaving": "every candidate in turn, one call each per round; onnxruntime "
-                            "sessions with intra-op spinning off and torch's OpenMP pool "
-                            "passive, so no candidate's idle threads steal the next one's "
-                            "cores",
-            "machine": machine,
-            "models": [m.to_dict() for m in self.models],
-            "skipped_models": self.skipped_models,
-            "reference": self.reference,
-            "data": self.data.summary() if self.data is not None else {},
-            "golden": None if self.options.golden_mode is None else {
-                "mode": self.options.golden_mode, "file": str(self.options.golden_file)},
-        }
-        report["latency"] = self._timed("latency", self.latency) if "latency" in sections \
-            else []
-        report["comparisons"] = lat.comparisons(report["latency"])
-        report["end_to_end"] = self._timed("end_to_end", self.end_to_end) \
-            if "end_to_end" in sections else {"rows": [], "note": "not requested"}
-        report["limit"] = self._timed("limit", lambda: self.limit(report["latency"])) \
-            if "limit" in sections else {"rows": [], "note": "not requested"}
-        report["parity"] = self._timed("parity", self.parity) if "parity" in sections else []
+        latency = self._timed("latency", self.latency) if "latency" in sections else []
+        end_to_end = self._timed("end_to_end", self.end_to_end) \
+            if "end_to_end" in sections else EndToEndSection(note=NOT_REQUESTED)
+        limit = self._timed("limit", lambda: self.limit(latency)) \
+            if "limit" in sections else LimitSection(note=NOT_REQUESTED)
+        detection = self._timed("detection", self.detection) \
+            if "detection" in sections else DetectionSection(note=NOT_REQUESTED)
+        parity = self._timed("parity", self.parity) if "parity" in sections else []
         if "robustness" in sections:
-            rows, summary = self._timed("robustness", self.robustness)
+            robustness, robustness_summary = self._timed("robustness", self.robustness)
         else:
-            rows, summary = [], {"note": "not requested"}
-        report["robustness"] = rows
-        report["robustness_summary"] = summary
-        report["gates_config"] = self.gates.to_dict()
-        report["gates"] = [g.evaluate(report) for g in self.gates.gates]
-        report["targets"] = [g.evaluate(report) for g in self.gates.targets]
-        report["passed"] = all(g["pass"] is not False for g in report["gates"])
-        machine["load_average_end"] = describe_machine()["load_average_1_5_15"]
+            robustness, robustness_summary = [], RobustnessSummary(note=NOT_REQUESTED)
+        opts = self.options
+        report = BenchReport(
+            schema_version=SCHEMA_VERSION, command=opts.command, export_dir=str(self.export_dir),
+            suite=self.suite, threads=self.threads, openmp=self.omp_note,
+            interleaving=INTERLEAVING, machine=machine,
+            models=[m.describe() for m in self.models], skipped_models=self.skipped_models,
+            reference=self.reference, data=self.data.summary(),
+            golden=None if opts.golden_mode is None else GoldenUse(
+                mode=opts.golden_mode, file=str(opts.golden_file)),
+            latency=latency, comparisons=lat.comparisons(latency), end_to_end=end_to_end,
+            limit=limit, detection=detection, parity=parity, robustness=robustness,
+            robustness_summary=robustness_summary, gates_config=self.gates.to_dict())
+        judge_gates(report, self.gates)
+        machine.load_average_end = load_average()
         self.timings["total_s"] = time.perf_counter() - t_start
-        report["timings_s"] = {k: round(v, 2) for k, v in self.timings.items()}
+        report.timings_s = {k: round(v, 2) for k, v in self.timings.items()}
         return report
 
     def _timed(self, name: str, fn: Any) -> Any:
@@ -614,6 +644,14 @@ class Bench:
             self.timings[f"{name}_s"] = time.perf_counter() - t0
 
 
-def run_bench(options: BenchOptions) -> dict[str, Any]:
-    """Run every section and return the report (bench.json's content)."""
+def judge_gates(report: BenchReport, gates: GateSet) -> None:
+    """Set the report's gate and target verdicts. Gates judge bench.json's form of the report,
+    the field names they are configured by."""
+    written = report.to_dict()
+    report.gates = [g.evaluate(written) for g in gates.gates]
+    report.targets = [g.evaluate(written) for g in gates.targets]
+
+
+def run_bench(options: BenchOptions) -> BenchReport:
+    """Run every section and return the report (``to_dict()`` is bench.json's content)."""
     return Bench(options).run()

@@ -55,8 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "0 = every usable core)")
     p.add_argument("--out", help="folder for bench.json, bench.md and plots "
                                  "(default: EXPORT_DIR/bench)")
+    p.add_argument("--detector",
+                   help="comma-separated face detectors for the end-to-end rows and the "
+                        "detection set: haar, blazeface-short, FILE.onnx (default: the suite's, "
+                        "haar,blazeface-short)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    add_detect(p)
+    add_detect(p, detector=False)  # --detector above takes a list here
     add_json(p)
 
 
@@ -66,6 +70,7 @@ def _command(args: argparse.Namespace) -> str:
     for flag, value in (("--checkpoint", args.checkpoint), ("--data", args.data),
                         ("--backends", args.backends), ("--suite", args.suite),
                         ("--gates", args.gates), ("--threads", args.threads),
+                        ("--detector", args.detector),
                         ("--out", args.out)):
         if value is not None:
             parts += [flag, str(value)]
@@ -91,22 +96,23 @@ def run(args: argparse.Namespace) -> int:
         batches=args.batch, suite=args.suite, golden_mode=golden_mode,
         golden_file=Path(golden_file) if golden_file else None, gates=args.gates,
         threads=args.threads, detect=args.detect,
+        detectors=[d.strip() for d in args.detector.split(",")] if args.detector else None,
         command=_command(args),
     )
     report = run_bench(options)
     out = Path(args.out) if args.out else Path(args.export_dir) / "bench"
     paths = write_report(report, out, plots=not args.no_plots)
     if args.json:
-        print_json(report)
+        print_json(report.to_dict())
     else:
         print(console_table(report))
         print()
         for line in gates_lines(report):
             print(line)
         print(f"\nwrote {paths['json']} and {paths['md']}"
-              + (f" (+ {len(report['plots'])} plots)" if report["plots"] else ""))
-    failed = [g["name"] for g in report["gates"] if g["pass"] is False]
-    if failed:
-        print(f"edge-smw bench: gate(s) failed: {', '.join(failed)}", file=sys.stderr)
+              + (f" (+ {len(report.plots)} plots)" if report.plots else ""))
+    if not report.passed:
+        failed = ", ".join(g.name for g in report.failed_gates)
+        print(f"edge-smw bench: gate(s) failed: {failed}", file=sys.stderr)
         return 1
     return 0

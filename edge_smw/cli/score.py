@@ -5,18 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
-from edge_smw.cli.common import add_detect
+from edge_smw.cli.common import add_detect, add_engine_arguments, ray_options
 from edge_smw.tables import text_table
 
 HELP = "score photos (or face crops) with an exported model: one line per image and face"
 JSON_HELP = ("print one JSON object per line: one per face (path, face, box, level, "
              "probabilities, expected_score); a photo without a scorable face gets one line "
-             "with face null and its status")
+             "with face null and its status (--engine ray: its summary, on one line)")
 EXAMPLES = """
   edge-smw score exports/me/model.onnx photo.jpg
   edge-smw score exports/me/ album/ --json
   edge-smw score model.onnx crops/ --no-detect --backend onnxruntime-cpu --threads 2
+  edge-smw score exports/me s3://bucket/photos/ --engine ray --ray-address auto --out scores/
 """
 
 BACKEND_CHOICES = ("auto", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt",
@@ -39,19 +41,69 @@ def open_runtime(args: argparse.Namespace, max_faces: int = 5):  # noqa: ANN201 
     from edge_smw.runtime import Runtime
 
     return Runtime(args.model, backend=args.backend, device=args.device, threads=args.threads,
-                   detect_faces=args.detect, max_faces=max_faces)
+                   detect_faces=args.detect, max_faces=max_faces, detector=args.detector,
+                   allow_detector_mismatch=args.allow_detector_mismatch)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_runtime_arguments(p)
     p.add_argument("images", metavar="IMAGES_OR_DIRS", nargs="+",
-                   help="image files and/or folders (searched recursively)")
+                   help="image files and/or folders (searched recursively); with --engine "
+                        "ray also globs, CSV/Parquet lists (a path column) and s3:// or gs:// "
+                        "prefixes")
     p.add_argument("--max-faces", type=int, default=5, help="faces scored per photo (largest)")
+    p.add_argument("--out", help="--engine ray: folder for the results (Parquet faces/ and "
+                                 "skipped/, ranking.csv, summary.json); a re-run resumes")
     p.add_argument("--json", action="store_true", help=JSON_HELP)
+    add_engine_arguments(p)
+
+
+def check_engine_flags(args: argparse.Namespace) -> None:
+    """In-process flags that the Ray engine decides for itself, named when given with it."""
+    from edge_smw.errors import InputError
+
+    if args.engine == "ray" and args.threads is not None:
+        raise InputError("--threads: with --engine ray each actor runs --cpus-per-actor "
+                         "threads")
+    if args.engine == "ray" and args.device != 0:
+        raise InputError("--device: with --engine ray, Ray gives each actor its GPU "
+                         "(--gpus-per-actor)")
+
+
+def run_on_ray(args: argparse.Namespace, options: Any, inputs: list[str], out: str, *,
+               thumbnails: int = 0, exclude: str | None = None) -> tuple[Any, Any]:
+    """Score on Ray Data into ``out``: (RunSummary, AlbumRanking), as
+    ``edge_smw.engines.ray.score_library`` returns them."""
+    check_engine_flags(args)
+    from edge_smw.engines.ray import score_library
+
+    return score_library(args.model, inputs, out, backend=args.backend,
+                         detect=args.detect, max_faces=getattr(args, "max_faces", 5),
+                         options=options, exclude=exclude, thumbnails=thumbnails)
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_smw.errors import InputError
     from edge_smw.rank import collect_images, score_photos
+
+    options = ray_options(args, progress=not args.json)
+    if options is not None:
+        if not args.out:
+            raise InputError("--engine ray writes its results to files: pass --out DIR")
+        summary, _ = run_on_ray(args, options, args.images, args.out)
+        if args.json:
+            print(json.dumps(summary.to_dict()))
+        else:
+            print("\n".join(summary.lines()))
+            print(f"wrote {args.out}/faces/ (one row per face), {args.out}/skipped/, "
+                  f"{args.out}/ranking.csv and {args.out}/summary.json")
+        if summary.scored and not summary.faces:
+            print("edge-smw score: no image could be scored", file=sys.stderr)
+            return 1
+        return 0
+    if args.out:
+        raise InputError("--out is where --engine ray writes; in-process scores are printed "
+                         "(use `edge-smw rank` for a CSV)")
 
     paths = collect_images(args.images)
     with open_runtime(args, max_faces=args.max_faces) as runtime:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from edge_smw.cli.common import add_json, add_no_detect, print_json
+from edge_smw.cli.common import (
+    add_detector_settings,
+    add_engine_arguments,
+    add_json,
+    add_no_detect,
+    detector_from_args,
+    print_json,
+    ray_options,
+)
 
 HELP = "train a linear head on a frozen backbone from labelled face photos"
 EXAMPLES = """
@@ -12,6 +20,7 @@ EXAMPLES = """
   edge-smw train --data photos/ --levels 1,2,3,4,5 --out runs/me
   edge-smw train --data labels.csv --loss emd --class-weight balanced --out runs/emd
   edge-smw train --data smiles --from ~/SMILEsmileD --out runs/smiles
+  edge-smw train --data big-labelled-set/ --levels 5 --engine ray --ray-address auto --out runs/big
 """
 
 
@@ -23,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--levels", help="level names in order (a,b,c) or a count K (1..K)")
     p.add_argument("--from", dest="from_dir", help="local copy of the 'smiles' data set")
     add_no_detect(p)
+    add_detector_settings(p)
     p.add_argument("--backbone", default="efficientnet_lite0",
                    help="efficientnet_lite0 (default, offline weights) or resnet18")
     p.add_argument("--backbone-weights", help="local weights file for the backbone")
@@ -36,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-per-level", type=int, help="use at most N images per level (quick runs)")
     p.add_argument("--synthetic-count", type=int, default=3000)
     add_json(p)
+    add_engine_arguments(p, gpus=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,13 +55,16 @@ def run(args: argparse.Namespace) -> int:
     from edge_smw.evaluate import poster_table
     from edge_smw.train.pipeline import TrainOptions, train_run
 
+    engine_options = ray_options(args, progress=not args.json)  # flag mistakes first
     source = resolve_data(args.data, levels=parse_levels(args.levels), from_dir=args.from_dir,
                           seed=args.seed, synthetic_count=args.synthetic_count)
     options = TrainOptions(
         backbone=args.backbone, backbone_weights=args.backbone_weights, loss=args.loss,
         compare_losses=not args.no_compare, seed=args.seed, detect=not args.no_detect,
+        detector=detector_from_args(args),
         class_weight=args.class_weight, flip=args.flip, epochs=args.epochs,
         max_per_level=args.max_per_level, progress=not args.json,
+        engine=args.engine, ray=engine_options,
     )
     result = train_run(source, args.out, options)
     if args.json:

@@ -1,8 +1,9 @@
 """Photo -> face crop in model pixels, with a report of every file that could not be used.
 
 Crops are what the backbone sees, so they follow the preprocessing contract exactly:
-read (EXIF upright) -> largest Haar face + margin (or the whole image with ``detect=False``)
--> ``contract.to_model_pixels``. Detected crops are cached by file hash (detection on a
+read (EXIF upright) -> largest face from the contract's own detector + margin (aligned
+where the contract says; or the whole image with ``detect=False``) ->
+``contract.to_model_pixels``. Detected crops are cached by file hash (detection on a
 full-size photo costs far more than reading a small PNG back).
 """
 
@@ -19,8 +20,8 @@ from edge_smw.atomic import atomic_path, write_text
 from edge_smw.cache import cache_root, file_sha256
 from edge_smw.contract import PreprocessContract
 from edge_smw.data.datasets import LabelledImage
+from edge_smw.detect import largest_face
 from edge_smw.errors import ImageReadError, InputError
-from edge_smw.faces import largest_face
 from edge_smw.images import read_image
 
 _NO_FACE = "no-face"
@@ -66,13 +67,13 @@ def load_crop(
         report.unreadable.append((str(path), exc.reason))
         return None
     if detect:
-        box = largest_face(image)
-        if box is None:
+        face = largest_face(image, contract)
+        if face is None:
             report.no_face.append(str(path))
             if cached is not None:
                 _quietly(lambda: write_text(cached.with_suffix(".noface"), _NO_FACE))
             return None
-        image = contract.crop_face(image, box)
+        image = contract.crop_face(image, face.box, face.eyes)
     pixels = contract.to_model_pixels(image)
     if cached is not None:
         _quietly(lambda: _write_png(cached, pixels))

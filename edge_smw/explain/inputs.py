@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_smw.contract import Box, PreprocessContract
+from edge_smw.detect import largest_face
 from edge_smw.errors import ImageReadError, InputError
-from edge_smw.faces import largest_face
 from edge_smw.images import IMAGE_SUFFIXES, is_image_path, read_image
 
 
@@ -80,12 +80,12 @@ def face_crop(path: str | Path, contract: PreprocessContract, *, detect: bool) -
     image = read_image(path)
     if not detect:
         return FaceCrop(path, image, None)
-    box = largest_face(image)
-    if box is None:
+    face = largest_face(image, contract)
+    if face is None:
         raise InputError(
             f"{path}: no face found; if the image is already a face crop, pass --no-detect"
         )
-    return FaceCrop(path, contract.crop_face(image, box), box)
+    return FaceCrop(path, contract.crop_face(image, face.box, face.eyes), face.box)
 
 
 def load_crops(inputs: Iterable[str | Path], contract: PreprocessContract, *,

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 
 from edge_smw.contract import Box, PreprocessContract
+from edge_smw.detect import shared_detector
 from edge_smw.errors import ImageReadError, InputError
-from edge_smw.faces import detect_faces
 from edge_smw.images import IMAGE_SUFFIXES, is_image_path, read_image
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -192,13 +192,13 @@ class PhotoAnalyser:
         if not self.detect:
             info.faces = 1
             return image
-        boxes = detect_faces(image)
-        info.faces = len(boxes)
-        if not boxes:
+        found = shared_detector(self.contract.detector).detect(image)
+        info.faces = len(found)
+        if not found:
             return None
-        info.box = boxes[0]
-        info.square = self.contract.face_square(boxes[0], image.shape)
-        return self.contract.crop_face(image, boxes[0])
+        info.box = found[0].box
+        info.square = self.contract.face_square(found[0].box, image.shape)
+        return self.contract.crop_face(image, found[0].box, found[0].eyes)
 
     def render(self, key: str, kind: str) -> bytes:
         """JPEG bytes for the page: ``photo`` (downscaled, upright) or ``face`` (the crop).

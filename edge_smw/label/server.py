@@ -15,15 +15,17 @@ import logging
 import os
 import secrets
 import webbrowser
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from edge_smw.atomic import sweep_temp_files
 from edge_smw.contract import PreprocessContract
 from edge_smw.data.datasets import parse_levels
+from edge_smw.detect import with_detector
 from edge_smw.errors import EdgeSmwError, ImageReadError, InputError
 from edge_smw.label.photos import PathRejected, PhotoAnalyser, PhotoInfo, list_photos
 from edge_smw.label.store import (
@@ -66,6 +68,7 @@ class LabelSession:
         model: str | os.PathLike[str] | None = None,
         order: str = "name",
         detect: bool | None = None,
+        detector: str = "auto",
         backend: str = "auto",
         progress: bool = False,
         token: str | None = None,
@@ -81,6 +84,7 @@ class LabelSession:
                              "the exported model with --model")
         self.order_name = order
         self.detect = detect
+        self.detector = detector
         self.token = token or secrets.token_urlsafe(24)
         self.labels_csv = Path(labels_csv) if labels_csv else self.root / "labels.csv"
         if self.labels_csv.suffix.lower() != ".csv":
@@ -88,6 +92,8 @@ class LabelSession:
                              "reads path,score CSVs)")
         self.runtime: Runtime | None = None
         self._lock = CsvOwnerLock(self.labels_csv).acquire()
+        # The CSV is ours now: temporary copies of it left by a crash can go.
+        sweep_temp_files(self.labels_csv.parent, lambda name: name == self.labels_csv.name)
         try:
             self._open(levels, model, backend, progress)
         except BaseException:
@@ -113,6 +119,8 @@ class LabelSession:
             contract = PreprocessContract(levels=wanted or parse_levels(DEFAULT_LEVELS))
             if self.detect is None:  # photos: find the face in each
                 self.detect = True
+        # The crops shown are the ones training will cut: the model's detector unless told.
+        contract = with_detector(contract, self.detector)
         self.contract = contract
         self.levels = contract.levels
         if len(self.levels) > MAX_LEVELS:
@@ -196,6 +204,9 @@ class LabelSession:
 # -- the web application ------------------------------------------------------------------
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SESSION_KEY = web.AppKey("session", LabelSession)
+WRITER_KEY = web.AppKey("writer", ThreadPoolExecutor)
+READERS_KEY = web.AppKey("readers", ThreadPoolExecutor)
+SCAN_KEY = web.AppKey("scan", bool)
 
 
 def _json_error(status: int, message: str, **extra: Any) -> web.Response:
@@ -206,6 +217,20 @@ def _host_name(host: str) -> str:
     if host.startswith("["):
         return host.split("]", 1)[0] + "]"
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    """``Origin`` names this server: http, a loopback name, and the port we answer on."""
+    scheme, _, netloc = origin.strip().lower().partition("://")
+    if scheme != "http" or _host_name(netloc) not in _LOOPBACK_NAMES:
+        return False
+    return _port(netloc) == _port(host.lower())
+
+
+def _port(netloc: str) -> str:
+    """The explicit port of ``host[:port]`` ("80" when there is none: plain http)."""
+    tail = netloc.rsplit("]", 1)[-1] if netloc.startswith("[") else netloc
+    return tail.rsplit(":", 1)[1] if ":" in tail else "80"
 
 
 @web.middleware
@@ -221,7 +246,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                                     "`edge-smw label` printed")
         if request.method == "POST":
             origin = request.headers.get("Origin")
-            if origin and _host_name(origin.split("://", 1)[-1]).lower() not in _LOOPBACK_NAMES:
+            if origin and not _same_origin(origin, request.host or ""):
                 return _json_error(403, "changes are accepted only from the labelling page")
             if request.content_type != "application/json":
                 return _json_error(415, "send changes as application/json")
@@ -235,144 +260,171 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+@web.middleware
+async def _api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """API failures become a JSON status naming the problem; the server keeps serving."""
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise  # 404 for an unknown route, 405...: aiohttp's own answers
+    except StaleRevisionError as exc:
+        return _json_error(409, str(exc), revision=exc.current)
+    except (PathRejected, UnknownPhotoError) as exc:
+        return _json_error(404, str(exc))
+    except ImageReadError as exc:
+        return _json_error(422, f"{exc.path}: {exc.reason}")
+    except EdgeSmwError as exc:  # bad input, or the CSV could not be written
+        return _json_error(400, str(exc))
+    except Exception as exc:  # e.g. a backend failing on one photo: say so, keep serving
+        log.error("%s %s failed: %s: %s", request.method, request.path_qs,
+                  type(exc).__name__, exc)
+        return _json_error(500, f"{type(exc).__name__}: {exc}")
+
+
 def create_app(session: LabelSession, *, scan: bool = True) -> web.Application:
     """The aiohttp application for ``session``.
 
     ``scan``: check every photo in the background (unreadable ones, faces, suggestions) so
     the page can list problems before the user reaches them.
     """
-    app = web.Application(middlewares=[_guard], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[_guard, _api_errors], client_max_size=64 * 1024)
     app[SESSION_KEY] = session
     # One writer thread: changes are applied and saved strictly one after another.
-    writer = ThreadPoolExecutor(1, thread_name_prefix="label-writer")
-    readers = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)),
-                                 thread_name_prefix="label-reader")
-
-    async def run_in(pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any,
-                     **kwargs: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(pool, lambda: fn(*args, **kwargs))
-
-    async def index(request: web.Request) -> web.StreamResponse:
-        token = request.query.get("token")
-        if token is not None:
-            if not hmac.compare_digest(token.encode(), session.token.encode()):
-                return _json_error(403, "wrong access token: open the address that "
-                                        "`edge-smw label` printed")
-            response = web.Response(status=302, headers={"Location": "/"})
-            response.set_cookie(TOKEN_COOKIE, session.token, httponly=True, samesite="Strict",
-                                path="/")
-            return response
-        cookie = request.cookies.get(TOKEN_COOKIE, "")
-        if not hmac.compare_digest(cookie.encode(), session.token.encode()):
-            return web.Response(status=403, content_type="text/plain",
-                                text="Open the address that `edge-smw label` printed (it "
-                                     "carries this session's access token).\n")
-        return web.FileResponse(STATIC / "index.html")
-
-    async def state(request: web.Request) -> web.Response:
-        return web.json_response(await run_in(readers, session.state))
-
-    def photo_key(request: web.Request, key: str | None = None) -> str:
-        key = key if key is not None else request.query.get("path", "")
-        if not isinstance(key, str) or key not in session.store:
-            raise PathRejected(f"{key!r} is not one of the photos being labelled")
-        return key
-
-    async def photo(request: web.Request) -> web.Response:
-        key = photo_key(request)
-        info = await run_in(readers, session.analyser.info, key)
-        return web.json_response({**info.to_dict(), "score": session.store.score(key)})
-
-    async def image(request: web.Request) -> web.Response:
-        key = photo_key(request)
-        kind = request.query.get("kind", "photo")
-        try:
-            data = await run_in(readers, session.analyser.render, key, kind)
-        except LookupError as exc:
-            return _json_error(404, str(exc))
-        return web.Response(body=data, content_type="image/jpeg",
-                            headers={"Cache-Control": "private, max-age=300"})
-
-    async def body(request: web.Request) -> dict[str, Any]:
-        try:
-            data = await request.json()
-        except ValueError:
-            raise InputError("the request body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise InputError("the request body must be a JSON object")
-        revision = data.get("revision")
-        if revision is not None and not isinstance(revision, str):
-            raise InputError("'revision' must be a string")
-        return data
-
-    async def change_response(change: Any) -> web.Response:
-        summary = session.store.summary()
-        return web.json_response({**summary, "change": change.to_dict() if change else None})
-
-    async def label(request: web.Request) -> web.Response:
-        data = await body(request)
-        score = data.get("score")
-        if not isinstance(score, str) or score == SKIPPED:
-            raise InputError(f"'score' must be one of the levels {list(session.levels)}")
-        key = photo_key(request, data.get("path"))
-        change = await run_in(writer, session.store.set, key, score,
-                              revision=data.get("revision"))
-        return await change_response(change)
-
-    async def skip(request: web.Request) -> web.Response:
-        data = await body(request)
-        key = photo_key(request, data.get("path"))
-        change = await run_in(writer, session.store.set, key, SKIPPED,
-                              revision=data.get("revision"))
-        return await change_response(change)
-
-    async def undo(request: web.Request) -> web.Response:
-        data = await body(request)
-        change = await run_in(writer, session.store.undo, revision=data.get("revision"))
-        return await change_response(change)
-
-    def errors(fn: Handler) -> Handler:
-        async def wrapped(request: web.Request) -> web.StreamResponse:
-            try:
-                return await fn(request)
-            except StaleRevisionError as exc:
-                return _json_error(409, str(exc), revision=exc.current)
-            except (PathRejected, UnknownPhotoError) as exc:
-                return _json_error(404, str(exc))
-            except ImageReadError as exc:
-                return _json_error(422, f"{exc.path}: {exc.reason}")
-            except EdgeSmwError as exc:  # bad input, or the CSV could not be written
-                return _json_error(400, str(exc))
-            except Exception as exc:  # e.g. a backend failing on one photo: say so, keep serving
-                log.error("%s %s failed: %s: %s", request.method, request.path_qs,
-                          type(exc).__name__, exc)
-                return _json_error(500, f"{type(exc).__name__}: {exc}")
-        return wrapped
-
+    app[WRITER_KEY] = ThreadPoolExecutor(1, thread_name_prefix="label-writer")
+    app[READERS_KEY] = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)),
+                                          thread_name_prefix="label-reader")
+    app[SCAN_KEY] = scan
     app.router.add_get("/", index)
-    app.router.add_get("/api/state", errors(state))
-    app.router.add_get("/api/photo", errors(photo))
-    app.router.add_get("/api/image", errors(image))
-    app.router.add_post("/api/label", errors(label))
-    app.router.add_post("/api/skip", errors(skip))
-    app.router.add_post("/api/undo", errors(undo))
+    app.router.add_get("/api/state", state)
+    app.router.add_get("/api/photo", photo)
+    app.router.add_get("/api/image", image)
+    app.router.add_post("/api/label", label)
+    app.router.add_post("/api/skip", skip)
+    app.router.add_post("/api/undo", undo)
     app.router.add_static("/static/", STATIC, follow_symlinks=False)
-
-    async def background_scan(app: web.Application) -> Any:
-        task = None
-        if scan:
-            task = asyncio.create_task(_scan(session, readers))
-        yield
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        writer.shutdown(wait=True)
-        readers.shutdown(wait=True, cancel_futures=True)
-
-    app.cleanup_ctx.append(background_scan)
+    app.cleanup_ctx.append(_background_scan)
     return app
+
+
+# -- handlers ----------------------------------------------------------------------------------
+async def _run_in(pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any,
+                  **kwargs: Any) -> Any:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(pool, lambda: fn(*args, **kwargs))
+
+
+def _photo_key(request: web.Request, key: str | None = None) -> str:
+    session = request.app[SESSION_KEY]
+    key = key if key is not None else request.query.get("path", "")
+    if not isinstance(key, str) or key not in session.store:
+        raise PathRejected(f"{key!r} is not one of the photos being labelled")
+    return key
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        data = await request.json()
+    except ValueError:
+        raise InputError("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InputError("the request body must be a JSON object")
+    revision = data.get("revision")
+    if revision is not None and not isinstance(revision, str):
+        raise InputError("'revision' must be a string")
+    return data
+
+
+def _change_response(request: web.Request, change: Any) -> web.Response:
+    summary = request.app[SESSION_KEY].store.summary()
+    return web.json_response({**summary, "change": change.to_dict() if change else None})
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    session = request.app[SESSION_KEY]
+    token = request.query.get("token")
+    if token is not None:
+        if not hmac.compare_digest(token.encode(), session.token.encode()):
+            return _json_error(403, "wrong access token: open the address that "
+                                    "`edge-smw label` printed")
+        response = web.Response(status=302, headers={"Location": "/"})
+        response.set_cookie(TOKEN_COOKIE, session.token, httponly=True, samesite="Strict",
+                            path="/")
+        return response
+    cookie = request.cookies.get(TOKEN_COOKIE, "")
+    if not hmac.compare_digest(cookie.encode(), session.token.encode()):
+        return web.Response(status=403, content_type="text/plain",
+                            text="Open the address that `edge-smw label` printed (it "
+                                 "carries this session's access token).\n")
+    return web.FileResponse(STATIC / "index.html")
+
+
+async def state(request: web.Request) -> web.Response:
+    session = request.app[SESSION_KEY]
+    return web.json_response(await _run_in(request.app[READERS_KEY], session.state))
+
+
+async def photo(request: web.Request) -> web.Response:
+    session = request.app[SESSION_KEY]
+    key = _photo_key(request)
+    info = await _run_in(request.app[READERS_KEY], session.analyser.info, key)
+    return web.json_response({**info.to_dict(), "score": session.store.score(key)})
+
+
+async def image(request: web.Request) -> web.Response:
+    session = request.app[SESSION_KEY]
+    key = _photo_key(request)
+    kind = request.query.get("kind", "photo")
+    try:
+        data = await _run_in(request.app[READERS_KEY], session.analyser.render, key, kind)
+    except LookupError as exc:
+        return _json_error(404, str(exc))
+    return web.Response(body=data, content_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=300"})
+
+
+async def label(request: web.Request) -> web.Response:
+    session = request.app[SESSION_KEY]
+    data = await _body(request)
+    score = data.get("score")
+    if not isinstance(score, str) or score == SKIPPED:
+        raise InputError(f"'score' must be one of the levels {list(session.levels)}")
+    key = _photo_key(request, data.get("path"))
+    change = await _run_in(request.app[WRITER_KEY], session.store.set, key, score,
+                           revision=data.get("revision"))
+    return _change_response(request, change)
+
+
+async def skip(request: web.Request) -> web.Response:
+    session = request.app[SESSION_KEY]
+    data = await _body(request)
+    key = _photo_key(request, data.get("path"))
+    change = await _run_in(request.app[WRITER_KEY], session.store.set, key, SKIPPED,
+                           revision=data.get("revision"))
+    return _change_response(request, change)
+
+
+async def undo(request: web.Request) -> web.Response:
+    session = request.app[SESSION_KEY]
+    data = await _body(request)
+    change = await _run_in(request.app[WRITER_KEY], session.store.undo,
+                           revision=data.get("revision"))
+    return _change_response(request, change)
+
+
+async def _background_scan(app: web.Application) -> AsyncIterator[None]:
+    """The background check while serving; on cleanup, stop it and the worker pools."""
+    task = None
+    if app[SCAN_KEY]:
+        task = asyncio.create_task(_scan(app[SESSION_KEY], app[READERS_KEY]))
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    app[WRITER_KEY].shutdown(wait=True)
+    app[READERS_KEY].shutdown(wait=True, cancel_futures=True)
 
 
 async def _scan(session: LabelSession, pool: ThreadPoolExecutor) -> None:

@@ -241,10 +241,12 @@ class LabelStore:
         try:
             with atomic_open(self.csv_path, "w", newline="") as handle:
                 csv.writer(handle, lineterminator="\n").writerows(rows)
-        except OSError as exc:
+        except (OSError, InputError) as exc:  # InputError: the temporary file was refused
+            cause = exc if isinstance(exc, OSError) else exc.__cause__
+            reason = getattr(cause, "strerror", None) or exc
             raise InputError(
-                f"cannot save {self.csv_path} ({exc.strerror or exc}); the last change was not "
-                "kept: free some space or fix the permissions"
+                f"cannot save {self.csv_path} ({reason}); the last change was not kept: free "
+                "some space, or fix the permissions or the read-only mount"
             ) from exc
 
 

@@ -1,7 +1,8 @@
 """``Runtime``: frames in, per-face scores out, on any backend, with no torch import.
 
-faces (Haar) -> contract crop + normalise -> runner -> probabilities, level, expected score.
-Everything about preprocessing and levels comes from the model's own metadata.
+face detector (``edge_smw.detect``, on the scorer's backend) -> contract crop (aligned where
+the contract says) + normalise -> runner -> probabilities, level, expected score.
+Everything about preprocessing, the detector and levels comes from the model's own metadata.
 """
 
 from __future__ import annotations
@@ -19,11 +20,19 @@ import numpy as np
 
 from edge_smw.artifacts.folders import is_onnx, resolve_model_path
 from edge_smw.artifacts.formats import ENGINE_BACKENDS
-from edge_smw.contract import Box
+from edge_smw.artifacts.sessions import check_threads
+from edge_smw.contract import Box, DetectorSpec, Point
+from edge_smw.detect import FaceDetector, open_detector, resolve_spec
 from edge_smw.errors import BackendUnavailableError, InputError, ModelError
-from edge_smw.faces import detect_faces
+from edge_smw.faces import face_crops
 from edge_smw.images import to_bgr
-from edge_smw.metadata import OUTPUT_FEATURE_MAP, OUTPUT_PROBABILITIES, ModelInfo, sidecar_path
+from edge_smw.metadata import (
+    INPUT_NAME,
+    OUTPUT_FEATURE_MAP,
+    OUTPUT_PROBABILITIES,
+    ModelInfo,
+    sidecar_path,
+)
 from edge_smw.runtime.backends import Runner, open_runner
 
 log = logging.getLogger("edge_smw.runtime")
@@ -44,15 +53,23 @@ class FaceScore:
     level_name: str
     expected_score: float  # probability-weighted level, 1..K
     feature_map: np.ndarray | None = None
+    detection_score: float | None = None  # the detector's confidence (Haar gives none: 1.0)
+    landmarks: dict[str, Point] | None = None  # eyes, nose, mouth... where the detector gives them
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "box": list(self.box) if self.box is not None else None,
             "level": self.level_name,
             "level_index": self.level,
             "probabilities": [round(float(p), 6) for p in self.probabilities],
             "expected_score": round(float(self.expected_score), 4),
         }
+        if self.detection_score is not None:
+            out["detection_score"] = round(float(self.detection_score), 4)
+        if self.landmarks:
+            out["landmarks"] = {k: [round(float(x), 1), round(float(y), 1)]
+                                for k, (x, y) in self.landmarks.items()}
+        return out
 
 
 @dataclass
@@ -97,10 +114,16 @@ class Runtime:
 
     ``backend``: ``onnxruntime-cpu``, ``onnxruntime-cuda``, ``onnxruntime-tensorrt``,
     ``tensorrt`` or ``auto`` (fastest available; the choice and why is logged).
-    ``detect_faces``: find faces in each frame (True) or score the whole frame as one face
-    crop (False); None, the default, does what the model was trained on.
+    ``detect_faces``: find faces in each frame (True, the default: camera frames hold faces
+    to find) or score the whole frame as one face crop (False); None does what the model was
+    trained on (files that may be face crops already: ``score``, ``evaluate``).
     ``backend_options`` go to the backend (onnxruntime: ``trt_fp16``, ``trt_int8``,
     ``trt_cache_dir``, ``trt_workspace_bytes``; tensorrt: ``profile``).
+    ``detector``: ``auto`` (the model's own, from its contract: Haar for models made before
+    detectors were recorded), ``haar``, a shipped detector's name, an ``.onnx`` file or a
+    ``DetectorSpec``. It runs on the scorer's backend where it can (on a GPU both networks
+    do). A model trained on one detector's crops is refused with another unless
+    ``allow_detector_mismatch`` (then it warns): crops differ, and so would the scores.
     One instance may be shared by threads: input buffers are per thread, the backends are
     thread-safe (onnxruntime's ``run``; TensorRT behind a lock).
     """
@@ -112,24 +135,25 @@ class Runtime:
         backend: str = "auto",
         device: int = 0,
         threads: int | None = None,
-        detect_faces: bool | None = None,
+        detect_faces: bool | None = True,
         max_faces: int = 5,
         warmup: bool = True,
         backend_options: dict[str, Any] | None = None,
+        detector: str | Path | DetectorSpec = "auto",
+        allow_detector_mismatch: bool = False,
     ) -> None:
         if not isinstance(backend, str):
             raise InputError(f"backend must be a name such as 'auto', got {backend!r}")
-        if threads is not None and (not isinstance(threads, Integral) or threads < 1):
-            raise InputError(f"threads must be a whole number >= 1 (or None), got {threads!r}")
+        threads = check_threads(threads)
         if not isinstance(max_faces, Integral) or max_faces < 1:
             raise InputError(f"max_faces must be a whole number >= 1, got {max_faces!r}")
         if not isinstance(device, Integral) or device < 0:
             raise InputError(f"device must be a GPU index >= 0, got {device!r}")
         self.path = resolve_model_path(model_path)
         self.max_faces = int(max_faces)
-        threads = None if threads is None else int(threads)
         device = int(device)
         self._local = threading.local()
+        self.detector: FaceDetector | None = None
         # An engine's metadata is read first: a missing sidecar is reported even where
         # TensorRT itself is not installed.
         sidecar = None if is_onnx(self.path) else ModelInfo.from_sidecar(
@@ -144,9 +168,14 @@ class Runtime:
             self._scores = np.arange(1, len(self.levels) + 1, dtype=np.float64)
             self._check_io()
             self._check_cpu()
+            if self.detect:
+                self.detector = self._open_detector(detector, device, threads,
+                                                    allow_detector_mismatch)
             if warmup:  # also proves the network's outputs fit its metadata
                 size = self.contract.input_size
                 self._probabilities(self._run(np.zeros((1, 3, size, size), np.float32)), 1)
+                if self.detector is not None:
+                    self.detector.detect(np.zeros((480, 640, 3), np.uint8))
         except BaseException:
             self.close()
             raise
@@ -175,8 +204,35 @@ class Runtime:
         raise BackendUnavailableError("no backend can run " + str(self.path) + ": "
                                       + "; ".join(reasons))
 
+    def _open_detector(self, detector: str | Path | DetectorSpec, device: int,
+                       threads: int | None, allow_mismatch: bool) -> FaceDetector:
+        spec = resolve_spec(detector, self.contract)
+        # Idle detector threads sleep: the scorer runs right after (or beside) them.
+        opened = open_detector(spec, backend=self.runner.name, device=device, threads=threads,
+                               options={"allow_spinning": False})
+        trained = self.contract.detector
+        same = opened.name == trained.name and opened.spec.align == trained.align
+        if not same and self.info.detect:
+            message = (f"{self.path} was trained on crops from the {trained.describe()} face "
+                       f"detector; detecting with {opened.spec.describe()} gives other crops "
+                       "and other scores")
+            fallback = getattr(opened, "fallback_for", None)
+            if not (allow_mismatch or fallback):
+                opened.close()
+                raise InputError(message + "; use the model's own (detector='auto'), or allow "
+                                 "it with allow_detector_mismatch=True "
+                                 "(--allow-detector-mismatch)")
+            if not fallback:  # a fallback has said so already
+                log.warning("%s (allowed)", message)
+        log.debug("face detector %s on %s", opened.spec.describe(), opened.backend)
+        return opened
+
     def _check_io(self) -> None:
         """The network's declared inputs/outputs must agree with its own metadata."""
+        if self.runner.input_name != INPUT_NAME:
+            raise ModelError(f"{self.path} takes input '{self.runner.input_name}', not "
+                             f"'{INPUT_NAME}': it is not an edge-smw model; export one with "
+                             "`edge-smw export RUN_DIR`")
         outputs = self.runner.output_names
         if OUTPUT_PROBABILITIES not in outputs:
             raise ModelError(f"{self.path} has outputs {list(outputs)}, no "
@@ -214,8 +270,16 @@ class Runtime:
     def closed(self) -> bool:
         return not self.runner.active
 
+    def _check_open(self) -> None:
+        """Every scoring call on a closed Runtime fails, even one that would find no face."""
+        if self.closed:
+            raise ModelError(f"this Runtime for {self.path} is closed; open a new one")
+
     def close(self) -> None:
-        """Release the model and its device memory; idempotent."""
+        """Release the model, its face detector and their device memory; idempotent."""
+        detector = getattr(self, "detector", None)
+        if detector is not None:
+            detector.close()
         runner = getattr(self, "runner", None)
         if runner is not None and runner.active:
             runner.deactivate()
@@ -237,16 +301,18 @@ class Runtime:
         With ``detect_faces=False`` the whole frame is one face (already-cropped photos).
         A frame without faces gives a result with no faces, not an error.
         """
+        self._check_open()
         t0 = time.perf_counter()
         image = to_bgr(frame, color)
-        if self.detect:
-            boxes = detect_faces(image, max_faces=self.max_faces)
-            crops = [self.contract.crop_face(image, box) for box in boxes]
-        else:
-            boxes = [(0, 0, image.shape[1], image.shape[0])]
-            crops = [image]
+        found, crops = face_crops(image, self.contract, detect=self.detector is not None,
+                                  max_faces=self.max_faces, detector=self.detector)
+        boxes: list[Box | None] = [d.box for d in found]
         t1 = time.perf_counter()
         faces, prep_ms, infer_ms = self._score_crops(crops, boxes) if crops else ([], 0.0, 0.0)
+        if self.detector is not None:
+            for face, detection in zip(faces, found, strict=True):
+                face.detection_score = detection.score
+                face.landmarks = detection.landmarks
         total = (time.perf_counter() - t0) * 1000
         timings = {"detect": (t1 - t0) * 1000, "preprocess": prep_ms, "infer": infer_ms,
                    "total": total}
@@ -255,12 +321,14 @@ class Runtime:
     def score_crop(self, crop: np.ndarray, *, color: str = "bgr",
                    feature_map: bool = False) -> FaceScore:
         """One already-cropped face, scored whole."""
+        self._check_open()
         faces, _, _ = self._score_crops([to_bgr(crop, color)], [None], feature_map)
         return faces[0]
 
     def score_batch(self, crops: Sequence[np.ndarray], *, color: str = "bgr",
                     feature_map: bool = False) -> list[FaceScore]:
         """Many crops in one inference call (split only where the model's batch limit says)."""
+        self._check_open()
         if isinstance(crops, np.ndarray):  # a stacked batch: N x H x W (x C)
             if crops.ndim == 4 or (crops.ndim == 3 and color == "gray"):
                 crops = list(crops)
@@ -284,6 +352,7 @@ class Runtime:
         Checked fully (dtype, shape, finite values) because nothing downstream would notice
         a NaN: the network would just return confident nonsense.
         """
+        self._check_open()
         size = self.contract.input_size
         want = f"float32 (N, 3, {size}, {size})"
         if not isinstance(inputs, np.ndarray):

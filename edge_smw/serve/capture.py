@@ -8,13 +8,19 @@ are announced once in the log when they start (and stop) holding captures back.
 
 Saving runs in its own writer thread so disk I/O never stalls scoring; every file goes through
 ``edge_smw.atomic`` (temporary name, then rename), and the sidecar is written last, so a
-capture is listed only once its image is complete.
+capture is listed only once its image is complete. Storage that fails (full, remounted
+read-only, removed) never stops the writer: it keeps the captures already decided on, retries
+with back-off, holds new ones back and reports the folder unwritable (``/healthz``,
+``/metrics``) until a write works again, logging once per change of state. Temporary files
+left by a crash are swept at start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import queue
 import re
 import shutil
@@ -28,8 +34,8 @@ from typing import Any
 
 import cv2
 
-from edge_smw.atomic import write_bytes, write_json
-from edge_smw.errors import EdgeSmwError, InputError
+from edge_smw.atomic import sweep_temp_files, write_bytes, write_json
+from edge_smw.errors import InputError
 from edge_smw.serve.scoring import ScoredFrame
 
 log = logging.getLogger("edge_smw.serve.capture")
@@ -37,6 +43,9 @@ log = logging.getLogger("edge_smw.serve.capture")
 # Names this service writes, and the only names /captures/<name> will serve.
 CAPTURE_NAME = re.compile(r"^\d{8}-\d{6}-\d{3}-f\d{7,}\.(jpg|json)$")
 _WRITE_QUEUE = 8  # captures waiting for the disk; more are skipped (and logged), never queued
+# Seconds between attempts to write into a folder that failed (doubling up to the maximum).
+RETRY_BACKOFF_S = 0.5
+RETRY_BACKOFF_MAX_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -75,19 +84,27 @@ class AutoCapture:
     def __init__(self, options: CaptureOptions, *, model: dict[str, Any], source: str,
                  levels: tuple[str, ...],
                  on_saved: Callable[[dict[str, Any]], None] | None = None,
-                 on_skipped: Callable[[str], None] | None = None) -> None:
+                 on_skipped: Callable[[str], None] | None = None,
+                 on_write_error: Callable[[], None] | None = None) -> None:
         self.options = options
         self.model = model
         self.source = source
         self.levels = levels
         self.on_saved = on_saved
         self.on_skipped = on_skipped
+        self.on_write_error = on_write_error  # every failed attempt to save (retries count)
         self.folder = Path(options.folder)
+        if self.folder.exists() and not self.folder.is_dir():
+            raise InputError(f"--captures {self.folder} is not a folder; choose a folder")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"--captures {self.folder}: cannot create it "
                              f"({exc.strerror or exc}); choose a writable folder") from exc
+        if not os.access(self.folder, os.W_OK | os.X_OK):  # EROFS too, even for root
+            raise InputError(f"--captures {self.folder}: this user cannot write into it "
+                             "(read-only or no permission); choose a writable folder")
+        sweep_temp_files(self.folder, _is_capture_name)
         self._streaks: dict[int, int] = {}
         self._last_trigger = float("-inf")
         self._held_back: str | None = None  # the reason captures are held back, logged once
@@ -99,17 +116,37 @@ class AutoCapture:
         self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=_WRITE_QUEUE)
         self._writer = threading.Thread(target=self._write_loop, name="edge-smw-capture-writer",
                                         daemon=True)
+        self._closing = threading.Event()
+        self._write_error: str | None = None  # why the folder cannot be written, while so
         self.saved = 0
+        self.write_errors = 0  # failed attempts (each retry counts)
+        self.lost = 0  # decided on but given up at exit because the folder stayed unwritable
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         self._writer.start()
 
     def close(self, timeout: float = 30.0) -> None:
-        """Finish writing every capture already decided on, then stop the writer."""
+        """Finish writing every capture already decided on, then stop the writer.
+
+        While the folder cannot be written, each waiting capture gets one last attempt and
+        the ones that still fail are counted in ``lost`` (and logged once), so stopping never
+        waits on broken storage.
+        """
+        self._closing.set()
         if self._writer.is_alive():
-            self._queue.put(None)
+            with contextlib.suppress(queue.Full):
+                self._queue.put(None, timeout=timeout)
             self._writer.join(timeout)
+
+    @property
+    def writable(self) -> bool:
+        """False while the last attempt to save into the folder failed."""
+        return self._write_error is None
+
+    @property
+    def write_error(self) -> str | None:
+        return self._write_error
 
     # -- deciding --------------------------------------------------------------------------
     def observe(self, scored: ScoredFrame) -> str | None:
@@ -127,6 +164,10 @@ class AutoCapture:
             return None
         now = scored.frame.monotonic  # cool-down between captured moments, not decisions
         if now - self._last_trigger < opts.cooldown_s:
+            return None
+        if not self.writable:  # the writer already said why, once; count, do not log again
+            if self.on_skipped:
+                self.on_skipped("unwritable")
             return None
         reason = self._hold_back_reason()
         if reason is not None:
@@ -196,30 +237,57 @@ class AutoCapture:
 
     # -- saving ----------------------------------------------------------------------------
     def _write_loop(self) -> None:
+        """Save captures in order; a failed one is retried with back-off until it is saved.
+
+        Nothing escapes this loop: a writer that died would leave every later capture
+        "busy" for the rest of the run.
+        """
+        delay = RETRY_BACKOFF_S
         while True:
             pending = self._queue.get()
             if pending is None:
                 return
-            self._write(pending)
+            jpeg = self._encode(pending)
+            if jpeg is None:
+                continue
+            while True:
+                try:
+                    self._save(pending, jpeg)
+                except Exception as exc:  # storage errors of every kind
+                    self._failed(pending, exc, delay)
+                    if self._closing.is_set():
+                        self._give_up(pending)
+                        return
+                    self._closing.wait(delay)  # close() cuts the wait short: one last try
+                    delay = min(delay * 2, RETRY_BACKOFF_MAX_S)
+                    continue
+                delay = RETRY_BACKOFF_S
+                self._recovered()
+                break
 
-    def _write(self, pending: _Pending) -> None:
-        image_path = self.folder / (pending.name + ".jpg")
-        sidecar_path = self.folder / (pending.name + ".json")
+    def _encode(self, pending: _Pending) -> bytes | None:
         ok, buf = cv2.imencode(".jpg", pending.scored.frame.image,
                                [cv2.IMWRITE_JPEG_QUALITY, self.options.jpeg_quality])
+        if ok:
+            return buf.tobytes()
+        log.error("auto-capture: cannot encode frame %d as JPEG; %s is not saved",
+                  pending.scored.frame.number, pending.name)
+        with self._lock:
+            self._pending -= 1
+        if self.on_skipped:
+            self.on_skipped("encode_error")
+        return None
+
+    def _save(self, pending: _Pending, jpeg: bytes) -> None:
+        image_path = self.folder / (pending.name + ".jpg")
+        sidecar_path = self.folder / (pending.name + ".json")
         try:
-            if not ok:
-                raise InputError(f"cannot encode frame {pending.scored.frame.number} as JPEG")
-            write_bytes(image_path, buf.tobytes())
+            write_bytes(image_path, jpeg)
             write_json(sidecar_path, pending.sidecar)  # last: a listed capture is complete
-        except (OSError, EdgeSmwError) as exc:
-            log.error("auto-capture: saving %s failed: %s", image_path, exc)
-            image_path.unlink(missing_ok=True)
-            with self._lock:
-                self._pending -= 1
-            if self.on_skipped:
-                self.on_skipped("write_error")
-            return
+        except BaseException:
+            with contextlib.suppress(OSError):  # a read-only folder cannot even delete
+                image_path.unlink(missing_ok=True)
+            raise
         entry = _entry(pending.sidecar, pending.name)
         with self._lock:
             self._recent.append(entry)
@@ -230,6 +298,49 @@ class AutoCapture:
         log.info("auto-capture: saved %s (best smoothed score %s)", image_path, best)
         if self.on_saved:
             self.on_saved(entry)
+
+    def _failed(self, pending: _Pending, exc: BaseException, delay: float) -> None:
+        reason = _reason(exc)
+        self.write_errors += 1
+        if self.on_write_error:
+            self.on_write_error()
+        if self._write_error is None:  # one line per change of state
+            log.error("auto-capture: cannot save into %s (%s); keeping %s and retrying with "
+                      "back-off (%.1f..%.0f s); new captures are held back meanwhile",
+                      self.folder, reason, pending.name, delay, RETRY_BACKOFF_MAX_S)
+        self._write_error = reason
+
+    def _recovered(self) -> None:
+        if self._write_error is None:
+            return
+        self._write_error = None
+        log.info("auto-capture: %s is writable again; saving captures", self.folder)
+        sweep_temp_files(self.folder, _is_capture_name)  # left by the failed attempts
+
+    def _give_up(self, pending: _Pending) -> None:
+        """At exit with the folder still unwritable: one last attempt for each waiting
+        capture; count (and log once) the ones that could not be saved."""
+        lost = 1
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            jpeg = None if item is None else self._encode(item)
+            if item is None or jpeg is None:
+                continue
+            try:
+                self._save(item, jpeg)
+            except Exception:
+                lost += 1
+        with self._lock:
+            self._pending -= lost
+            self.lost += lost
+        if self.on_skipped:
+            for _ in range(lost):
+                self.on_skipped("write_error")
+        log.error("auto-capture: %d capture(s) could not be saved before exit: %s (%s)",
+                  lost, self.folder, self._write_error)
 
     # -- listing ---------------------------------------------------------------------------
     def _scan(self, count_only: bool = False) -> int:
@@ -268,6 +379,17 @@ class AutoCapture:
             return None
         path = self.folder / name
         return path if path.is_file() else None
+
+
+def _is_capture_name(name: str) -> bool:
+    return bool(CAPTURE_NAME.match(name))
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a storage error: the OS's words when there are some."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} [errno {exc.errno}]"
+    return str(exc) or type(exc).__name__
 
 
 def _capture_name(scored: ScoredFrame) -> str:

@@ -211,10 +211,12 @@ class ScoringThread(threading.Thread):
                 continue
             try:
                 result = self.runtime.score(frame.image)
-            except EdgeSmwError as exc:  # a bad frame or model error: report, keep serving
-                if str(exc) != self._last_error:
-                    log.error("scoring frame %d failed: %s", frame.number, exc)
-                    self._last_error = str(exc)
+            except Exception as exc:  # a bad frame, a model or backend error: report, go on
+                text = str(exc) if isinstance(exc, EdgeSmwError) else \
+                    f"{type(exc).__name__}: {exc}"
+                if text != self._last_error:  # once per distinct error, not once per frame
+                    log.error("scoring frame %d failed: %s", frame.number, text)
+                    self._last_error = text
                 if self.on_error:
                     self.on_error(exc)
                 continue

@@ -58,7 +58,10 @@ class ServeOptions:
     loop: bool = False
     backend: str = "auto"
     threads: int | None = None
+    detect: bool = True  # find faces in frames; False: each frame is one face crop
     max_faces: int = 5
+    detector: str = "auto"  # the model's own unless told (edge_smw.detect)
+    allow_detector_mismatch: bool = False
     smoothing: SmoothingOptions = field(default_factory=SmoothingOptions)
     captures: CaptureOptions | None = None
     wait_for_camera: bool = False
@@ -69,6 +72,8 @@ class ServeOptions:
     max_upload_pixels: int = 40_000_000
     upload_workers: int = 2
     upload_queue: int = 32  # uploads waiting beyond this get 503 (retry later)
+    upload_timeout_s: float = 30.0  # an upload body must arrive within this (else 408)
+    stream_write_timeout_s: float = 10.0  # a viewer that takes no frame for this long is dropped
 
 
 class Broadcast:
@@ -146,8 +151,11 @@ class Service:
         self.spec: SourceSpec = parse_source(options.camera, width=options.width,
                                              height=options.height, fps=options.fps,
                                              loop=options.loop)
-        self.runtime = runtime or Runtime(options.model, backend=options.backend,
-                                          threads=options.threads, max_faces=options.max_faces)
+        self.runtime = runtime or Runtime(
+            options.model, backend=options.backend, threads=options.threads,
+            detect_faces=options.detect, max_faces=options.max_faces,
+            detector=options.detector,
+            allow_detector_mismatch=options.allow_detector_mismatch)
         self.levels = self.runtime.levels
         self.model_info = {
             "file": self.runtime.path.name,
@@ -201,6 +209,15 @@ class Service:
         self.m_capture_skipped = r.counter(
             "edge_smw_captures_skipped_total",
             "Auto-captures triggered but not saved, by reason.", ["reason"])
+        self.m_capture_write_errors = r.counter(
+            "edge_smw_capture_write_errors_total",
+            "Failed attempts to save a capture (disk full, read-only, removed); each is "
+            "retried.")
+        self.m_capture_storage_up = r.gauge(
+            "edge_smw_capture_storage_up",
+            "1 while the captures folder can be written (or auto-capture is off), else 0.",
+            read=lambda: 0.0 if self.capture is not None and not self.capture.writable
+            else 1.0)
         self.m_camera_up = r.gauge(
             "edge_smw_camera_up", "1 while the camera delivers frames, else 0.",
             read=lambda: 1.0 if self.camera_state() == "live" else 0.0)
@@ -230,6 +247,7 @@ class Service:
             options, model=self.model_info, source=self.spec.raw, levels=self.levels,
             on_saved=self._on_capture_saved,
             on_skipped=lambda reason: self.m_capture_skipped.inc(reason=reason),
+            on_write_error=self.m_capture_write_errors.inc,
         )
 
     def start(self) -> None:
@@ -402,7 +420,8 @@ class Service:
                   else {"source": self.spec.raw, "state": "starting"})
         with self._latest_lock:
             last = self._latest
-        ok = camera["state"] == "live" and not self.stopping.is_set()
+        storage_ok = self.capture is None or self.capture.writable
+        ok = camera["state"] == "live" and storage_ok and not self.stopping.is_set()
         return ok, {
             "status": "ok" if ok else "degraded",
             "camera": camera,
@@ -413,6 +432,8 @@ class Service:
             "captures": None if self.capture is None else {
                 "folder": str(self.capture.folder), "count": self.capture.count,
                 "saved_this_run": self.capture.saved,
+                "state": "ok" if storage_ok else "unwritable",
+                "last_error": self.capture.write_error,
             },
         }
 

@@ -10,6 +10,7 @@ reopens a lost camera with exponential back-off while the service stays up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -38,6 +39,8 @@ URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://"
 NETWORK_TIMEOUT_MS = 5000
 # Folders of images have no frame rate of their own.
 DEFAULT_FOLDER_FPS = 5.0
+# Largest --width/--height: 8K video fits; more would be hundreds of MB per frame.
+MAX_FRAME_SIDE = 8192
 
 V4L2_HINT = ("check that the camera is plugged in and listed by `v4l2-ctl --list-devices`, "
              "that this user may open it (`ls -l /dev/video*`; add the user to the 'video' "
@@ -86,8 +89,8 @@ def parse_source(text: str, *, width: int | None = None, height: int | None = No
         raise CameraError("--camera is empty; give /dev/video0, 0, a video file, a URL, a "
                           "folder of images or csi://0")
     for name, value in (("--width", width), ("--height", height)):
-        if value is not None and value <= 0:
-            raise CameraError(f"{name} must be a positive number of pixels, got {value}")
+        if value is not None and not 0 < value <= MAX_FRAME_SIDE:
+            raise CameraError(f"{name} must be 1..{MAX_FRAME_SIDE} pixels, got {value}")
     if fps is not None and fps <= 0:
         raise CameraError(f"--fps must be positive, got {fps}")
     common: dict[str, Any] = {"width": width, "height": height, "fps": fps, "loop": loop}
@@ -274,9 +277,13 @@ class FolderSource(FrameSource):
     def __init__(self, spec: SourceSpec) -> None:
         self.spec = spec
         folder = Path(str(spec.target))
-        self.files = sorted(p for p in folder.iterdir()
-                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                            and not p.name.startswith("."))
+        try:
+            self.files = sorted(p for p in folder.iterdir()
+                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                                and not p.name.startswith("."))
+        except OSError as exc:  # removed, unmounted, no permission: lost like any camera
+            raise CameraError(f"folder {spec.raw} cannot be read ({exc.strerror or exc}); "
+                              "check that it exists and this user may read it") from exc
         if not self.files:
             kinds = ", ".join(sorted(IMAGE_SUFFIXES))
             raise CameraError(f"folder {spec.raw} holds no images ({kinds})")
@@ -308,6 +315,13 @@ def open_source(spec: SourceSpec) -> FrameSource:
     if spec.kind == "folder":
         return FolderSource(spec)
     return VideoCaptureSource(spec)
+
+
+def _error_text(exc: BaseException) -> str:
+    """Our errors speak for themselves; anything else is named by its type too."""
+    if isinstance(exc, (InputError, BackendUnavailableError, SourceLost)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _v4l2_api() -> int:
@@ -390,8 +404,10 @@ class CameraStatus:
 class CaptureThread(threading.Thread):
     """Reads the source as fast as it delivers (files: at their frame rate) into a FrameSlot.
 
-    A live source that fails is closed and reopened with exponential back-off
-    (``backoff`` .. ``max_backoff`` seconds); the service keeps serving meanwhile.
+    Any source that fails, whatever the error (unplugged device, network drop, folder
+    removed), is closed and reopened with exponential back-off (``backoff`` ..
+    ``max_backoff`` seconds) on one path: lost -> back-off -> reconnect. The service keeps
+    serving meanwhile; only stop() and a file or folder played to its end finish the thread.
     """
 
     def __init__(self, spec: SourceSpec, slot: FrameSlot, *, source: FrameSource | None = None,
@@ -435,11 +451,15 @@ class CaptureThread(threading.Thread):
                 if self.source is None:
                     try:
                         self.source = open_source(self.spec)
-                    except (CameraError, BackendUnavailableError) as exc:
+                    except Exception as exc:  # every failure takes the same back-off path
                         state = "lost" if ever_open else "waiting"
-                        self._set_state(state, str(exc), retry=round(delay, 2))
-                        log.warning("camera %s unavailable (%s); retrying in %.1f s",
-                                    self.spec.raw, exc, delay)
+                        text = _error_text(exc)
+                        previous = self.status_dict()
+                        self._set_state(state, text, retry=round(delay, 2))
+                        if previous["state"] != state or previous["last_error"] != text:
+                            log.warning("camera %s unavailable (%s); retrying with back-off "
+                                        "(%.1f..%.0f s)", self.spec.raw, text, delay,
+                                        self.max_backoff)
                         self._halt.wait(delay)
                         delay = min(delay * 2, self.max_backoff)
                         continue
@@ -473,14 +493,15 @@ class CaptureThread(threading.Thread):
                 log.info("%s; the service stays up with its last frame", exc)
                 self._set_state("ended", str(exc))
                 return False
-            except (SourceLost, cv2.error, InputError) as exc:
-                log.warning("camera %s lost: %s", self.spec.raw, exc)
+            except Exception as exc:  # SourceLost, cv2.error, OSError...: all are a loss
+                log.warning("camera %s lost: %s", self.spec.raw, _error_text(exc))
                 with self._lock:
                     self.status.losses += 1
-                self._set_state("lost", str(exc))
+                self._set_state("lost", _error_text(exc))
                 if self.on_event:
                     self.on_event("lost")
-                self.source.close()
+                with contextlib.suppress(Exception):
+                    self.source.close()
                 self.source = None
                 return True
             self._number += 1

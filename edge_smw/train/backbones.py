@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edge_smw.contract import PreprocessContract
+from edge_smw.contract import DetectorSpec, PreprocessContract
 from edge_smw.errors import InputError, ModelError, OfflineError
 
 
@@ -31,10 +31,11 @@ class BackboneSpec:
     weights_source: str
     build: Callable[[Path | None], nn.Module]  # weights file or None -> feature-map module
 
-    def contract(self, levels: tuple[str, ...], *, crop_margin: float = 0.2) -> PreprocessContract:
+    def contract(self, levels: tuple[str, ...], *, crop_margin: float = 0.2,
+                 detector: DetectorSpec | None = None) -> PreprocessContract:
         return PreprocessContract(
             levels=levels, input_size=self.input_size, mean=self.mean, std=self.std,
-            crop_margin=crop_margin,
+            crop_margin=crop_margin, detector=detector or DetectorSpec(),
         )
 
 

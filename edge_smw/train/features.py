@@ -86,7 +86,7 @@ def compute_features(
     desc: str = "features",
 ) -> FeatureSet:
     """Features for ``items`` (flipped crops too when ``flip``), from cache where possible."""
-    folder = cache_root() / "features" / cache_key(feature_pass, contract, detect)
+    folder = cache_folder(feature_pass, contract, detect)
     report = SkipReport()
     variants = (False, True) if flip else (False,)
     results: dict[tuple[str, bool], np.ndarray] = {}
@@ -100,7 +100,7 @@ def compute_features(
             hashes.append(None)
             continue
         hashes.append(digest)
-        cached = [_load(folder, digest, v) for v in variants]
+        cached = [load_cached(folder, digest, v) for v in variants]
         if all(c is not None for c in cached):
             for v, c in zip(variants, cached, strict=True):
                 results[(digest, v)] = c
@@ -117,7 +117,7 @@ def compute_features(
             feats = feature_pass(contract.normalize(view))
             for digest, feat in zip(digests, feats, strict=True):
                 results[(digest, v)] = feat
-                _save(folder, digest, v, feat)
+                save_cached(folder, digest, v, feat)
         done += len(batch)
         bar.update(len(batch))
         bar.set_postfix(crops_per_s=f"{done * len(variants) / (time.perf_counter() - started):.0f}")
@@ -176,7 +176,13 @@ def _cache_file(folder: Path, digest: str, flipped: bool) -> Path:
     return folder / digest[:2] / f"{digest}{'-flip' if flipped else ''}.npy"
 
 
-def _load(folder: Path, digest: str, flipped: bool) -> np.ndarray | None:
+def cache_folder(feature_pass: FeaturePass, contract: PreprocessContract, detect: bool) -> Path:
+    """Where one backbone + contract geometry + detection setting keeps its features; the Ray
+    engine fills it (``edge_smw.engines.ray.warm_feature_cache``) before training reads it."""
+    return cache_root() / "features" / cache_key(feature_pass, contract, detect)
+
+
+def load_cached(folder: Path, digest: str, flipped: bool) -> np.ndarray | None:
     path = _cache_file(folder, digest, flipped)
     try:
         return np.load(path)
@@ -184,7 +190,7 @@ def _load(folder: Path, digest: str, flipped: bool) -> np.ndarray | None:
         return None
 
 
-def _save(folder: Path, digest: str, flipped: bool, feat: np.ndarray) -> None:
+def save_cached(folder: Path, digest: str, flipped: bool, feat: np.ndarray) -> None:
     path = _cache_file(folder, digest, flipped)
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:

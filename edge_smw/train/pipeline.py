@@ -22,6 +22,8 @@ from edge_smw.atomic import write_json
 from edge_smw.data.crops import SkipReport
 from edge_smw.data.datasets import LabelledImage, SplitManifest, make_split
 from edge_smw.data.sources import DataSource
+from edge_smw.detect import resolve_spec
+from edge_smw.engines import ENGINE_INPROCESS, ENGINE_RAY, ENGINES, RayOptions
 from edge_smw.evaluate import compute_metrics, poster_table, write_report
 from edge_smw.train.backbones import DEFAULT_BACKBONE, get_backbone
 from edge_smw.train.checkpoint import Checkpoint, current_versions
@@ -42,6 +44,7 @@ class TrainOptions:
     compare_losses: bool = True
     seed: int = 0
     detect: bool = True
+    detector: str = "auto"  # face detector for the crops; recorded in the contract
     class_weight: str = "none"
     flip: bool = False
     epochs: int = 40
@@ -50,6 +53,8 @@ class TrainOptions:
     crop_margin: float = 0.2
     max_per_level: int | None = None  # subsample (quick runs, tests)
     progress: bool = True
+    engine: str = "inprocess"  # "ray": the feature pass runs on Ray Data (edge_smw.engines)
+    ray: RayOptions | None = None
 
 
 @dataclass
@@ -84,8 +89,11 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
     manifest.save(run.split)
     detect = options.detect and not source.precropped
     spec = get_backbone(options.backbone)
-    contract = spec.contract(dataset.levels, crop_margin=options.crop_margin)
+    contract = spec.contract(dataset.levels, crop_margin=options.crop_margin,
+                             detector=resolve_spec(options.detector))
     feature_pass = FeaturePass(spec, weights=options.backbone_weights)
+    if options.engine != ENGINE_INPROCESS:
+        _features_on_engine(options, manifest, contract, feature_pass, detect)
     skipped = SkipReport()
     feats: dict[str, FeatureSet] = {}
     for split in ("train", "val", "test"):
@@ -143,6 +151,25 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
     return TrainResult(out, ckpt_path, chosen["test"], by_loss)
 
 
+def _features_on_engine(options: TrainOptions, manifest: SplitManifest, contract: Any,
+                        feature_pass: FeaturePass, detect: bool) -> None:
+    """Fill the feature cache on another engine; the in-process pass then only reads it."""
+    if options.engine != ENGINE_RAY:
+        from edge_smw.errors import InputError
+
+        raise InputError(f"--engine {options.engine!r}: choose one of {list(ENGINES)}")
+    from edge_smw.engines.ray import warm_feature_cache
+
+    splits = {split: manifest.items(split) for split in ("train", "val", "test")}
+    items = [item for split in splits.values() for item in split]
+    flips = [options.flip and split == "train" for split, group in splits.items()
+             for _ in group]
+    done = warm_feature_cache(items, contract, feature_pass, detect=detect, flip_items=flips,
+                              options=options.ray or RayOptions(progress=options.progress))
+    log.info("ray: features of %d of %d missing crops in %.1f s", done.computed, done.photos,
+             done.seconds)
+
+
 def _brief(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in ("accuracy", "mae", "spearman", "n")}
 
@@ -173,11 +200,13 @@ def _write_train_report(out: Path, source: DataSource, manifest: SplitManifest,
         for g in r["grid"]:
             grid.append(f"| {loss} | {g['lr']} | {g['momentum']} | "
                         f"{100 * g['val_accuracy']:.1f}% | {g['val_mae']:.3f} |")
+    detecting = options.detect and not source.precropped
+    detection = f"on ({contract.detector.describe()})" if detecting else "off"
     extra = "\n".join([
         f"Data: `{source.name}`, levels {list(contract.levels)}, split train/val/test "
         f"{counts['train']}/{counts['val']}/{counts['test']} (seed {options.seed}, manifest "
         f"sha256 {manifest.sha256[:12]}). Backbone `{options.backbone}` (frozen), "
-        f"face detection {'on' if options.detect and not source.precropped else 'off'}. "
+        f"face detection {detection}. "
         f"Skipped: {skipped.summary()} (see skipped.json). Took {seconds:.0f} s.",
         "", "## Losses side by side (test split)", "", *side,
         "", "## Learning rate x momentum grid (validation split)", "", *grid,

@@ -85,13 +85,18 @@ typedef enum esmw_pixel_format {
     ESMW_PIXEL_NV12 = 5
 } esmw_pixel_format;
 
+/* The most inference threads per usable core (CPU affinity) esmw_open() accepts. */
+#define EDGE_SMW_MAX_THREADS_PER_CORE 4
+
 /* Options for esmw_open(). Always fill with esmw_options_init() first, then set fields. */
 typedef struct esmw_options {
     uint32_t struct_size;    /* sizeof(esmw_options); set by esmw_options_init() */
     const char *model_path;  /* required: an exported .onnx / .engine, or an export folder */
     const char *backend;     /* NULL or "auto" (fastest available), "onnxruntime-cpu",
                                 "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt" */
-    int32_t threads;         /* inference threads; 0 = the runtime's default */
+    int32_t threads;         /* inference threads; 0 = the runtime's default (one per usable
+                                core); more than EDGE_SMW_MAX_THREADS_PER_CORE x the cores
+                                this process may run on is ESMW_ERR_ARGUMENT */
     int32_t detect_faces;    /* 1 = find faces (Haar) and score each; 0 = score the whole
                                 frame as one already-cropped face */
     int32_t max_faces;       /* most faces per frame when detecting; 0 = 5 */

@@ -9,10 +9,12 @@
 #include <dlfcn.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "edge_smw.h"
 #include "engine.h"
@@ -124,6 +126,15 @@ static int32_t load_engine(void) {
 
 /* -- open / close -------------------------------------------------------------------------- */
 
+/* The cores this process may run on (its affinity mask), at least 1. */
+static int usable_cores(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online > 0 ? (int)online : 1;
+}
+
 EDGE_SMW_API int32_t esmw_open(const esmw_options *options, esmw_handle **out) {
     clear_error();
     if (!out) return fail(ESMW_ERR_ARGUMENT, "esmw_open: out (esmw_handle **) is NULL");
@@ -137,9 +148,21 @@ EDGE_SMW_API int32_t esmw_open(const esmw_options *options, esmw_handle **out) {
     if (!options->model_path || !*options->model_path)
         return fail(ESMW_ERR_ARGUMENT, "esmw_open: options.model_path is empty; set it to an "
                     "exported .onnx/.engine file or export folder");
+    size_t path_len = strnlen(options->model_path, PATH_MAX);
+    if (path_len >= PATH_MAX)
+        return fail(ESMW_ERR_ARGUMENT, "esmw_open: options.model_path is longer than PATH_MAX "
+                    "(%d bytes); use a shorter path", PATH_MAX);
     if (options->threads < 0 || options->max_faces < 0 || options->device < 0)
         return fail(ESMW_ERR_ARGUMENT, "esmw_open: threads (%d), max_faces (%d) and device (%d) "
                     "must be >= 0", options->threads, options->max_faces, options->device);
+    int cores = usable_cores();
+    if (options->threads > 0 && (int64_t)options->threads >
+                                    (int64_t)EDGE_SMW_MAX_THREADS_PER_CORE * cores)
+        return fail(ESMW_ERR_ARGUMENT, "esmw_open: threads=%d is more than this machine can "
+                    "use: %d usable core(s), and at most %d threads per core (%d) are allowed; "
+                    "use threads <= %d, or 0 for one per usable core", options->threads, cores,
+                    EDGE_SMW_MAX_THREADS_PER_CORE, EDGE_SMW_MAX_THREADS_PER_CORE * cores,
+                    EDGE_SMW_MAX_THREADS_PER_CORE * cores);
     if (options->detect_faces != 0 && options->detect_faces != 1)
         return fail(ESMW_ERR_ARGUMENT, "esmw_open: detect_faces must be 0 or 1, got %d",
                     options->detect_faces);

@@ -5,6 +5,11 @@
  *   abi_check args MODEL   bad arguments before and after a successful open
  *   abi_check open MODEL   only esmw_open (for missing Python / package / model cases)
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* PATH_MAX */
+#endif
+#include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +77,30 @@ int main(int argc, char **argv) {
     opt.model_path = model;
     opt.backend = "no-such-backend";
     report("open_unknown_backend", esmw_open(&opt, &h));
+
+    /* absurd settings: argument errors, never an abort or a runaway allocation */
+    esmw_options_init(&opt);
+    opt.model_path = model;
+    opt.threads = 100000;
+    report("open_threads_over_cap", esmw_open(&opt, &h));
+    opt.threads = INT32_MAX;
+    report("open_threads_int32_max", esmw_open(&opt, &h));
+    static char long_path[PATH_MAX + 64];
+    memset(long_path, 'a', sizeof long_path - 1);
+    long_path[0] = '/';
+    opt.threads = 1;
+    opt.model_path = long_path;
+    report("open_path_too_long", esmw_open(&opt, &h));
+    static char long_name[512]; /* one 300-byte file name: longer than NAME_MAX */
+    memset(long_name, 'b', 300);
+    memcpy(long_name, "/tmp/", 5);
+    memcpy(long_name + 300, ".onnx", 6);
+    opt.model_path = long_name;
+    report("open_name_too_long", esmw_open(&opt, &h));
+    if (h) {
+        fprintf(stderr, "a handle came back for an absurd setting\n");
+        return 2;
+    }
 
     esmw_options_init(&opt);
     opt.model_path = model;

@@ -48,6 +48,11 @@ class Runner(abc.ABC):
         """Names of the outputs ``infer`` returns."""
 
     @property
+    @abc.abstractmethod
+    def input_name(self) -> str:
+        """The name of the model's one input (edge-smw scorers call it ``input``)."""
+
+    @property
     def max_batch(self) -> int | None:
         """Largest batch the model accepts (None: unbounded)."""
         return None

@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_smw.artifacts.sessions import SessionSettings, load_session
+from edge_smw.artifacts.sessions import SessionSettings, check_threads, load_session
 from edge_smw.cache import cache_root
 from edge_smw.errors import BackendUnavailableError, InputError, ModelError
-from edge_smw.metadata import INPUT_NAME
 from edge_smw.runtime.backends import Runner
 
 PROVIDERS = {
@@ -50,8 +49,7 @@ class OnnxRuntimeRunner(Runner):
         if provider not in PROVIDERS:
             raise InputError(f"unknown onnxruntime provider {provider!r}; choose one of "
                              f"{sorted(PROVIDERS)}")
-        if threads is not None and int(threads) < 1:
-            raise InputError(f"threads must be >= 1 (or None for all cores), got {threads}")
+        threads = check_threads(threads)  # bench and calibration come here directly
         self.provider = provider
         self.name = f"onnxruntime-{provider}"
         self.device = int(device)
@@ -66,6 +64,7 @@ class OnnxRuntimeRunner(Runner):
         self.trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir else cache_root() / "ort-trt"
         self._session: Any = None
         self._outputs: tuple[str, ...] = ()
+        self._input_name = ""
         self._input_shape: tuple[int, ...] | None = None
 
     def _providers(self, ort: Any) -> list:
@@ -129,12 +128,11 @@ class OnnxRuntimeRunner(Runner):
         self._session = session
         self._outputs = tuple(o.name for o in session.get_outputs())
         inputs = session.get_inputs()
-        if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+        if len(inputs) != 1:
             self.deactivate()
-            raise ModelError(
-                f"{self.path} takes inputs {[i.name for i in inputs]}, not one '{INPUT_NAME}': "
-                "it is not an edge-smw model; export one with `edge-smw export RUN_DIR`"
-            )
+            raise ModelError(f"{self.path} takes {len(inputs)} inputs "
+                             f"{[i.name for i in inputs]}; a runner feeds models with one input")
+        self._input_name = inputs[0].name
         shape = inputs[0].shape
         if len(shape) == 4 and all(isinstance(d, int) for d in shape[1:]):
             self._input_shape = tuple(shape[1:])
@@ -153,7 +151,7 @@ class OnnxRuntimeRunner(Runner):
         if session is None:
             raise ModelError(f"the onnxruntime session for {self.path} is closed")
         try:
-            outputs = session.run(None, {INPUT_NAME: inputs})
+            outputs = session.run(None, {self._input_name: inputs})
         except Exception as exc:  # onnxruntime's own error types
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelError(f"onnxruntime failed to run {self.path} on input "
@@ -172,6 +170,10 @@ class OnnxRuntimeRunner(Runner):
     @property
     def output_names(self) -> tuple[str, ...]:
         return self._outputs
+
+    @property
+    def input_name(self) -> str:
+        return self._input_name
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edge_smw.errors import BackendUnavailableError, InputError, ModelError
-from edge_smw.metadata import INPUT_NAME, OUTPUT_PROBABILITIES, ModelInfo, sidecar_path
+from edge_smw.metadata import read_sidecar, sidecar_path
 from edge_smw.runtime.backends import Runner
 
 log = logging.getLogger("edge_smw.runtime.tensorrt")
@@ -414,23 +414,21 @@ class TensorRTRunner(Runner):
                                              tuple(engine.get_binding_shape(i))))
         names = [t.name for t in self._tensors]
         inputs = [t for t in self._tensors if t.is_input]
-        if len(inputs) != 1 or inputs[0].name != INPUT_NAME or OUTPUT_PROBABILITIES not in names:
-            raise ModelError(
-                f"{self.path} is not an edge-smw engine: it has tensors {names}, expected one "
-                f"input '{INPUT_NAME}' and an output '{OUTPUT_PROBABILITIES}'; build it from an "
-                "edge-smw ONNX export"
-            )
+        if len(inputs) != 1:
+            raise ModelError(f"{self.path} has tensors {names} with {len(inputs)} inputs; a "
+                             "runner feeds engines with one input; build it from an edge-smw "
+                             "ONNX export")
         self._input = inputs[0]
         shape = self._input.shape
         if len(shape) != 4 or any(d < 0 for d in shape[1:]):
-            raise ModelError(f"{self.path}: input '{INPUT_NAME}' has shape {shape}; expected "
-                             "N x 3 x H x W with fixed H and W")
+            raise ModelError(f"{self.path}: input '{self._input.name}' has shape {shape}; "
+                             "expected N x 3 x H x W with fixed H and W")
         if shape[0] >= 0:
             self._static_batch = True
             self._batch_range = (shape[0], shape[0])
             return
         if self._tensor_api and hasattr(engine, "get_tensor_profile_shape"):
-            low, _, high = engine.get_tensor_profile_shape(INPUT_NAME, self.profile)
+            low, _, high = engine.get_tensor_profile_shape(self._input.name, self.profile)
         else:
             low, _, high = engine.get_profile_shape(self.profile, self._input.index)
         self._batch_range = (int(low[0]), int(high[0]))
@@ -456,7 +454,7 @@ class TensorRTRunner(Runner):
         if self._static_batch:
             return
         if self._tensor_api:
-            ok = self._context.set_input_shape(INPUT_NAME, shape)
+            ok = self._context.set_input_shape(self._input.name, shape)
         else:
             ok = self._context.set_binding_shape(self._input.index, shape)
         if ok is False:
@@ -555,11 +553,15 @@ class TensorRTRunner(Runner):
 
     # -- facts -----------------------------------------------------------------------------
     def metadata(self) -> dict[str, str]:
-        return ModelInfo.from_sidecar(sidecar_path(self.path)).to_props()
+        return read_sidecar(sidecar_path(self.path))
 
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self._tensors if not t.is_input)
+
+    @property
+    def input_name(self) -> str:
+        return self._input.name if self._input is not None else ""
 
     @property
     def input_shape(self) -> tuple[int, ...] | None:

@@ -1,8 +1,10 @@
-"""edge-smw serve when the camera is not there: absent at start, late, lost mid-stream.
+"""edge-smw serve when the camera is not there: absent at start, late, lost mid-stream, a
+folder camera removed and put back, a file that ends.
 
 The mid-stream fault uses a real network camera: an MJPEG-over-HTTP server in this test
 process (like an IP camera's ``/video.mjpg``) streaming real face frames, which ends its
 stream and then refuses connections for a while, as a camera that drops off the network does.
+Every source goes through the same lost -> back-off -> reconnect path.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tests.serve_support import (
     wait_until,
 )
 
+pytestmark = pytest.mark.faults
 
 @pytest.fixture(scope="session")
 def footage(smiles_dir, smiles_onnx, tmp_path_factory):
@@ -163,3 +166,44 @@ def test_absent_video_without_wait_is_an_error(smiles_onnx, tmp_path, capsys):
                "--port", "0", "--threads", "1"])
     err = capsys.readouterr().err
     assert rc == 2 and "none.mp4" in err and "not found" in err
+
+
+def test_folder_camera_removed_then_restored_reconnects(footage, smiles_onnx, tmp_path):
+    folder = footage.write_folder(tmp_path / "frames", step=4)
+    away = tmp_path / "unplugged"
+    with ServeProcess(["--model", smiles_onnx, "--camera", folder, "--loop", "--fps", 10,
+                       "--threads", 1]) as proc:
+        wait_until(lambda: metrics(proc.url)["edge_smw_frames_scored_total"] >= 3, 30,
+                   what="frames scored from the folder")
+        folder.rename(away)  # the card is pulled, or the share unmounted
+
+        def lost():
+            status, health = get_json(proc.url + "/healthz")
+            return (status, health) if health["camera"]["state"] == "lost" else None
+
+        status, health = wait_until(lost, 30, what="/healthz to report the folder lost")
+        assert status == 503 and str(folder) in health["camera"]["last_error"]
+        away.rename(folder)  # and put back
+        wait_until(lambda: get_json(proc.url + "/healthz")[0] == 200, 30,
+                   what="/healthz to report the folder live again")
+        before = metrics(proc.url)["edge_smw_frames_scored_total"]
+        wait_until(lambda: metrics(proc.url)["edge_smw_frames_scored_total"] > before + 2, 30,
+                   what="scoring to resume")
+        health = get_json(proc.url + "/healthz")[1]
+        assert health["camera"]["reconnects"] >= 1 and health["camera"]["losses"] >= 1
+        assert proc.stop() == 0
+    assert "Traceback" not in proc.log()
+
+
+def test_a_file_that_ends_keeps_the_service_up(footage, smiles_onnx):
+    with ServeProcess(["--model", smiles_onnx, "--camera", footage.video, "--fps", 50,
+                       "--threads", 1]) as proc:
+        def ended():
+            status, health = get_json(proc.url + "/healthz")
+            return (status, health) if health["camera"]["state"] == "ended" else None
+
+        status, health = wait_until(ended, 30, what="the video to end")
+        assert status == 503 and "played to its end" in health["camera"]["last_error"]
+        assert get_json(proc.url + "/api/latest")[0] == 200  # the last result is still served
+        assert read_mjpeg(proc.url + "/stream.mjpg", 1, timeout=10)  # and the last picture
+        assert proc.stop() == 0
