@@ -151,7 +151,8 @@ def _export(source: Path, checkpoint: Checkpoint, settings: ExportSettings, stag
     fp32_gate = Gate.max_diff(fp32_parity, FP32_MAX_ABS_DIFF)
     summary.models[FP32.key] = _model_entry(fp32_path, "fp32", fp32_parity, fp32_gate)
     if fp32_gate.refused:
-        _refuse(settings, summary, f"fp32 ONNX: {fp32_gate.claim} on the validation split")
+        _refuse(settings, summary, f"fp32 ONNX differs from torch: {fp32_gate.claim} on the "
+                                  "validation split")
     if settings.int8:
         summary.int8 = _int8(source, checkpoint, fp32, fp32_path, settings, stage, val,
                              reference, summary, progress)
