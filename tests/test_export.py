@@ -208,7 +208,8 @@ def test_int8_aware_head_within_a_point_of_fp32(big_run: Path, tmp_path: Path) -
     out = tmp_path / "aware"
     result = export_model(big_run, out, ExportSettings(int8=True, flavours=("cpu",),
                                                        calib_size=128, aware_head=True,
-                                                       force=True, **FAST), progress=False)
+                                                       target_cpu="build-machine", force=True,
+                                                       **FAST), progress=False)
     info = result.summary.int8.flavours["cpu"]
     head = info.aware_head
     assert head["train_crops"] >= 800 and head["plain_int8"] and head["aware"]
