@@ -77,11 +77,13 @@ def smiles_int8(smiles_run: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """The cpu-flavour INT8 model of ``smiles_run``, made by the real export pipeline (its
     parity gate passed on the run's validation split)."""
     from edge_smw.artifacts.formats import INT8_CPU
-    from edge_smw.export.pipeline import ExportOptions, export_model
+    from edge_smw.export.pipeline import export_model
+    from edge_smw.export.settings import ExportSettings
 
     out = tmp_path_factory.mktemp("smiles_int8")
-    export_model(smiles_run, ExportOptions(out=out, int8=True, flavours=("cpu",),
-                                           latency_runs=3, progress=False))
+    # the weight width of the CPU the tests run on (8-bit with VNNI), as before --target-cpu
+    export_model(smiles_run, out, ExportSettings(int8=True, flavours=("cpu",), latency_runs=3,
+                                                 target_cpu="build-machine"), progress=False)
     return out / INT8_CPU.file_name
 
 

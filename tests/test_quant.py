@@ -18,6 +18,7 @@ import onnx  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
 from edge_smw.artifacts.sessions import load_session  # noqa: E402
+from edge_smw.cpu import cpu_features, cpu_kind, int8_mismatch  # noqa: E402
 from edge_smw.errors import InputError  # noqa: E402
 from edge_smw.export import quantize as Q  # noqa: E402
 
@@ -75,26 +76,51 @@ def _cpuinfo(tmp_path: Path, flags: str) -> Path:
     return path
 
 
-def test_reduce_range_follows_vnni(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Q.platform, "machine", lambda: "x86_64")
-    no_vnni = Q.cpu_features(_cpuinfo(tmp_path, "fpu sse avx avx2 fma"))
-    assert no_vnni["avx2"] and not no_vnni["vnni"]
-    assert Q.decide_reduce_range(Q.Flavour.CPU, "auto", no_vnni)[0] is True
-    vnni = Q.cpu_features(_cpuinfo(tmp_path, "avx2 avx512f avx512_vnni avx_vnni"))
-    assert vnni["vnni_flags"] == ["avx512_vnni", "avx_vnni"]
-    on, why = Q.decide_reduce_range(Q.Flavour.CPU, "auto", vnni)
-    assert on is False and "VNNI" in why
-    assert Q.decide_reduce_range(Q.Flavour.CPU, "on", vnni)[0] is True
-    assert Q.decide_reduce_range(Q.Flavour.TENSORRT, "on", no_vnni)[0] is False
-    monkeypatch.setattr(Q.platform, "machine", lambda: "aarch64")
-    arm = Q.cpu_features(_cpuinfo(tmp_path, "fp asimd asimddp"))
-    assert Q.decide_reduce_range(Q.Flavour.CPU, "auto", arm)[0] is False
+def test_reduce_range_follows_the_target_cpu(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge_smw.cpu as cpu
+
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    no_vnni = cpu_features(_cpuinfo(tmp_path, "fpu sse avx avx2 fma"))
+    assert no_vnni["avx2"] and not no_vnni["vnni"] and cpu_kind(no_vnni) == "x86-avx2"
+    vnni = cpu_features(_cpuinfo(tmp_path, "avx2 avx512f avx512_vnni avx_vnni"))
+    assert vnni["vnni_flags"] == ["avx512_vnni", "avx_vnni"] and cpu_kind(vnni) == "x86-vnni"
+    # the target decides, whatever the build machine has
+    assert Q.decide_reduce_range(Q.Flavour.CPU, "auto", "x86-avx2", vnni)[0] is True
+    on, why = Q.decide_reduce_range(Q.Flavour.CPU, "auto", "x86-vnni", no_vnni)
+    assert on is False and "x86-vnni" in why
+    assert Q.decide_reduce_range(Q.Flavour.CPU, "auto", "arm64", no_vnni)[0] is False
+    # build-machine reads this CPU
+    assert Q.decide_reduce_range(Q.Flavour.CPU, "auto", "build-machine", no_vnni)[0] is True
+    assert Q.decide_reduce_range(Q.Flavour.CPU, "auto", "build-machine", vnni)[0] is False
+    assert Q.decide_reduce_range(Q.Flavour.CPU, "on", "x86-vnni", vnni)[0] is True
+    assert Q.decide_reduce_range(Q.Flavour.TENSORRT, "on", "x86-avx2", no_vnni)[0] is False
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "aarch64")
+    arm = cpu_features(_cpuinfo(tmp_path, "fp asimd asimddp"))
+    assert cpu_kind(arm) == "arm64"
     with pytest.raises(InputError, match="reduce-range"):
-        Q.decide_reduce_range(Q.Flavour.CPU, "sometimes", arm)
+        Q.decide_reduce_range(Q.Flavour.CPU, "sometimes", "arm64", arm)
+
+
+def test_mismatch_is_only_8bit_weights_on_x86_without_vnni(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge_smw.cpu as cpu
+
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    avx2 = cpu_features(_cpuinfo(tmp_path, "avx2 fma"))
+    vnni = cpu_features(_cpuinfo(tmp_path, "avx2 avx512_vnni"))
+    eight = {"flavour": "cpu", "reduce_range": False, "target_cpu": "x86-vnni"}
+    seven = {"flavour": "cpu", "reduce_range": True, "target_cpu": "x86-avx2"}
+    assert "no VNNI" in int8_mismatch(eight, avx2) and "--target-cpu x86-avx2" in \
+        int8_mismatch(eight, avx2)
+    assert int8_mismatch(eight, vnni) is None
+    assert int8_mismatch(seven, avx2) is None
+    assert int8_mismatch({"flavour": "tensorrt", "reduce_range": False}, avx2) is None
+    assert int8_mismatch({}, avx2) is None  # older models: nothing recorded, nothing claimed
 
 
 def test_this_machine_is_recorded() -> None:
-    feats = Q.cpu_features()
+    feats = cpu_features()
     assert feats["machine"]
     assert isinstance(feats["vnni"], bool)
 
@@ -149,6 +175,30 @@ def test_methods_from_one_pass(setup: Setup) -> None:
 
 
 # -- flavours -----------------------------------------------------------------------------------
+def test_input_grid_keeps_the_float_function_and_is_exact(setup: Setup) -> None:
+    """The half-step shift changes no logit, and every pixel lands on an 8-bit grid point."""
+    from edge_smw.export.input_grid import put_input_on_grid, why_not
+
+    assert why_not(setup.fp32, setup.contract) is None
+    model, grid = put_input_on_grid(setup.fp32, setup.contract)
+    before = setup.logits(setup.fp32_path, limit=16)
+    after = setup.logits(setup.save(model, "grid.onnx"), limit=16)
+    np.testing.assert_allclose(after, before, atol=1e-4)
+    mul, add = (float(np.ravel(v)[0]) for v in setup.contract.affine())
+    steps = (np.arange(256) * mul + add - mul / 2) / grid.scale
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-4)
+    assert round(steps.min()) >= -128 and round(steps.max()) <= 127
+    from dataclasses import replace
+
+    calibration = replace(setup.calibration, ranges={
+        **setup.calibration.ranges, grid.tensor: (-128 * grid.scale, 127 * grid.scale)})
+    int8_nodes = {n.name for n in Q.quantize(model, calibration,
+                                             Q.flavour_spec(Q.Flavour.CPU),
+                                             nodes_to_exclude=list(grid.float_nodes),
+                                             overrides=grid.overrides(signed=False)).graph.node}
+    assert set(grid.float_nodes) <= int8_nodes  # the shift and pad stay as they are
+
+
 def test_float_tail_stays_float(setup: Setup) -> None:
     tail = Q.float_tail(setup.fp32)
     ops = {n.name: n.op_type for n in setup.fp32.graph.node}
@@ -288,8 +338,11 @@ def test_unit_noise_ranks_blocks_by_logit_noise(setup: Setup) -> None:
 
     units = node_units(setup.fp32)
     picked = {k: units[k] for k in ("stem", "blocks.0.0", "blocks.5.3")}
-    noise = unit_noise(setup.fp32, setup.calibration, Q.flavour_spec(Q.Flavour.CPU), None,
-                       picked, setup.calib, setup.contract, limit=16, progress=False)
+    spec = Q.flavour_spec(Q.Flavour.CPU)
+    noise = unit_noise(setup.fp32, picked, setup.calib, setup.contract, limit=16,
+                       build=lambda others: Q.quantize(setup.fp32, setup.calibration, spec,
+                                                       nodes_to_exclude=others),
+                       progress=False)
     assert [n["unit"] for n in noise] == sorted(picked, key=lambda u: -next(
         x["logit_rmse"] for x in noise if x["unit"] == u))
     assert all(n["logit_rmse"] > 0 for n in noise)
@@ -297,17 +350,17 @@ def test_unit_noise_ranks_blocks_by_logit_noise(setup: Setup) -> None:
 
 # -- mixed precision -----------------------------------------------------------------------------
 def _evaluate(setup: Setup, name: str):
-    from edge_smw.export.parity import compare
+    from edge_smw.export.results import Figures, Parity
 
     counter = {"n": 0}
 
-    def evaluate(model: onnx.ModelProto) -> dict:
+    def evaluate(model: onnx.ModelProto) -> Figures:
         counter["n"] += 1
         path = setup.save(model, f"{name}-{counter['n']}.onnx")
         session = load_session(path)
         probs = session.run(["probabilities"], {"input": setup.val.inputs(setup.contract)})[0]
-        figures = compare(probs.astype(np.float64), setup.reference, setup.val.levels)
-        return {"agreement": figures["top1_agreement"], "accuracy": figures["accuracy"]}
+        return Figures(Parity.measure(probs.astype(np.float64), setup.reference,
+                                      setup.val.levels))
 
     return evaluate
 
@@ -319,19 +372,20 @@ def test_mixed_precision_steps_are_monotone(setup: Setup, flavour: Q.Flavour) ->
 
     units = node_units(setup.fp32)
     spec = Q.flavour_spec(flavour)
-    result = mixed.search(setup.fp32, setup.calibration, spec, None, units=units,
-                          ranking=["stem", "blocks.0.0", "blocks.1.0"],
-                          evaluate=_evaluate(setup, flavour.value), target=1.0, max_steps=3)
+    result = mixed.search(
+        units=units, ranking=["stem", "blocks.0.0", "blocks.1.0"],
+        build=lambda nodes: mixed.build(setup.fp32, setup.calibration, spec, None, nodes),
+        evaluate=_evaluate(setup, flavour.value), done=lambda figures: False, max_steps=3)
     steps = result.steps
-    assert steps[0].action == "all int8" and len(steps) >= 2
-    best = steps[0].agreement
+    assert steps[0].name == "all int8" and len(steps) >= 2
+    best = steps[0].figures.parity.disagreements
     for step in steps[1:]:
         if step.kept:
-            assert step.agreement > best
-            best = step.agreement
+            assert step.figures.parity.disagreements < best
+            best = step.figures.parity.disagreements
         else:
-            assert step.agreement <= best and "not kept" in step.note
-    assert result.figures["agreement"] == best
+            assert step.figures.parity.disagreements >= best and "not kept" in step.note
+    assert result.figures.parity.disagreements == best
     summary = Q.qdq_summary(result.model)
     float_units = result.float_units
     expected_float = sorted(n for u in float_units for n in units[u]

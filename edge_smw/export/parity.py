@@ -65,23 +65,11 @@ def runtime_probabilities(path: str | Path, crops: CropSet, contract: Preprocess
 
 def compare(probs: np.ndarray, reference: np.ndarray, true_levels: np.ndarray | None
             ) -> dict[str, Any]:
-    """Top-1 agreement, probability differences, and accuracy / MAE against the reference."""
-    pred, ref = probs.argmax(1), reference.argmax(1)
-    diff = np.abs(probs - reference)
-    result: dict[str, Any] = {
-        "n": int(len(probs)),
-        "top1_agreement": float((pred == ref).mean()),
-        "disagreements": int((pred != ref).sum()),
-        "max_abs_prob_diff": float(diff.max()),
-        "mean_abs_prob_diff": float(diff.mean()),
-    }
-    if true_levels is not None and len(true_levels) and np.all(true_levels >= 0):
-        acc, acc_ref = float((pred == true_levels).mean()), float((ref == true_levels).mean())
-        mae = float(np.abs(pred - true_levels).mean())
-        mae_ref = float(np.abs(ref - true_levels).mean())
-        result.update(accuracy=acc, accuracy_torch=acc_ref, accuracy_delta=acc - acc_ref,
-                      mae=mae, mae_torch=mae_ref, mae_delta=mae - mae_ref)
-    return result
+    """Top-1 agreement (with its Wilson interval), probability differences, and accuracy /
+    MAE against the reference, as a dict (``results.Parity`` is the typed form)."""
+    from edge_smw.export.results import Parity
+
+    return Parity.measure(probs, reference, true_levels).to_dict()
 
 
 def latency(paths: Mapping[str, str | Path], size: int, *, runs: int = 30, warmup: int = 5,

@@ -8,7 +8,8 @@ Writes ``model.onnx`` (fp32), ``model.int8.onnx`` (cpu flavour), ``model.int8-tr
 (tensorrt flavour), ``model.fp16.onnx``, ``model.<gpu>.<precision>.engine`` (+ sidecar),
 ``calibration/`` (onnxruntime's TensorRT calibration table and the range cache),
 ``quant_report.<flavour>.{md,json,png}`` and ``export.json`` (what, from what, settings,
-hashes, parity figures, every INT8 step, versions).
+hashes, parity figures, every INT8 step, versions). Figures travel as the typed objects of
+``edge_smw.export.results`` and become JSON only there.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +30,18 @@ import torch
 
 from edge_smw import __version__
 from edge_smw.artifacts.folders import CALIBRATION_DIR, EXPORT_JSON
-from edge_smw.artifacts.formats import FP16, FP32
+from edge_smw.artifacts.formats import FP16, FP32, int8_format
 from edge_smw.atomic import write_json
 from edge_smw.cache import file_sha256
+from edge_smw.cpu import cpu_features
 from edge_smw.errors import GateFailure, InputError
+from edge_smw.export import int8
 from edge_smw.export import quantize as Q
-from edge_smw.export.crops import (
-    CropSet,
-    calibration_crops,
-    find_split,
-    split_items,
-    validation_crops,
-)
+from edge_smw.export.crops import CropSet, calibration_crops, validation_crops
 from edge_smw.export.onnx import export_fp32, model_info, save_model, set_metadata
-from edge_smw.export.parity import (
-    FP32_MAX_ABS_DIFF,
-    INT8_MIN_AGREEMENT,
-    compare,
-    latency,
-    runtime_probabilities,
-    torch_probabilities,
-)
-from edge_smw.export.profiles import Profile, resolve_profile
+from edge_smw.export.parity import FP32_MAX_ABS_DIFF, runtime_probabilities, torch_probabilities
+from edge_smw.export.results import ExportSummary, Gate, Int8Result, ModelEntry, Parity
+from edge_smw.export.settings import ExportSettings
 from edge_smw.metadata import ModelInfo
 from edge_smw.train.checkpoint import Checkpoint, load_checkpoint
 
@@ -59,122 +49,14 @@ log = logging.getLogger("edge_smw.export")
 
 
 @dataclass
-class ExportOptions:
-    """What to build; ``None`` fields are taken from the profile, else the defaults here."""
-
-    out: Path
-    int8: bool | None = None
-    fp16: bool | None = None
-    engine: bool | None = None
-    profile: str | None = None
-    flavours: tuple[str, ...] | None = None
-    calib_data: Path | None = None
-    calib_size: int | None = None
-    calib_method: str | None = None
-    num_bins: int = Q.ENTROPY_BINS
-    percentile: float = Q.PERCENTILE
-    feature_map: bool = False
-    force: bool = False
-    report: bool = False
-    target_agreement: float | None = None
-    max_mixed_steps: int | None = None
-    aware_head: bool | None = None
-    bias_correction: bool | None = None
-    reduce_range: str | None = None
-    val_limit: int | None = None
-    latency_runs: int = 30
-    seed: int = 0
-    progress: bool = True
-    batch_min: int | None = None
-    batch_opt: int | None = None
-    batch_max: int | None = None
-    workspace_mb: int | None = None
-    dla_core: int | None = None
-
-
-@dataclass
-class Resolved:
-    """Options after the profile and defaults were applied (recorded in export.json)."""
-
-    int8: bool
-    fp16: bool
-    engine: bool
-    flavours: list[str]
-    calib_size: int
-    calib_method: Q.CalibMethod
-    target_agreement: float
-    max_mixed_steps: int
-    aware_head: bool
-    bias_correction: bool
-    reduce_range: str
-    batch: tuple[int, int, int]
-    workspace_mb: int
-    dla_core: int
-    profile: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["calib_method"] = self.calib_method.value
-        return data
-
-
-def resolve_options(options: ExportOptions) -> Resolved:
-    profile: Profile | None = resolve_profile(options.profile) if options.profile else None
-    p_int8 = profile is not None and profile.precision == "int8"
-    p_fp16 = profile is not None and profile.precision == "fp16"
-    cal = profile.calibration if profile else {}
-    i8 = profile.int8 if profile else {}
-    trt = profile.tensorrt if profile else {}
-
-    def pick(value: Any, default: Any) -> Any:
-        return default if value is None else value
-
-    flavours = list(options.flavours or (profile.flavours if profile and profile.flavours
-                                         else [f.value for f in Q.Flavour]))
-    for f in flavours:
-        Q.parse_enum(Q.Flavour, f, "INT8 flavour")
-    resolved = Resolved(
-        int8=bool(pick(options.int8, p_int8)), fp16=bool(pick(options.fp16, p_fp16)),
-        engine=bool(pick(options.engine, profile.engine if profile else False)),
-        flavours=flavours,
-        calib_size=int(pick(options.calib_size, cal.get("size", 128))),
-        calib_method=Q.parse_enum(Q.CalibMethod, pick(options.calib_method,
-                                                      cal.get("method", "minmax")),
-                                  "--calib-method"),
-        target_agreement=float(pick(options.target_agreement,
-                                    i8.get("target_agreement", INT8_MIN_AGREEMENT))),
-        max_mixed_steps=int(pick(options.max_mixed_steps, i8.get("max_mixed_steps", 6))),
-        aware_head=bool(pick(options.aware_head, i8.get("aware_head", False))),
-        bias_correction=bool(pick(options.bias_correction, i8.get("bias_correction", True))),
-        reduce_range=str(pick(options.reduce_range, i8.get("reduce_range", "auto"))),
-        batch=(int(pick(options.batch_min, trt.get("batch_min", 1))),
-               int(pick(options.batch_opt, trt.get("batch_opt", 1))),
-               int(pick(options.batch_max, trt.get("batch_max", 8)))),
-        workspace_mb=int(pick(options.workspace_mb, trt.get("workspace_mb", 1024))),
-        dla_core=int(pick(options.dla_core, trt.get("dla_core", -1))),
-        profile=profile.to_dict() if profile else None,
-    )
-    if not 0.0 < resolved.target_agreement <= 1.0:
-        raise InputError(f"--int8-target-agreement {resolved.target_agreement}: give a fraction "
-                         "in (0, 1], e.g. 0.98")
-    if resolved.max_mixed_steps < 0:
-        raise InputError("the mixed-precision step budget must be >= 0")
-    if resolved.int8 and not resolved.flavours:
-        raise InputError("--int8 with no flavour: choose cpu and/or tensorrt")
-    if resolved.aware_head and not resolved.int8:
-        raise InputError("--int8-aware-head needs --int8 (it retrains the head for the int8 "
-                         "backbone)")
-    if options.latency_runs < 1:
-        raise InputError("latency runs must be >= 1")
-    return resolved
-
-
-@dataclass
 class ExportResult:
     out: Path
     files: list[str]
-    summary: dict[str, Any]
-    forced: list[str] = field(default_factory=list)
+    summary: ExportSummary
+
+    @property
+    def forced(self) -> list[str]:
+        return self.summary.forced
 
 
 class _Stage:
@@ -215,97 +97,92 @@ class _Stage:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def export_model(source: str | Path, options: ExportOptions) -> ExportResult:
-    """Export ``source`` (a run folder or checkpoint) as ``options`` say; see module doc."""
+def export_model(source: str | Path, out: str | Path, settings: ExportSettings | None = None,
+                 *, progress: bool = True) -> ExportResult:
+    """Export ``source`` (a run folder or checkpoint) into ``out``; see the module doc.
+
+    ``settings``: what to build (``resolve_settings`` layers a profile and overrides over the
+    defaults); None builds the fp32 model only.
+    """
     started = time.perf_counter()
-    resolved = resolve_options(options)
+    settings = settings or ExportSettings()
     checkpoint = load_checkpoint(source)
-    if resolved.engine:
+    if settings.engine:
         from edge_smw.export.tensorrt import import_tensorrt
 
         import_tensorrt()  # fail now, not after minutes of calibration
-    out = Path(options.out)
+    out = Path(out)
     stage = _Stage(out)
     try:
-        result = _export(source, checkpoint, options, resolved, stage)
-        result.files = stage.commit()
-        result.summary["seconds"] = round(time.perf_counter() - started, 1)
-        write_json(out / EXPORT_JSON, result.summary)
-        result.files.append(EXPORT_JSON)
-        return result
+        summary = _export(Path(source), checkpoint, settings, stage, progress)
+        files = stage.commit()
+        summary.seconds = round(time.perf_counter() - started, 1)
+        write_json(out / EXPORT_JSON, summary.to_dict())
+        return ExportResult(out, [*files, EXPORT_JSON], summary)
     finally:
         stage.cleanup()
 
 
-def _export(source: str | Path, checkpoint: Checkpoint, options: ExportOptions,
-            resolved: Resolved, stage: _Stage) -> ExportResult:
+def _export(source: Path, checkpoint: Checkpoint, settings: ExportSettings, stage: _Stage,
+            progress: bool) -> ExportSummary:
     contract = checkpoint.contract
-    progress = options.progress
-    forced: list[str] = []
-    summary: dict[str, Any] = {
-        "source": {"path": str(source), "checkpoint": str(checkpoint.path),
-                   "checkpoint_sha256": checkpoint.sha256, "backbone": checkpoint.backbone,
-                   "levels": list(contract.levels), "detect": checkpoint.detect,
-                   "split_sha256": checkpoint.split_sha256,
-                   "training_metrics": checkpoint.metrics},
-        "settings": {**resolved.to_dict(), "feature_map": options.feature_map,
-                     "force": options.force, "report": options.report,
-                     "val_limit": options.val_limit, "seed": options.seed},
-        "versions": _versions(), "machine": Q.cpu_features(), "models": {},
-    }
+    summary = ExportSummary(
+        source={"path": str(source), "checkpoint": str(checkpoint.path),
+                "checkpoint_sha256": checkpoint.sha256, "backbone": checkpoint.backbone,
+                "levels": list(contract.levels), "detect": checkpoint.detect,
+                "split_sha256": checkpoint.split_sha256,
+                "training_metrics": checkpoint.metrics},
+        settings=settings.to_dict(), versions=_versions(), machine=cpu_features())
     torch_model = checkpoint.build_model()
     fp32_path = stage.file(FP32.file_name)
-    export_fp32(checkpoint, fp32_path, feature_map=options.feature_map, model=torch_model)
+    export_fp32(checkpoint, fp32_path, feature_map=settings.feature_map, model=torch_model)
     fp32 = onnx.load_model(str(fp32_path))
     val = validation_crops(contract, detect=checkpoint.detect, run_or_checkpoint=source,
-                           limit=options.val_limit, seed=options.seed, progress=progress)
+                           limit=settings.val_limit, seed=settings.seed, progress=progress)
     reference = torch_probabilities(torch_model, val, contract, progress=progress)
-    summary["parity_data"] = val.describe()
+    summary.parity_data = val.describe()
 
-    def parity(path: Path, desc: str) -> dict[str, Any]:
-        return compare(runtime_probabilities(path, val, contract, progress=progress,
-                                             desc=f"parity: {desc}"), reference, val.levels)
+    def parity(path: Path, desc: str) -> Parity:
+        return Parity.measure(runtime_probabilities(path, val, contract, progress=progress,
+                                                    desc=f"parity: {desc}"),
+                              reference, val.levels)
 
     fp32_parity = parity(fp32_path, "fp32")
-    gate = {"max_abs_prob_diff": FP32_MAX_ABS_DIFF,
-            "passed": fp32_parity["max_abs_prob_diff"] <= FP32_MAX_ABS_DIFF}
-    summary["models"]["fp32"] = _model_entry(fp32_path, "fp32", fp32_parity, gate)
-    if not gate["passed"]:
-        _refuse(options, forced, f"fp32 ONNX differs from torch by "
-                f"{fp32_parity['max_abs_prob_diff']:.2e} in probability (gate "
-                f"{FP32_MAX_ABS_DIFF:.0e}) on {fp32_parity['n']} validation crops")
-
-    if resolved.int8:
-        summary["int8"] = _int8(source, checkpoint, fp32, fp32_path, options, resolved, stage,
-                                val, reference, parity, forced, summary)
-    if resolved.fp16:
+    fp32_gate = Gate.max_diff(fp32_parity, FP32_MAX_ABS_DIFF)
+    summary.models[FP32.key] = _model_entry(fp32_path, "fp32", fp32_parity, fp32_gate)
+    if fp32_gate.refused:
+        _refuse(settings, summary, f"fp32 ONNX differs from torch: {fp32_gate.claim} on the "
+                                  "validation split")
+    if settings.int8:
+        summary.int8 = _int8(source, checkpoint, fp32, fp32_path, settings, stage, val,
+                             reference, summary, progress)
+    if settings.fp16:
         from edge_smw.export.fp16 import convert_fp16
 
         fp16_path = stage.file(FP16.file_name)
         fp16 = convert_fp16(fp32)
         set_metadata(fp16, model_info(checkpoint, precision="fp16",
-                                      feature_map=options.feature_map))
+                                      feature_map=settings.feature_map))
         save_model(fp16, fp16_path)
-        summary["models"]["fp16"] = _model_entry(fp16_path, "fp16", parity(fp16_path, "fp16"),
-                                                 None)
-    if resolved.engine:
-        summary["engines"] = _engines(checkpoint, options, resolved, stage, summary)
-    summary["forced"] = forced
-    return ExportResult(stage.out, [], summary, forced)
+        summary.models[FP16.key] = _model_entry(fp16_path, "fp16", parity(fp16_path, "fp16"))
+    if settings.engine:
+        calibration = summary.int8.calibration_sha256 if summary.int8 else None
+        summary.engines = _engines(checkpoint, settings, stage, calibration)
+    return summary
 
 
-def _refuse(options: ExportOptions, forced: list[str], message: str) -> None:
-    if options.force:
+def _refuse(settings: ExportSettings, summary: ExportSummary, message: str) -> None:
+    if settings.force:
         log.warning("--force: writing anyway: %s", message)
-        forced.append(message)
+        summary.forced.append(message)
         return
     raise GateFailure(message + "; nothing was written (pass --force to write it anyway)")
 
 
-def _model_entry(path: Path, precision: str, parity: dict[str, Any],
-                 gate: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
-    return {"file": path.name, "precision": precision, "sha256": file_sha256(path),
-            "bytes": path.stat().st_size, "parity": parity, "gate": gate, **extra}
+def _model_entry(path: Path, precision: str, parity: Parity, gate: Gate | None = None,
+                 flavour: str | None = None) -> ModelEntry:
+    return ModelEntry(path.name, precision, file_sha256(path), path.stat().st_size, parity,
+                      gate, flavour)
 
 
 def _versions() -> dict[str, str]:
@@ -318,180 +195,87 @@ def _versions() -> dict[str, str]:
 
 
 # -- INT8 ----------------------------------------------------------------------------------------
-def _int8(source: str | Path, checkpoint: Checkpoint, fp32: onnx.ModelProto,
-          fp32_path: Path, options: ExportOptions, resolved: Resolved, stage: _Stage,
-          val: CropSet, reference: np.ndarray, parity: Callable[[Path, str], dict[str, Any]],
-          forced: list[str], summary: dict[str, Any]) -> dict[str, Any]:
-    from edge_smw.export import mixed
-    from edge_smw.export.sensitivity import node_units, tensor_errors, unit_noise, write_report
-
+def _int8(source: Path, checkpoint: Checkpoint, fp32: onnx.ModelProto, fp32_path: Path,
+          settings: ExportSettings, stage: _Stage, val: CropSet, reference: np.ndarray,
+          summary: ExportSummary, progress: bool) -> Int8Result:
+    """Calibrate once, then every flavour's steps (``edge_smw.export.int8``); write each
+    model with its figures and gate."""
     contract = checkpoint.contract
-    progress = options.progress
-    calib = calibration_crops(contract, detect=checkpoint.detect, size=resolved.calib_size,
-                              run_or_checkpoint=source, calib_data=options.calib_data,
-                              seed=options.seed, progress=progress)
-    symmetric_only = resolved.flavours == ["tensorrt"]
-    calibration = Q.calibrate(fp32_path, calib, contract, resolved.calib_method,
-                              num_bins=options.num_bins, percentile=options.percentile,
+    calib = calibration_crops(contract, detect=checkpoint.detect, size=settings.calib_size,
+                              run_or_checkpoint=source, calib_data=settings.calib_data,
+                              seed=settings.seed, progress=progress)
+    symmetric_only = settings.flavours == ("tensorrt",)
+    calibration = Q.calibrate(fp32_path, calib, contract,
+                              Q.parse_enum(Q.CalibMethod, settings.calib_method,
+                                           "--calib-method"),
+                              num_bins=settings.num_bins, percentile=settings.percentile,
                               progress=progress, activation_symmetric=symmetric_only)
     _write_calibration(calibration, calib, stage)
-    info: dict[str, Any] = {"calibration": {**calibration.describe(), **calib.describe(),
-                                            "paths": calib.paths},
-                            "flavours": {}}
-    units = node_units(fp32)
-    work = Path(tempfile.mkdtemp(prefix=".int8-", dir=stage.path))
-    for flavour_name in resolved.flavours:
-        flavour = Q.parse_enum(Q.Flavour, flavour_name, "INT8 flavour")
-        reduce_range, why = Q.decide_reduce_range(flavour, resolved.reduce_range,
-                                                  summary["machine"])
-        spec = Q.flavour_spec(flavour, reduce_range=reduce_range)
-        counter = {"n": 0}
-
-        def evaluate(model: onnx.ModelProto, tag: str, _f=flavour, _c=counter) -> dict[str, Any]:
-            _c["n"] += 1
-            path = work / f"{_f.value}-{_c['n']}.onnx"
-            onnx.save_model(model, str(path))
-            figures = parity(path, f"{_f.value} {tag}")
-            speed = latency({"fp32": fp32_path, "int8": path}, contract.input_size,
-                            runs=options.latency_runs)
-            return {"agreement": figures["top1_agreement"], "accuracy": figures.get("accuracy"),
-                    "latency_ms_p50": speed["int8"]["p50_ms"],
-                    "fp32_latency_ms_p50": speed["fp32"]["p50_ms"], "parity": figures,
-                    "path": path}
-
-        steps: list[dict[str, Any]] = []
-        naive = Q.quantize(fp32, calibration, spec)
-        naive_fig = evaluate(naive, "naive")
-        steps.append(_step("naive static int8 (float tail kept)", naive_fig, True))
-        current, current_fig, correction = naive, naive_fig, None
-        if resolved.bias_correction:
-            correction = Q.measure_weight_shift(fp32, naive, calib, contract)
-            corrected = Q.quantize(Q.apply_bias_correction(fp32, correction), calibration, spec)
-            fig = evaluate(corrected, "bias-corrected")
-            kept = fig["agreement"] >= naive_fig["agreement"]
-            steps.append(_step("bias correction", fig, kept,
-                               "" if kept else "lowered agreement: reverted",
-                               correction=correction.describe()))
-            if kept:
-                current, current_fig = corrected, fig
-            else:
-                correction = None
-        report_files: dict[str, str] = {}
-        needs_mixed = (current_fig["agreement"] < resolved.target_agreement
-                       and resolved.max_mixed_steps > 0)
-        noise: list[dict[str, Any]] = []
-        if needs_mixed or options.report:
-            noise = unit_noise(fp32, calibration, spec, correction, units, calib, contract,
-                               progress=progress)
-        if options.report:
-            errors = tensor_errors(fp32_path, current_fig["path"], calib, contract,
-                                   progress=progress)
-            name = f"quant_report.{flavour.value}"
-            for key in ("json", "md", "png"):
-                stage.file(f"{name}.{key}")
-            written = write_report(errors, stage.path, name=name,
-                                   title=f"INT8 sensitivity, {flavour.value} flavour",
-                                   meta={"crops": min(32, len(calib)),
-                                         "model": f"{flavour.file_name} with every block "
-                                                  "int8 (bias-corrected, before mixed "
-                                                  "precision)",
-                                         "calibration": calibration.describe()},
-                                   noise=noise)
-            report_files = {k: v.name for k, v in written.items()}
-        mixed_info = None
-        float_nodes: list[str] = []
-        if needs_mixed:
-            result = mixed.search(
-                fp32, calibration, spec, correction, units=units,
-                ranking=[u["unit"] for u in noise],
-                evaluate=lambda m, _e=evaluate: _e(m, "mixed"), target=resolved.target_agreement,
-                max_steps=resolved.max_mixed_steps, start=(current, current_fig))
-            mixed_info = result.describe()
-            for s in result.steps[1:]:
-                steps.append({"step": s.action, "agreement": s.agreement, "accuracy": s.accuracy,
-                              "latency_ms_p50": s.latency_ms_p50, "kept": s.kept,
-                              "note": s.note})
-            if result.float_units:
-                current, current_fig = result.model, result.figures
-                float_nodes = result.float_nodes
-        head_info = None
-        head = (checkpoint.head_weight, checkpoint.head_bias)
-        if resolved.aware_head:
-            from edge_smw.export.int8_head import retrain_head, set_head
-
-            split = find_split(source)
-            if split is None:
-                raise InputError(f"--int8-aware-head retrains the head on the run's training "
-                                 f"split, and {source} has no split.json beside it: export "
-                                 "the run folder")
-            items = split_items(split, "train", contract.levels)
-            weight, bias, head_info = retrain_head(current, checkpoint, items, progress=progress)
-            aware = set_head(current, weight, bias)
-            fig = evaluate(aware, "int8-aware head")
-            head_info = {**head_info, "plain_int8": _brief(current_fig), "aware": _brief(fig)}
-            steps.append(_step("int8-aware head", fig, True))
-            current, current_fig, head = aware, fig, (weight, bias)
-        if flavour is Q.Flavour.TENSORRT:
-            problems = Q.tensorrt_problems(current)
-            if problems:
-                raise GateFailure("the tensorrt-flavour model is not valid explicit "
-                                  "quantization: " + "; ".join(problems[:5]))
-        figures = current_fig["parity"]
-        passed = figures["top1_agreement"] >= INT8_MIN_AGREEMENT
-        path = stage.file(flavour.file_name)
-        meta = model_info(checkpoint, precision="int8", feature_map=options.feature_map,
-                          int8={"flavour": flavour.value, "agreement": figures["top1_agreement"],
-                                "float_units": mixed_info["float_units"] if mixed_info else [],
-                                "aware_head": resolved.aware_head})
-        meta.flavour = flavour.value
-        meta.calibration_sha256 = calibration.crops_sha256
-        if options.feature_map:
-            meta.head_weight = np.asarray(head[0]).tolist()
-            meta.head_bias = np.asarray(head[1]).tolist()
-        set_metadata(current, meta)
-        save_model(current, path)
-        gate = {"min_top1_agreement": INT8_MIN_AGREEMENT, "passed": passed}
-        info["flavours"][flavour.value] = {
-            "file": flavour.file_name, "settings": {**spec.describe(), "reduce_range_why": why},
-            "steps": steps, "mixed_precision": mixed_info, "float_nodes": float_nodes,
-            "unit_logit_noise": noise,
-            "aware_head": head_info, "qdq": Q.qdq_summary(current),
-            "latency_ms_p50": current_fig["latency_ms_p50"],
-            "fp32_latency_ms_p50": current_fig["fp32_latency_ms_p50"],
-            "speedup_vs_fp32": current_fig["fp32_latency_ms_p50"] / current_fig["latency_ms_p50"],
-            "report": report_files,
-        }
-        summary["models"][f"int8-{flavour.value}"] = _model_entry(
-            path, "int8", figures, gate, flavour=flavour.value)
-        if not passed:
-            _refuse(options, forced, _int8_failure(flavour, figures, steps))
-    shutil.rmtree(work, ignore_errors=True)
-    return info
+    result = Int8Result({**calibration.describe(), **calib.describe(), "paths": calib.paths})
+    work = int8.scratch(stage.path)
+    try:
+        ctx = int8.Int8Context(checkpoint, source, fp32, fp32_path, calib, val, reference,
+                               calibration, settings, work, progress)
+        for name in settings.flavours:
+            flavour = Q.parse_enum(Q.Flavour, name, "INT8 flavour")
+            run = int8.run_flavour(ctx, flavour)
+            report = _int8_report(ctx, run, stage) if settings.report else {}
+            verdict = int8.gate(run)
+            path = stage.file(flavour.file_name)
+            _write_int8(run, checkpoint, calibration, settings, verdict, path)
+            result.flavours[flavour.value] = int8.result_of(run, report)
+            summary.models[int8_format(flavour.value).key] = _model_entry(
+                path, "int8", run.figures.parity, verdict, flavour.value)
+            if verdict.refused:
+                _refuse(settings, summary, int8.failure_message(run, verdict))
+    finally:
+        int8.cleanup(work)
+    return result
 
 
-def _brief(fig: dict[str, Any]) -> dict[str, Any]:
-    parity = fig["parity"]
-    return {k: parity.get(k) for k in ("top1_agreement", "accuracy", "accuracy_torch",
-                                       "accuracy_delta", "mae_delta", "max_abs_prob_diff")}
+def _write_int8(run: int8.FlavourRun, checkpoint: Checkpoint, calibration: Q.Calibration,
+                settings: ExportSettings, verdict: Gate, path: Path) -> None:
+    """The kept model with its metadata: contract, flavour, weight width and target CPU (the
+    runtime checks them against the CPU it runs on), the agreement claim."""
+    parity = run.figures.parity
+    meta = model_info(checkpoint, precision="int8", feature_map=settings.feature_map,
+                      int8={"flavour": run.flavour.value,
+                            "agreement": parity.top1_agreement,
+                            "agreement_interval": list(parity.agreement.interval),
+                            "gate": verdict.outcome, "float_units": run.float_units,
+                            "steps": [s.name for s in run.steps if s.kept],
+                            "aware_head": settings.aware_head,
+                            "reduce_range": run.recipe.spec.reduce_range,
+                            "target_cpu": (settings.target_cpu if run.flavour is Q.Flavour.CPU
+                                           else None)})
+    meta.flavour = run.flavour.value
+    meta.calibration_sha256 = calibration.crops_sha256
+    if settings.feature_map and run.head is not None:
+        meta.head_weight = np.asarray(run.head[0]).tolist()
+        meta.head_bias = np.asarray(run.head[1]).tolist()
+    set_metadata(run.model, meta)
+    save_model(run.model, path)
 
 
-def _step(name: str, fig: dict[str, Any], kept: bool, note: str = "", **extra: Any
-          ) -> dict[str, Any]:
-    return {"step": name, "agreement": fig["agreement"], "accuracy": fig.get("accuracy"),
-            "latency_ms_p50": fig.get("latency_ms_p50"),
-            "fp32_latency_ms_p50": fig.get("fp32_latency_ms_p50"), "kept": kept, "note": note,
-            **extra}
+def _int8_report(ctx: int8.Int8Context, run: int8.FlavourRun, stage: _Stage) -> dict[str, str]:
+    """The per-tensor sensitivity report of the all-int8 model (before any float island)."""
+    from edge_smw.export.sensitivity import tensor_errors, write_report
 
-
-def _int8_failure(flavour: Q.Flavour, figures: dict[str, Any], steps: list[dict]) -> str:
-    trail = ", ".join(f"{s['step']} {100 * s['agreement']:.1f}%" for s in steps)
-    acc = ""
-    if "accuracy" in figures:
-        acc = (f", accuracy {100 * figures['accuracy']:.1f}% vs torch "
-               f"{100 * figures['accuracy_torch']:.1f}%")
-    return (f"int8 ({flavour.value}) agrees with the torch model on "
-            f"{100 * figures['top1_agreement']:.1f}% of {figures['n']} validation crops (gate "
-            f"{100 * INT8_MIN_AGREEMENT:.0f}%){acc}; steps: {trail}")
+    figures = run.all_int8 or run.figures
+    errors = tensor_errors(ctx.fp32_path, figures.path, ctx.calib, ctx.contract,
+                           progress=ctx.progress)
+    name = f"quant_report.{run.flavour.value}"
+    for key in ("json", "md", "png"):
+        stage.file(f"{name}.{key}")
+    kept = ", ".join(s.name for s in run.steps if s.kept and s.name != "all int8")
+    written = write_report(errors, stage.path, name=name,
+                           title=f"INT8 sensitivity, {run.flavour.value} flavour",
+                           meta={"crops": min(32, len(ctx.calib)),
+                                 "model": f"{run.flavour.file_name} with every block int8 "
+                                          f"({kept}; before mixed precision)",
+                                 "calibration": run.recipe.source(ctx).calibration.describe()},
+                           noise=run.noise)
+    return {k: v.name for k, v in written.items()}
 
 
 def _write_calibration(calibration: Q.Calibration, crops: CropSet, stage: _Stage) -> None:
@@ -511,26 +295,26 @@ def _write_calibration(calibration: Q.Calibration, crops: CropSet, stage: _Stage
 
 
 # -- engines -------------------------------------------------------------------------------------
-def _engines(checkpoint: Checkpoint, options: ExportOptions, resolved: Resolved, stage: _Stage,
-             summary: dict[str, Any]) -> list[dict[str, Any]]:
+def _engines(checkpoint: Checkpoint, settings: ExportSettings, stage: _Stage,
+             calibration_sha256: str | None) -> list[dict[str, Any]]:
     from edge_smw.export.tensorrt import EngineSettings, build_engine
 
     built = []
-    lo, opt, hi = resolved.batch
     jobs = []
-    if resolved.int8 and "tensorrt" in resolved.flavours:
+    if settings.int8 and "tensorrt" in settings.flavours:
         jobs.append(("int8", Q.Flavour.TENSORRT.file_name))
-    if resolved.fp16 or not jobs:
+    if settings.fp16 or not jobs:
         jobs.append(("fp16", FP32.file_name))
     for precision, name in jobs:
         onnx_path = stage.path / name
         info = ModelInfo.from_file(onnx_path)
         info.precision = precision
-        calib = summary.get("int8", {}).get("calibration", {}).get("crops_sha256") \
-            if precision == "int8" else None
-        settings = EngineSettings(precision, lo, opt, hi, resolved.workspace_mb, resolved.dla_core)
-        engine = build_engine(onnx_path, settings, info=info, out_dir=stage.path,
-                              calibration_sha256=calib)
+        engine_settings = EngineSettings(precision, settings.batch_min, settings.batch_opt,
+                                         settings.batch_max, settings.workspace_mb,
+                                         settings.dla_core)
+        engine = build_engine(onnx_path, engine_settings, info=info, out_dir=stage.path,
+                              calibration_sha256=calibration_sha256 if precision == "int8"
+                              else None)
         stage.file(engine["file"])
         stage.file(engine["file"] + ".json")
         built.append(engine)

@@ -1,8 +1,10 @@
-"""Target profiles: what to build for a kind of device, as TOML files in ``export/``.
+"""Target profiles: what to build for a kind of device, as TOML files shipped in the package.
 
-A profile sets precision, INT8 flavour(s), whether to build a TensorRT engine, the batch
-range, workspace, calibration size and method. Command-line flags override it. Profiles are
-found in ``$EDGE_SMW_PROFILES`` (a folder) and the project's top-level ``export/`` folder;
+A profile sets precision, INT8 flavour(s), the CPU an int8 model is built for, whether to
+build a TensorRT engine, the batch range, workspace, calibration size and method: any key
+``ExportSettings`` declares for profiles (``edge_smw.export.settings``), and no other.
+Command-line flags override it. Profiles are found in ``$EDGE_SMW_PROFILES`` (a folder), then
+in ``edge_smw/export/config/`` (package data, so an installed wheel has them);
 ``--profile`` also takes a path to a .toml file.
 """
 
@@ -11,21 +13,11 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from edge_smw.errors import InputError
-
-PROJECT_PROFILES = Path(__file__).resolve().parents[2] / "export"
-PRECISIONS = ("fp32", "fp16", "int8")
-FLAVOURS = ("cpu", "tensorrt")
-_TOP = {"description", "precision", "flavours", "engine", "calibration", "int8", "tensorrt"}
-_SECTIONS = {
-    "calibration": {"size", "method", "num_bins", "percentile"},
-    "int8": {"target_agreement", "bias_correction", "reduce_range", "max_mixed_steps",
-             "aware_head"},
-    "tensorrt": {"batch_min", "batch_opt", "batch_max", "workspace_mb", "dla_core"},
-}
 
 
 @dataclass
@@ -34,16 +26,21 @@ class Profile:
     path: Path
     description: str = ""
     precision: str = "fp32"
-    flavours: list[str] = field(default_factory=list)
-    engine: bool = False
-    calibration: dict[str, Any] = field(default_factory=dict)
-    int8: dict[str, Any] = field(default_factory=dict)
-    tensorrt: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)  # ExportSettings field -> value
+
+    @property
+    def flavours(self) -> tuple[str, ...]:
+        return tuple(self.values.get("flavours", ())) if self.precision == "int8" else ()
+
+    @property
+    def engine(self) -> bool:
+        return bool(self.values.get("engine", False))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "path": str(self.path), "description": self.description,
-                "precision": self.precision, "flavours": self.flavours, "engine": self.engine,
-                "calibration": self.calibration, "int8": self.int8, "tensorrt": self.tensorrt}
+                "precision": self.precision,
+                "settings": {k: list(v) if isinstance(v, tuple) else v
+                             for k, v in sorted(self.values.items())}}
 
 
 def _toml():
@@ -61,11 +58,16 @@ def _toml():
                          "--profile") from None
 
 
+def packaged_folder() -> Path:
+    """The profiles shipped inside the package (``edge_smw/export/config``)."""
+    return Path(str(resources.files("edge_smw.export") / "config"))
+
+
 def search_folders() -> list[Path]:
     folders = []
     if os.environ.get("EDGE_SMW_PROFILES"):
         folders.append(Path(os.environ["EDGE_SMW_PROFILES"]))
-    folders.append(PROJECT_PROFILES)
+    folders.append(packaged_folder())
     return folders
 
 
@@ -95,6 +97,8 @@ def resolve_profile(name_or_file: str | Path) -> Profile:
 
 
 def load_profile(path: str | Path) -> Profile:
+    from edge_smw.export.settings import ExportSettings, profile_values
+
     path = Path(path)
     toml = _toml()
     try:
@@ -103,33 +107,10 @@ def load_profile(path: str | Path) -> Profile:
         raise InputError(f"profile {path}: cannot be read ({exc.strerror or exc})") from None
     except toml.TOMLDecodeError as exc:
         raise InputError(f"profile {path}: not valid TOML ({exc})") from None
-    unknown = set(data) - _TOP
-    if unknown:
-        raise InputError(f"profile {path}: unknown setting(s) {sorted(unknown)}; known: "
-                         f"{sorted(_TOP)}")
-    for section, keys in _SECTIONS.items():
-        value = data.get(section, {})
-        if not isinstance(value, dict):
-            raise InputError(f"profile {path}: [{section}] must be a table")
-        extra = set(value) - keys
-        if extra:
-            raise InputError(f"profile {path}: unknown [{section}] setting(s) {sorted(extra)}; "
-                             f"known: {sorted(keys)}")
-    precision = str(data.get("precision", "fp32"))
-    if precision not in PRECISIONS:
-        raise InputError(f"profile {path}: precision {precision!r}; choose one of {PRECISIONS}")
-    flavours = data.get("flavours", list(FLAVOURS) if precision == "int8" else [])
-    if not isinstance(flavours, list) or any(f not in FLAVOURS for f in flavours):
-        raise InputError(f"profile {path}: flavours must be a list drawn from {FLAVOURS}")
-    if precision == "int8" and not flavours:
-        raise InputError(f"profile {path}: an int8 profile needs at least one flavour")
-    trt = dict(data.get("tensorrt", {}))
-    lo, opt, hi = (int(trt.get(k, d)) for k, d in (("batch_min", 1), ("batch_opt", 1),
-                                                    ("batch_max", 8)))
-    if not 1 <= lo <= opt <= hi:
-        raise InputError(f"profile {path}: need 1 <= batch_min <= batch_opt <= batch_max, got "
-                         f"{lo}, {opt}, {hi}")
+    values = profile_values(data, path)
+    try:  # the profile alone must make valid settings (batch order, ranges, choices)
+        ExportSettings(**values)
+    except InputError as exc:
+        raise InputError(f"profile {path}: {exc}") from None
     return Profile(name=path.stem, path=path, description=str(data.get("description", "")),
-                   precision=precision, flavours=list(flavours), engine=bool(data.get("engine")),
-                   calibration=dict(data.get("calibration", {})), int8=dict(data.get("int8", {})),
-                   tensorrt=trt)
+                   precision=str(data.get("precision", "fp32")), values=values)

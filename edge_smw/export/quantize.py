@@ -33,7 +33,6 @@ import contextlib
 import copy
 import io
 import logging
-import platform
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -63,6 +62,7 @@ from onnxruntime.quantization.calibrate import (
 from edge_smw.artifacts.formats import int8_format
 from edge_smw.artifacts.sessions import SessionSettings, load_session
 from edge_smw.contract import PreprocessContract
+from edge_smw.cpu import cpu_features, cpu_kind, needs_reduce_range
 from edge_smw.errors import InputError, ModelError
 from edge_smw.export.crops import CropSet
 from edge_smw.metadata import INPUT_NAME, OUTPUT_LOGITS
@@ -140,38 +140,12 @@ def flavour_spec(flavour: Flavour, *, reduce_range: bool = False) -> FlavourSpec
     })
 
 
-# -- the CPU's instruction set -------------------------------------------------------------------
-def cpu_features(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
-    """Machine architecture and the int8 dot-product flags onnxruntime's kernels care about."""
-    flags: set[str] = set()
-    model = ""
-    try:
-        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key in ("flags", "Features") and not flags:
-            flags = set(value.split())
-        elif key == "model name" and not model:
-            model = value.strip()
-    vnni = sorted(f for f in flags if "vnni" in f)
-    return {
-        "machine": platform.machine(),
-        "model": model,
-        "source": str(cpuinfo) if text else "unavailable",
-        "avx2": "avx2" in flags,
-        "avx512": any(f.startswith("avx512") for f in flags),
-        "vnni_flags": vnni,
-        "vnni": bool(vnni),
-        "arm_dotprod": "asimddp" in flags,
-    }
-
-
+# -- the CPU it is built for ---------------------------------------------------------------------
 def decide_reduce_range(flavour: Flavour, setting: str | bool = "auto",
+                        target_cpu: str = "build-machine",
                         features: dict[str, Any] | None = None) -> tuple[bool, str]:
-    """(reduce_range, why). ``auto``: on for x86 without VNNI (U8S8 16-bit saturation)."""
+    """(reduce_range, why). ``auto``: on when the *target* CPU is x86 without VNNI (U8S8
+    16-bit saturation, see ``edge_smw.cpu``); ``build-machine`` reads this machine's CPU."""
     if flavour is Flavour.TENSORRT:
         return False, "tensorrt flavour: full 8-bit symmetric weights"
     if isinstance(setting, bool):
@@ -183,13 +157,15 @@ def decide_reduce_range(flavour: Flavour, setting: str | bool = "auto",
         return False, "set explicitly (off)"
     if setting != "auto":
         raise InputError(f"--reduce-range {setting!r}: choose auto, on or off")
-    feats = features or cpu_features()
-    machine = feats["machine"].lower()
-    if machine in ("x86_64", "amd64", "i686", "x86"):
-        if feats["vnni"]:
-            return False, f"x86 with VNNI ({', '.join(feats['vnni_flags'])}): no saturation"
-        return True, "x86 without VNNI: 7-bit weights avoid U8S8 16-bit saturation"
-    return False, f"{feats['machine']}: no U8S8 saturation issue"
+    kind = target_cpu
+    where = f"target CPU {target_cpu}"
+    if target_cpu == "build-machine":
+        feats = features or cpu_features()
+        kind = cpu_kind(feats)
+        where = f"target CPU: this machine ({kind}; {', '.join(feats['vnni_flags']) or 'no VNNI'})"
+    if needs_reduce_range(kind):
+        return True, f"{where}: x86 without VNNI, 7-bit weights avoid U8S8 16-bit saturation"
+    return False, f"{where}: no U8S8 saturation, full 8-bit weights"
 
 
 # -- calibration data ----------------------------------------------------------------------------
@@ -460,15 +436,20 @@ def quiet_ort() -> Iterator[None]:
 def quantize(
     fp32: onnx.ModelProto, calibration: Calibration, spec: FlavourSpec, *,
     nodes_to_exclude: Sequence[str] = (), float_head: bool = True,
+    overrides: dict[str, list[dict[str, Any]]] | None = None,
 ) -> onnx.ModelProto:
     """``quantize_static`` (QDQ, per-channel) with the given ranges; no second calibration.
 
     The ranges travel through onnxruntime's calibration cache, so both flavours and every
     mixed-precision step reuse the one calibration pass. ``float_head=False`` quantizes the
-    pooling/head too (only to measure what keeping them float buys).
+    pooling/head too (only to measure what keeping them float buys). ``overrides``:
+    onnxruntime ``TensorQuantOverrides`` (an exact scale and zero point for a tensor).
     """
     tail = float_tail(fp32) if float_head else []
     exclude = list(dict.fromkeys([*tail, *nodes_to_exclude]))
+    extra = dict(spec.extra_options)
+    if overrides:
+        extra["TensorQuantOverrides"] = {**extra.get("TensorQuantOverrides", {}), **overrides}
     with tempfile.TemporaryDirectory(prefix="edge-smw-quant-") as scratch:
         src, dst = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
         cache = Path(scratch) / "ranges.json"
@@ -479,7 +460,7 @@ def quantize(
                 str(src), str(dst), None, quant_format=QuantFormat.QDQ, per_channel=True,
                 reduce_range=spec.reduce_range, activation_type=spec.activation_type,
                 weight_type=spec.weight_type, nodes_to_exclude=exclude,
-                calibrate_method=calibration.method.ort, extra_options=dict(spec.extra_options),
+                calibrate_method=calibration.method.ort, extra_options=extra,
                 calibration_cache_path=str(cache),
             )
         model = onnx.load_model(str(dst))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from onnxruntime.quantization.qdq_loss_debug import (
     modify_model_output_intermediate_tensors,
 )
 
-from edge_smw.artifacts.sessions import SessionSettings, load_session
+from edge_smw.artifacts.sessions import load_session
 from edge_smw.atomic import atomic_path, write_json, write_text
 from edge_smw.contract import PreprocessContract
 from edge_smw.export.crops import CropSet
@@ -293,12 +293,13 @@ def report_for_export(export_dir: str | Path, *, out: str | Path | None = None, 
 
 
 def unit_noise(
-    fp32: onnx.ModelProto, calibration: Any, spec: Any, correction: Any,
-    units: dict[str, list[str]], crops: CropSet, contract: PreprocessContract, *,
+    fp32: onnx.ModelProto, units: dict[str, list[str]], crops: CropSet,
+    contract: PreprocessContract, *, build: Callable[[list[str]], onnx.ModelProto],
     limit: int = 48, progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Per unit: the logit noise (RMSE against the float model, logits centred per crop) when
-    ONLY that unit runs int8. Largest first: the ranking mixed precision follows.
+    """Per unit: the logit noise (RMSE against the float model ``fp32``, logits centred per
+    crop) when ONLY that unit runs int8; ``build(float_nodes)`` makes the int8 model with
+    those nodes float. Largest first: the ranking mixed precision follows.
 
     This is the decision-relevant measure. A tensor's SQNR says how well 8 bits hold *it*;
     what matters for the score is how much of its noise reaches the logits. On
@@ -308,15 +309,13 @@ def unit_noise(
     """
     from tqdm.auto import tqdm
 
-    from edge_smw.export.quantize import apply_bias_correction, quantize
-
     n = min(limit, len(crops))
     every = [name for names in units.values() for name in names]
 
     def logits(model: onnx.ModelProto, folder: Path) -> np.ndarray:
         path = folder / "unit.onnx"
         onnx.save_model(model, str(path))
-        session = load_session(path, SessionSettings())
+        session = load_session(path)
         out = [session.run(["logits"], {INPUT_NAME: crops.inputs(contract, s, min(s + 16, n))})[0]
                for s in range(0, n, 16)]
         values = np.concatenate(out).astype(np.float64)
@@ -329,9 +328,7 @@ def unit_noise(
         for unit, nodes in tqdm(units.items(), desc="unit noise", unit="unit",
                                 disable=not progress, leave=False):
             others = [name for name in every if name not in set(nodes)]
-            source = fp32 if correction is None else apply_bias_correction(fp32, correction,
-                                                                            skip=others)
-            got = logits(quantize(source, calibration, spec, nodes_to_exclude=others), folder)
+            got = logits(build(others), folder)
             rmse = float(np.sqrt(np.mean((got - reference) ** 2)))
             results.append({"unit": unit, "logit_rmse": rmse, "nodes": len(nodes)})
     results.sort(key=lambda r: -r["logit_rmse"])

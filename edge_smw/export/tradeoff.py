@@ -3,37 +3,48 @@
     python -m edge_smw.export.tradeoff RUN_DIR --out DIR [--calib-size 128] [--runs 200]
     python -m edge_smw.export.tradeoff --latency-only DIR [--runs 300] [--threads 2]
 
-Builds, from ONE calibration pass on the run's training crops, the naive INT8 model and each
-technique on top (float head, reduce_range, bias correction, range methods, mixed precision
-at the export gate, int8-aware head; both flavours) and measures every model against the
-torch model on the run's validation AND test crops (top-1 agreement, accuracy), then batch-1
-latency of all of them in ONE process, runs interleaved, p50 against onnxruntime fp32.
-Writes ``tradeoff.json`` and ``tradeoff.md`` (the table for benchmarks/RESULTS.md).
-``--latency-only`` re-times the models an earlier run left in DIR (on a quieter machine, or
-with another thread count) without redoing the accuracy part.
+Runs the export's own INT8 steps (``edge_smw.export.int8``: naive, exact input grid,
+bias correction, mixed precision) for the cpu flavour with 8-bit
+weights (VNNI / ARM targets), the cpu flavour with 7-bit weights (``reduce_range``, what an
+AVX2-only x86 runs) and the tensorrt flavour, from ONE calibration pass on the run's training
+crops, plus two reference points (everything int8 including the head; fp16). Every step's
+model, kept or not, is measured against the torch model on the run's validation AND test
+crops (top-1 agreement with its Wilson interval, accuracy), then all of them are timed at
+batch 1 in ONE process, runs interleaved, p50 against onnxruntime fp32. Writes
+``tradeoff.json`` and ``tradeoff.md`` (the table for benchmarks/RESULTS.md). ``--latency-only``
+re-times the models an earlier run left in DIR without redoing the accuracy part.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import onnx
 
-from edge_smw.artifacts.sessions import usable_cores
 from edge_smw.atomic import atomic_path, write_json, write_text
-from edge_smw.export import mixed
+from edge_smw.cpu import cpu_features
+from edge_smw.export import int8
 from edge_smw.export import quantize as Q
 from edge_smw.export.crops import calibration_crops, find_split, load_crops, split_items
 from edge_smw.export.fp16 import convert_fp16
-from edge_smw.export.int8_head import retrain_head, set_head
 from edge_smw.export.onnx import export_fp32
-from edge_smw.export.parity import compare, latency, runtime_probabilities, torch_probabilities
-from edge_smw.export.sensitivity import node_units, unit_noise
+from edge_smw.export.parity import latency, runtime_probabilities, torch_probabilities
+from edge_smw.export.results import Parity
+from edge_smw.export.settings import ExportSettings
 from edge_smw.train.checkpoint import load_checkpoint
+
+VARIANTS = (  # (label, flavour, target CPU)
+    ("cpu, 8-bit weights (x86-vnni / arm64)", Q.Flavour.CPU, "x86-vnni"),
+    ("cpu, 7-bit weights (x86-avx2)", Q.Flavour.CPU, "x86-avx2"),
+    ("tensorrt", Q.Flavour.TENSORRT, "x86-vnni"),
+)
 
 
 def measure(run: Path, out: Path, *, calib_size: int = 128, runs: int = 200,
@@ -53,87 +64,52 @@ def measure(run: Path, out: Path, *, calib_size: int = 128, runs: int = 200,
             for s, c in data.items()}
     calib = calibration_crops(contract, detect=checkpoint.detect, size=calib_size,
                               run_or_checkpoint=run, progress=progress)
-    calibration = Q.calibrate(fp32_path, calib, contract, Q.CalibMethod.AUTO, progress=progress)
-    by_method = {m: Q.Calibration(Q.CalibMethod(m) if m != "auto" else Q.CalibMethod.AUTO,
-                                  dict(calibration.candidates[m]) if m != "auto"
-                                  else dict(calibration.ranges), calibration.crops_sha256,
-                                  calibration.crops_count)
-                 for m in ("minmax", "percentile", "entropy", "auto")}
-    for cal in by_method.values():  # the same fixed ranges calibrate() applies
-        cal.ranges["input"] = Q.input_range(contract)
-        for name in Q._pooled_maps(fp32_path):
-            cal.ranges[name] = calibration.candidates["minmax"][name]
-    minmax = by_method["minmax"]
+    settings = ExportSettings(int8=True, calib_size=calib_size, max_mixed_steps=0,
+                              latency_runs=3)
+    calibration = Q.calibrate(fp32_path, calib, contract, Q.CalibMethod.MINMAX,
+                              progress=progress)
+    work = out / "work"
+    work.mkdir(exist_ok=True)
+    ctx = int8.Int8Context(checkpoint, run, fp32, fp32_path, calib, data["val"], refs["val"],
+                           calibration, settings, work, progress)
     rows: list[dict[str, Any]] = []
 
-    def evaluate(name: str, model: onnx.ModelProto, technique: str) -> dict[str, Any]:
-        path = out / f"{len(rows):02d}.onnx"
-        with atomic_path(path) as tmp:
-            onnx.save_model(model, str(tmp))
-        row = {"model": name, "technique": technique, "file": path.name}
+    def evaluate(name: str, path: Path, technique: str, **extra: Any) -> dict[str, Any]:
+        file = out / f"{len(rows):02d}.onnx"
+        if path != file:
+            shutil.copyfile(path, file)
+        row = {"model": name, "technique": technique, "file": file.name, **extra}
         for s, crops in data.items():
-            figures = compare(runtime_probabilities(path, crops, contract, threads=threads,
-                                                    progress=progress, desc=name),
-                              refs[s], crops.levels)
-            row[s] = {k: figures[k] for k in ("top1_agreement", "accuracy", "accuracy_torch",
-                                              "accuracy_delta", "max_abs_prob_diff", "n")}
+            parity = Parity.measure(runtime_probabilities(file, crops, contract, threads=threads,
+                                                          progress=progress, desc=name),
+                                    refs[s], crops.levels)
+            row[s] = parity.to_dict()
         rows.append(row)
         print(f"{name}: val {100 * row['val']['top1_agreement']:.2f}% / test "
               f"{100 * row['test']['top1_agreement']:.2f}%", file=sys.stderr, flush=True)
         return row
 
-    evaluate("fp32 (onnxruntime)", fp32, "reference")
-    rows[0]["file"] = fp32_path.name
-    units = node_units(fp32)
-    for flavour in (Q.Flavour.CPU, Q.Flavour.TENSORRT):
-        spec = Q.flavour_spec(flavour)
-        tag = flavour.value
-        if flavour is Q.Flavour.CPU:
-            evaluate(f"{tag}: naive int8, head quantized too",
-                     Q.quantize(fp32, minmax, spec, float_head=False),
-                     "quantize_static QDQ per-channel, minmax, everything int8")
-        naive = Q.quantize(fp32, minmax, spec)
-        evaluate(f"{tag}: naive int8 (float head)", naive, "pool + linear head + softmax float")
-        if flavour is Q.Flavour.CPU:
-            evaluate(f"{tag}: + reduce_range", Q.quantize(
-                fp32, minmax, Q.flavour_spec(flavour, reduce_range=True)), "7-bit weights")
-        correction = Q.measure_weight_shift(fp32, naive, calib, contract)
-        corrected_src = Q.apply_bias_correction(fp32, correction)
-        corrected = Q.quantize(corrected_src, minmax, spec)
-        bc = evaluate(f"{tag}: + bias correction", corrected, "weight-rounding shift in bias")
-        if flavour is Q.Flavour.CPU:
-            for method in ("percentile", "entropy", "auto"):
-                evaluate(f"{tag}: + bias correction, {method} ranges",
-                         Q.quantize(corrected_src, by_method[method], spec),
-                         f"{method} activation ranges")
-        noise = unit_noise(fp32, minmax, spec, correction, units, calib, contract,
-                           progress=progress)
+    def save(model: onnx.ModelProto, name: str) -> Path:
+        path = work / f"{name}.onnx"
+        with atomic_path(path) as tmp:
+            onnx.save_model(model, str(tmp))
+        return path
 
-        def step_eval(model: onnx.ModelProto, _tag: str = tag) -> dict[str, Any]:
-            path = out / "step.onnx"
-            onnx.save_model(model, str(path))
-            figures = compare(runtime_probabilities(path, data["val"], contract,
-                                                    threads=threads, progress=False),
-                              refs["val"], data["val"].levels)
-            return {"agreement": figures["top1_agreement"], "accuracy": figures["accuracy"]}
-
-        result = mixed.search(fp32, minmax, spec, correction, units=units,
-                              ranking=[u["unit"] for u in noise], evaluate=step_eval,
-                              target=0.98, max_steps=6,
-                              start=(corrected, {"agreement": bc["val"]["top1_agreement"],
-                                                 "accuracy": bc["val"]["accuracy"]}))
-        chosen = result.model
-        row = evaluate(f"{tag}: + mixed precision (target 98% on val)", chosen,
-                       "float: " + (", ".join(result.float_units) or "none"))
-        row["mixed_steps"] = [s.to_dict() for s in result.steps]
-        row["unit_noise"] = noise[:6]
-        if flavour is Q.Flavour.CPU:
-            items = split_items(split, "train", contract.levels)
-            weight, bias, info = retrain_head(chosen, checkpoint, items, progress=progress)
-            head = evaluate(f"{tag}: + mixed precision + int8-aware head",
-                            set_head(chosen, weight, bias), "head retrained on int8 features")
-            head["aware_head"] = info
-    evaluate("fp16 (onnxruntime CPU)", convert_fp16(fp32), "float16, float32 io")
+    evaluate("fp32 (onnxruntime)", fp32_path, "reference")
+    evaluate("cpu: naive int8, head quantized too",
+             save(Q.quantize(fp32, calibration, Q.flavour_spec(Q.Flavour.CPU),
+                             float_head=False), "head-int8"),
+             "quantize_static QDQ per-channel, minmax, everything int8")
+    for label, flavour, target in VARIANTS:
+        ctx.settings = replace(settings, target_cpu=target)
+        flavour_run = int8.run_flavour(ctx, flavour)
+        for step in flavour_run.steps:
+            if step.figures is None or step.figures.path is None:
+                continue
+            evaluate(f"{label}: {step.name}", step.figures.path,
+                     "kept" if step.kept else f"not kept ({step.note})",
+                     flavour=flavour.value, reduce_range=flavour_run.recipe.spec.reduce_range)
+    evaluate("fp16 (onnxruntime CPU)", save(convert_fp16(fp32), "fp16"), "float16, float32 io")
     result = {"run": str(run), "calibration": calibration.describe(), "rows": rows,
               "seconds": round(time.perf_counter() - started, 1)}
     return retime(out, result, runs=runs, threads=threads, size=contract.input_size)
@@ -154,26 +130,32 @@ def retime(out: Path, result: dict[str, Any] | None = None, *, runs: int = 200,
         row["latency_ms_p50"] = s["p50_ms"]
         row["latency_ms_p90"] = s["p90_ms"]
         row["speedup_vs_fp32"] = base / s["p50_ms"]
-    result.update(machine=Q.cpu_features(), latency_runs=runs,
-                  threads=threads or usable_cores())
+    result.update(machine=cpu_features(), latency_runs=runs,
+                  threads=threads or os.cpu_count())
     write_json(out / "tradeoff.json", result)
     write_text(out / "tradeoff.md", table(result))
     return result
 
 
+def _pct(parity: dict[str, Any]) -> str:
+    low, high = parity.get("top1_agreement_interval", [None, None])
+    band = f" ({100 * low:.1f}-{100 * high:.1f})" if low is not None else ""
+    return f"{100 * parity['top1_agreement']:.2f}%{band}"
+
+
 def table(result: dict[str, Any]) -> str:
-    lines = ["| model | technique | agreement val | agreement test | accuracy test (torch) "
-             "| p50 ms (batch 1) | speed-up vs fp32 |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | technique | agreement val (95% CI) | agreement test (95% CI) "
+             "| accuracy test (torch) | p50 ms (batch 1) | speed-up vs fp32 |",
+             "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         t = r["test"]
         lines.append(
-            f"| {r['model']} | {r['technique']} | {100 * r['val']['top1_agreement']:.2f}% | "
-            f"{100 * t['top1_agreement']:.2f}% | {100 * t['accuracy']:.2f}% "
-            f"({100 * t['accuracy_torch']:.2f}%) | {r['latency_ms_p50']:.2f} | "
-            f"{r['speedup_vs_fp32']:.2f}x |")
+            f"| {r['model']} | {r['technique']} | {_pct(r['val'])} | {_pct(t)} | "
+            f"{100 * t['accuracy']:.2f}% ({100 * t['accuracy_torch']:.2f}%) | "
+            f"{r['latency_ms_p50']:.2f} | {r['speedup_vs_fp32']:.2f}x |")
     machine = result["machine"]
     lines += ["", f"{result['rows'][0]['val']['n']} validation / "
-              f"{result['rows'][0]['test']['n']} test crops; calibration "
+              f"{result['rows'][0]['test']['n']} test crops (95% Wilson intervals); calibration "
               f"{result['calibration']['crops']} training crops; latency: one process, "
               f"{result['latency_runs']} interleaved runs each, {result['threads']} threads, "
               f"{machine['model'] or machine['machine']} (VNNI: {machine['vnni']})."]

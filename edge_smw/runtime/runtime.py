@@ -91,6 +91,7 @@ class ScoreResult:
 
 
 _CHOICES_LOGGED: set[tuple[str, ...]] = set()
+_CPU_WARNED: set[str] = set()
 
 
 def _log_choice_once(chosen: str, reasons: list[str]) -> None:
@@ -166,6 +167,7 @@ class Runtime:
             self.levels = self.contract.levels
             self._scores = np.arange(1, len(self.levels) + 1, dtype=np.float64)
             self._check_io()
+            self._check_cpu()
             if self.detect:
                 self.detector = self._open_detector(detector, device, threads,
                                                     allow_detector_mismatch)
@@ -242,6 +244,18 @@ class Runtime:
             raise ModelError(f"{self.path} takes input {tuple(declared)} but its metadata says "
                              f"(3, {size}, {size}): the metadata belongs to another model; "
                              "re-export it")
+
+    def _check_cpu(self) -> None:
+        """Warn (once per model) when an INT8 model's weight width does not suit this CPU."""
+        if self.info.precision != "int8" or self.runner.name != "onnxruntime-cpu":
+            return
+        from edge_smw.cpu import int8_mismatch
+
+        reason = int8_mismatch(self.info.extra.get("int8") or {})
+        key = str(self.path.resolve())
+        if reason and key not in _CPU_WARNED:
+            _CPU_WARNED.add(key)
+            log.warning("%s: %s", self.path, reason)
 
     @property
     def backend(self) -> str:

@@ -1,0 +1,81 @@
+"""The CPU a model runs on, as far as INT8 is concerned (no torch, no onnxruntime).
+
+onnxruntime's x86 kernels for U8S8 (uint8 activations x int8 weights) multiply pairs of
+bytes into one 16-bit sum before widening. With full 8-bit weights a pair can exceed 16 bits
+and saturate on CPUs without VNNI (AVX2, AVX-512 without VNNI); 7-bit weights
+(``reduce_range``) cannot. With VNNI (AVX512-VNNI, AVX-VNNI) and on ARM the sums are 32-bit.
+So an INT8 model's weight width is decided by the CPU it is *built for*, and a model is only
+right on a CPU kind it suits. The export decides from a named target; the runtime checks the
+CPU it actually runs on and warns when the model does not suit it.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+X86 = ("x86_64", "amd64", "i686", "x86")
+ARM = ("aarch64", "arm64", "armv8l")
+
+
+def cpu_features(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
+    """Machine architecture and the int8 dot-product flags onnxruntime's kernels care about."""
+    flags: set[str] = set()
+    model = ""
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("flags", "Features") and not flags:
+            flags = set(value.split())
+        elif key == "model name" and not model:
+            model = value.strip()
+    vnni = sorted(f for f in flags if "vnni" in f)
+    return {
+        "machine": platform.machine(),
+        "model": model,
+        "source": str(cpuinfo) if text else "unavailable",
+        "avx2": "avx2" in flags,
+        "avx512": any(f.startswith("avx512") for f in flags),
+        "vnni_flags": vnni,
+        "vnni": bool(vnni),
+        "arm_dotprod": "asimddp" in flags,
+    }
+
+
+def cpu_kind(features: dict[str, Any] | None = None) -> str:
+    """``x86-vnni``, ``x86-avx2`` (any x86 without VNNI), ``arm64`` or ``other``."""
+    feats = features or cpu_features()
+    machine = str(feats.get("machine", "")).lower()
+    if machine in X86:
+        return "x86-vnni" if feats.get("vnni") else "x86-avx2"
+    if machine in ARM:
+        return "arm64"
+    return "other"
+
+
+def needs_reduce_range(kind: str) -> bool:
+    """Does U8S8 need 7-bit weights on this CPU kind? (x86 without VNNI only.)"""
+    return kind == "x86-avx2"
+
+
+def int8_mismatch(int8: dict[str, Any], features: dict[str, Any] | None = None) -> str | None:
+    """Why an INT8 model's settings (its ``int8`` metadata) do not suit this CPU, or None.
+
+    Only the case that gives wrong numbers is reported: a cpu-flavour model with 8-bit
+    weights on an x86 CPU without VNNI, where U8S8 sums can saturate.
+    """
+    if int8.get("flavour", "cpu") != "cpu" or int8.get("reduce_range") is not False:
+        return None
+    kind = cpu_kind(features)
+    if not needs_reduce_range(kind):
+        return None
+    target = int8.get("target_cpu") or "a CPU with VNNI"
+    return (f"this INT8 model has 8-bit weights (built for {target}), but this CPU has no VNNI "
+            "(x86 AVX2): onnxruntime's U8S8 kernels can saturate their 16-bit sums here and "
+            "change scores; re-export it with `edge-smw export --int8 --target-cpu x86-avx2` "
+            "(7-bit weights), or use model.onnx (fp32)")

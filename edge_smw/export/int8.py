@@ -1,0 +1,349 @@
+"""The INT8 part of an export, one function per step of the measured step table.
+
+Per flavour, from one calibration pass on the run's training crops:
+
+1. ``naive``: static QDQ, per-channel weights, the float tail (pool, head, softmax) float;
+2. ``exact input grid``: the input shifted half a step onto the pixels' 8-bit grid
+   (``input_grid``), so quantizing it loses nothing;
+3. ``bias correction``: the weight-rounding shift folded into the biases;
+4. ``mixed precision`` (only while the target is not shown): at most ``max_mixed_steps``
+   blocks kept float, in either flavour (an all-integer tensorrt flavour is not reached yet
+   without it: see benchmarks/RESULTS.md);
+5. ``int8-aware head`` (on request): the head retrained on the int8 backbone's features.
+
+Every step is measured (agreement and accuracy against torch on the validation crops, batch-1
+latency beside fp32) and kept only when it helps: fewer crops disagree with torch, or as many
+with smaller probability differences. A step that is kept changes the *recipe* (the float
+source, its calibration, the correction), so a later step that rebuilds the
+model (mixed precision) rebuilds it with everything kept so far.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edge_smw.contract import PreprocessContract
+from edge_smw.errors import GateFailure, InputError
+from edge_smw.export import quantize as Q
+from edge_smw.export.crops import CropSet, find_split, split_items
+from edge_smw.export.input_grid import InputGrid, put_input_on_grid
+from edge_smw.export.parity import INT8_MIN_AGREEMENT, latency, runtime_probabilities
+from edge_smw.export.results import Figures, FlavourResult, Gate, Parity, Step
+from edge_smw.export.sensitivity import node_units
+from edge_smw.export.settings import ExportSettings
+from edge_smw.train.checkpoint import Checkpoint
+
+log = logging.getLogger("edge_smw.export")
+
+INPUT_GRID = "input grid"
+
+
+@dataclass
+class Int8Context:
+    """What every step of every flavour shares: the models, crops, reference and settings."""
+
+    checkpoint: Checkpoint
+    source: Path  # the run folder or checkpoint exported
+    fp32: onnx.ModelProto
+    fp32_path: Path
+    calib: CropSet
+    val: CropSet
+    reference: np.ndarray  # torch's probabilities on ``val``
+    calibration: Q.Calibration  # of the fp32 model
+    settings: ExportSettings
+    work: Path
+    progress: bool = True
+    _sources: dict[tuple[str, ...], FloatSource] = field(default_factory=dict)
+    _counter: int = 0
+
+    @property
+    def contract(self) -> PreprocessContract:
+        return self.checkpoint.contract
+
+    def measure(self, model: onnx.ModelProto, tag: str) -> Figures:
+        """Parity through the Runtime on the validation crops, and batch-1 latency interleaved
+        with fp32 in one process."""
+        self._counter += 1
+        path = self.work / f"{self._counter:02d}.onnx"
+        onnx.save_model(model, str(path))
+        probs = runtime_probabilities(path, self.val, self.contract, progress=self.progress,
+                                      desc=f"parity: {tag}")
+        parity = Parity.measure(probs, self.reference, self.val.levels)
+        speed = latency({"fp32": self.fp32_path, "int8": path}, self.contract.input_size,
+                        runs=self.settings.latency_runs)
+        return Figures(parity, speed["int8"]["p50_ms"], speed["fp32"]["p50_ms"], path)
+
+    def float_source(self, transforms: tuple[str, ...]) -> FloatSource:
+        """The float model after ``transforms`` (in order), with its calibration; the same
+        for both flavours, so each is made once."""
+        if transforms not in self._sources:
+            self._sources[transforms] = self._transform(transforms)
+        return self._sources[transforms]
+
+    def _transform(self, transforms: tuple[str, ...]) -> FloatSource:
+        if not transforms:
+            return FloatSource(self.fp32, self.calibration)
+        before = self.float_source(transforms[:-1])
+        if transforms[-1] == INPUT_GRID:
+            model, grid = put_input_on_grid(before.model, self.contract)
+            low, high = -128 * grid.scale, 127 * grid.scale  # the exact grid (overridden too)
+            calibration = replace(before.calibration,
+                                  ranges={**before.calibration.ranges, grid.tensor: (low, high)})
+            return replace(before, model=model, calibration=calibration, grid=grid)
+        raise ValueError(f"unknown float transform {transforms[-1]!r}")
+
+
+@dataclass
+class FloatSource:
+    """A float model the int8 model is quantized from, and its activation ranges."""
+
+    model: onnx.ModelProto
+    calibration: Q.Calibration
+    grid: InputGrid | None = None
+
+
+@dataclass
+class Recipe:
+    """How the current int8 model is made from the fp32 model: rebuilt alike (with float
+    islands, for mixed precision) from everything kept so far."""
+
+    spec: Q.FlavourSpec
+    transforms: tuple[str, ...] = ()  # float-model transforms kept, in order
+    correction: Q.BiasCorrection | None = None
+
+    def source(self, ctx: Int8Context) -> FloatSource:
+        return ctx.float_source(self.transforms)
+
+    def corrected_source(self, ctx: Int8Context, float_nodes: Sequence[str] = ()
+                         ) -> onnx.ModelProto:
+        model = self.source(ctx).model
+        if self.correction is None:
+            return model
+        return Q.apply_bias_correction(model, self.correction, skip=float_nodes)
+
+    def quantize(self, ctx: Int8Context, source: onnx.ModelProto,
+                 float_nodes: Sequence[str] = ()) -> onnx.ModelProto:
+        """Static QDQ of ``source`` with this recipe's ranges and exact input grid."""
+        src = self.source(ctx)
+        exclude = list(float_nodes)
+        overrides = None
+        if src.grid is not None:
+            exclude += list(src.grid.float_nodes)
+            overrides = src.grid.overrides(signed=self.spec.activation_type.name == "QInt8")
+        return Q.quantize(source, src.calibration, self.spec, nodes_to_exclude=exclude,
+                          overrides=overrides)
+
+    def build(self, ctx: Int8Context, float_nodes: Sequence[str] = ()) -> onnx.ModelProto:
+        source = self.corrected_source(ctx, float_nodes)
+        return self.quantize(ctx, source, float_nodes)
+
+
+@dataclass
+class FlavourRun:
+    """One flavour's state between steps: the kept recipe, model and figures, the table."""
+
+    flavour: Q.Flavour
+    recipe: Recipe
+    reduce_range_why: str
+    model: onnx.ModelProto | None = None
+    figures: Figures | None = None
+    steps: list[Step] = field(default_factory=list)
+    float_units: list[str] = field(default_factory=list)
+    float_nodes: list[str] = field(default_factory=list)
+    mixed: dict[str, Any] | None = None
+    noise: list[dict[str, Any]] = field(default_factory=list)
+    head: tuple[np.ndarray, np.ndarray] | None = None
+    head_info: dict[str, Any] | None = None
+    all_int8: Figures | None = None  # the kept model before any float island
+
+    def consider(self, name: str, model: onnx.ModelProto, figures: Figures,
+                 recipe: Recipe | None = None, **detail: Any) -> bool:
+        """Record a step; keep it when it helps (fewer disagreements, or as many with a
+        smaller mean probability difference)."""
+        current = self.figures
+        kept = current is None or _helps(figures, current)
+        note = "" if kept else ("lowered agreement: reverted"
+                                if figures.agreement < current.agreement
+                                else "no gain: reverted")
+        self.steps.append(Step(name, figures, kept, note, detail))
+        if kept:
+            self.model, self.figures = model, figures
+            if recipe is not None:
+                self.recipe = recipe
+        return kept
+
+
+def _helps(new: Figures, old: Figures) -> bool:
+    a, b = new.parity, old.parity
+    if a.disagreements != b.disagreements:
+        return a.disagreements < b.disagreements
+    return a.mean_abs_prob_diff < b.mean_abs_prob_diff
+
+
+def meets(parity: Parity, threshold: float) -> bool:
+    """The agreement claim holds: its 95% lower bound reaches ``threshold`` (or, where too
+    few crops can show it, the observed agreement does; 1.0, "every crop", no sample can
+    show, so it is the observed agreement too)."""
+    if threshold >= 1.0:
+        return parity.disagreements == 0
+    shown = parity.agreement.shows_at_least(threshold)
+    return parity.top1_agreement >= threshold if shown is None else shown
+
+
+# -- the steps -----------------------------------------------------------------------------------
+def step_naive(ctx: Int8Context, run: FlavourRun) -> None:
+    model = run.recipe.build(ctx)
+    run.consider("naive static int8 (float tail kept)", model, ctx.measure(
+        model, f"{run.flavour.value} naive"))
+
+
+def step_input_grid(ctx: Int8Context, run: FlavourRun) -> None:
+    from edge_smw.export.input_grid import why_not
+
+    reason = why_not(run.recipe.source(ctx).model, ctx.contract)
+    if reason is not None:
+        run.steps.append(Step("exact input grid", None, False, f"skipped: {reason}"))
+        return
+    recipe = replace(run.recipe, transforms=(*run.recipe.transforms, INPUT_GRID))
+    model = recipe.build(ctx)
+    grid = recipe.source(ctx).grid
+    run.consider("exact input grid", model, ctx.measure(model, f"{run.flavour.value} input "
+                                                        "grid"), recipe,
+                 input_grid=grid.describe() if grid else None)
+
+
+def step_bias_correction(ctx: Int8Context, run: FlavourRun) -> None:
+    assert run.model is not None
+    correction = Q.measure_weight_shift(run.recipe.source(ctx).model, run.model, ctx.calib,
+                                        ctx.contract)
+    recipe = replace(run.recipe, correction=correction)
+    model = recipe.build(ctx)
+    run.consider("bias correction", model, ctx.measure(model, f"{run.flavour.value} "
+                                                       "bias-corrected"), recipe,
+                 correction=correction.describe())
+
+
+def step_mixed_precision(ctx: Int8Context, run: FlavourRun) -> None:
+    """Float blocks, most logit noise first, until the target is shown."""
+    from edge_smw.export import mixed
+
+    assert run.model is not None and run.figures is not None
+    settings = ctx.settings
+    units = node_units(ctx.fp32)
+    result = mixed.search(
+        units=units, ranking=[u["unit"] for u in run.noise],
+        build=lambda nodes: run.recipe.build(ctx, nodes),
+        evaluate=lambda model: ctx.measure(model, f"{run.flavour.value} mixed"),
+        done=lambda figures: meets(figures.parity, settings.target_agreement),
+        max_steps=settings.max_mixed_steps, start=(run.model, run.figures),
+        target=settings.target_agreement)
+    run.mixed = result.describe()
+    run.steps.extend(result.steps[1:])
+    if result.float_units:
+        run.model, run.figures = result.model, result.figures
+        run.float_units, run.float_nodes = result.float_units, result.float_nodes
+
+
+def step_aware_head(ctx: Int8Context, run: FlavourRun) -> None:
+    from edge_smw.export.int8_head import retrain_head, set_head
+
+    assert run.model is not None and run.figures is not None
+    split = find_split(ctx.source)
+    if split is None:
+        raise InputError(f"--int8-aware-head retrains the head on the run's training split, "
+                         f"and {ctx.source} has no split.json beside it: export the run folder")
+    items = split_items(split, "train", ctx.contract.levels)
+    weight, bias, info = retrain_head(run.model, ctx.checkpoint, items, progress=ctx.progress)
+    aware = set_head(run.model, weight, bias)
+    figures = ctx.measure(aware, f"{run.flavour.value} int8-aware head")
+    run.head_info = {**info, "plain_int8": run.figures.brief(), "aware": figures.brief()}
+    run.steps.append(Step("int8-aware head", figures, True))
+    run.model, run.figures, run.head = aware, figures, (weight, bias)
+
+
+def _unit_noise(ctx: Int8Context, run: FlavourRun, units: dict[str, list[str]]
+                ) -> list[dict[str, Any]]:
+    from edge_smw.export.sensitivity import unit_noise
+
+    recipe = run.recipe
+    return unit_noise(ctx.fp32, units, ctx.calib, ctx.contract,
+                      build=lambda others: recipe.quantize(
+                          ctx, recipe.corrected_source(ctx, others), others),
+                      progress=ctx.progress)
+
+
+# -- one flavour, start to end -------------------------------------------------------------------
+def run_flavour(ctx: Int8Context, flavour: Q.Flavour) -> FlavourRun:
+    """Every enabled step in order; the run holds the kept model and the step table."""
+    settings = ctx.settings
+    reduce_range, why = Q.decide_reduce_range(flavour, settings.reduce_range,
+                                              settings.target_cpu)
+    spec = Q.flavour_spec(flavour, reduce_range=reduce_range)
+    run = FlavourRun(flavour, Recipe(spec), why)
+    step_naive(ctx, run)
+    if settings.input_grid:
+        step_input_grid(ctx, run)
+    if settings.bias_correction:
+        step_bias_correction(ctx, run)
+    assert run.figures is not None
+    run.all_int8 = run.figures
+    needs_mixed = (settings.max_mixed_steps > 0
+                   and not meets(run.figures.parity, settings.target_agreement))
+    if needs_mixed or settings.report:
+        run.noise = _unit_noise(ctx, run, node_units(ctx.fp32))
+    if needs_mixed:
+        step_mixed_precision(ctx, run)
+    if settings.aware_head:
+        step_aware_head(ctx, run)
+    if flavour is Q.Flavour.TENSORRT:
+        problems = Q.tensorrt_problems(run.model)
+        if problems:
+            raise GateFailure("the tensorrt-flavour model is not valid explicit quantization: "
+                              + "; ".join(problems[:5]))
+    return run
+
+
+def gate(run: FlavourRun) -> Gate:
+    assert run.figures is not None
+    return Gate.min_agreement(run.figures.parity, INT8_MIN_AGREEMENT)
+
+
+def result_of(run: FlavourRun, report: dict[str, str]) -> FlavourResult:
+    assert run.figures is not None and run.model is not None
+    spec = run.recipe.spec
+    return FlavourResult(
+        flavour=run.flavour.value, file=run.flavour.file_name,
+        settings={**spec.describe(), "reduce_range_why": run.reduce_range_why},
+        steps=run.steps, final=run.figures, float_nodes=run.float_nodes,
+        mixed_precision=run.mixed, unit_logit_noise=run.noise, aware_head=run.head_info,
+        qdq=Q.qdq_summary(run.model), report=report)
+
+
+def failure_message(run: FlavourRun, verdict: Gate) -> str:
+    assert run.figures is not None
+    parity = run.figures.parity
+    trail = ", ".join(f"{s.name} {100 * s.figures.agreement:.1f}%" for s in run.steps
+                      if s.figures is not None)
+    acc = ""
+    if parity.accuracy is not None and parity.accuracy_torch is not None:
+        acc = (f", accuracy {100 * parity.accuracy:.1f}% vs torch "
+               f"{100 * parity.accuracy_torch:.1f}%")
+    return f"int8 ({run.flavour.value}): {verdict.claim} on the validation split{acc}; steps: " \
+           f"{trail}"
+
+
+def scratch(parent: Path) -> Path:
+    return Path(tempfile.mkdtemp(prefix=".int8-", dir=parent))
+
+
+def cleanup(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,208 @@
+"""Export settings in one place: defaults < profile < flags, the command line generated from
+the settings, profiles shipped as package data (a built wheel installed outside the source
+tree finds them), and every profile key read (a profile's calibration bins and percentile
+reach the calibration)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from edge_smw.errors import InputError
+from edge_smw.export.settings import (
+    ExportSettings,
+    default_of,
+    overrides_from_args,
+    profile_keys,
+    resolve_settings,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _parser():
+    from edge_smw.cli.main import build_parser
+
+    return build_parser()
+
+
+def test_layers_defaults_profile_flags(tmp_path: Path) -> None:
+    assert ExportSettings() == resolve_settings()
+    profile = tmp_path / "mine.toml"
+    profile.write_text('precision = "int8"\nflavours = ["cpu"]\n[calibration]\nsize = 96\n'
+                       'method = "percentile"\nnum_bins = 512\npercentile = 99.9\n'
+                       '[int8]\ntarget_cpu = "x86-vnni"\n')
+    layered = resolve_settings(profile, {"calib_size": 64, "fp16": None})
+    assert layered.int8 and not layered.fp16 and layered.flavours == ("cpu",)
+    assert layered.calib_size == 64  # the flag beats the profile
+    assert (layered.calib_method, layered.num_bins, layered.percentile) == (
+        "percentile", 512, 99.9)  # the profile beats the defaults
+    assert layered.target_cpu == "x86-vnni" and layered.profile == str(profile)
+    assert layered.batch_max == default_of("batch_max")  # neither set it
+
+
+def test_every_profile_key_is_a_setting() -> None:
+    """A profile key maps onto exactly one field: nothing is accepted and then not read."""
+    names = {f.name for f in fields(ExportSettings)}
+    keys = profile_keys()
+    assert set(keys.values()) <= names
+    assert {"calibration.num_bins", "calibration.percentile", "int8.target_cpu"} <= set(keys)
+
+
+def test_command_line_is_generated_from_the_settings() -> None:
+    parser = _parser()
+    args = parser.parse_args(["export", "run", "--out", "o", "--calib-size", "64",
+                              "--no-bias-correction", "--flavour", "cpu", "--target-cpu",
+                              "x86-vnni", "--percentile", "99.5"])
+    assert overrides_from_args(args) == {"calib_size": 64, "bias_correction": False,
+                                         "flavours": ("cpu",), "target_cpu": "x86-vnni",
+                                         "percentile": 99.5}
+    untouched = parser.parse_args(["export", "run", "--out", "o"])
+    assert overrides_from_args(untouched) == {}  # unset flags never override a profile
+    text = subprocess.run([sys.executable, "-m", "edge_smw.cli.main", "export", "--help"],
+                          capture_output=True, text=True, check=True).stdout
+    flat = " ".join(text.split())
+    for f in fields(ExportSettings):
+        flag = f.metadata.get("flag")
+        if flag:
+            assert flag in text, flag
+    # the defaults in the help are the dataclass's, not a copy
+    assert f"a profile's, else {default_of('calib_size')})" in flat
+    assert f"a profile's, else {default_of('num_bins')})" in flat
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"calib_method": "kl"}, "--calib-method 'kl'"),
+    ({"target_cpu": "pentium"}, "--target-cpu 'pentium'"),
+    ({"target_agreement": 1.5}, "int8-target-agreement"),
+    ({"int8": True, "flavours": ()}, "no flavour"),
+    ({"batch_min": 4, "batch_opt": 2}, "batch_min <= batch_opt"),
+    ({"aware_head": True}, "needs --int8"),
+])
+def test_bad_settings_say_what_to_do(changes: dict, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        ExportSettings(**changes)
+
+
+@pytest.mark.parametrize("text, match", [
+    ('precision = "int8"\n[int8]\ntarget_cpu = "pentium"\n', "target-cpu"),
+    ('precision = "int8"\n[calibration]\nnum_bins = "many"\n', "whole number"),
+    ('precision = "fp16"\nflavours = ["cpu"]\n', "INT8 flavours"),
+    ('precision = "int8"\n[tensorrt]\nbatch_min = 8\nbatch_max = 2\n', "batch_min"),
+])
+def test_bad_profile_values(tmp_path: Path, text: str, match: str) -> None:
+    from edge_smw.export.profiles import resolve_profile
+
+    file = tmp_path / "bad.toml"
+    file.write_text(text)
+    with pytest.raises(InputError, match=match):
+        resolve_profile(file)
+
+
+def test_profiles_are_package_data() -> None:
+    from edge_smw.export.profiles import packaged_folder
+
+    folder = packaged_folder()
+    assert folder.parent == REPO / "edge_smw" / "export"
+    assert {"cpu-int8.toml", "jetson-orin-int8.toml"} <= {p.name for p in folder.glob("*.toml")}
+    assert not (REPO / "export").exists()  # no second copy at the repository root
+
+
+# -- the bug: calibration.num_bins / percentile were accepted and never read ----------------------
+@pytest.mark.slow
+def test_profile_calibration_bins_reach_the_calibration(smiles_run: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="torch is not installed (pip install edge-smw[train])")
+    from edge_smw.export.pipeline import export_model
+
+    profile = tmp_path / "bins.toml"
+    profile.write_text('precision = "int8"\nflavours = ["cpu"]\n[calibration]\nsize = 64\n'
+                       'method = "percentile"\nnum_bins = 512\npercentile = 99.9\n'
+                       '[int8]\nmax_mixed_steps = 0\n')
+    out = tmp_path / "out"
+    export_model(smiles_run, out, resolve_settings(profile, {"force": True,
+                                                             "latency_runs": 3}),
+                 progress=False)
+    summary = json.loads((out / "export.json").read_text())
+    calibration = summary["int8"]["calibration"]
+    assert calibration["method"] == "percentile"
+    assert calibration["settings"]["num_bins"] == 512
+    assert calibration["settings"]["percentile"] == 99.9
+    assert summary["settings"]["num_bins"] == 512 and summary["settings"]["profile"]
+
+
+# -- the bug: an installed wheel had no profiles -----------------------------------------------
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """edge-smw built as a wheel and installed into a fresh venv outside the source tree; its
+    dependencies come from this venv's site-packages (added by a .pth file), so it is offline
+    and fast, and ``import edge_smw`` there finds the wheel's copy, not this checkout."""
+    import site
+    import sysconfig
+
+    base = tmp_path_factory.mktemp("wheel")
+    source = base / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "edge_smw", source / "edge_smw",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    dist = base / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps",
+                    "--no-build-isolation", "-q", "-w", str(dist)], cwd=source, check=True)
+    wheel = next(dist.glob("edge_smw-*.whl"))
+    venv = base / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+                    "--no-deps", "--no-index", str(wheel)], check=True)
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; "
+                              "print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    ours = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    ours.append(sysconfig.get_paths()["purelib"])
+    (Path(purelib) / "edge_smw_test_deps.pth").write_text("\n".join(dict.fromkeys(ours)) + "\n")
+    return venv
+
+
+def _run(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "EDGE_SMW_PROFILES")}
+    return subprocess.run([str(venv / "bin" / args[0]), *args[1:]], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_installed_wheel_has_its_profiles(installed: Path, tmp_path: Path) -> None:
+    where = _run(installed, "python", "-c", "import edge_smw; print(edge_smw.__file__)",
+                 cwd=tmp_path)
+    assert where.returncode == 0, where.stderr
+    assert str(installed) in where.stdout and str(REPO) not in where.stdout
+    listing = _run(installed, "edge-smw", "export", "--list-profiles", cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    for name in ("cpu-int8", "desktop-gpu-int8", "jetson-orin-int8", "jetson-nano-fp16"):
+        assert name in listing.stdout
+    resolved = _run(installed, "python", "-c",
+                    "from edge_smw.export.settings import resolve_settings; "
+                    "s = resolve_settings('cpu-int8'); print(s.int8, s.flavours, s.target_cpu)",
+                    cwd=tmp_path)
+    assert resolved.returncode == 0, resolved.stderr
+    assert resolved.stdout.split()[0] == "True" and "('cpu',)" in resolved.stdout
+
+
+@pytest.mark.slow
+def test_installed_wheel_exports_with_a_profile(installed: Path, smiles_run: Path,
+                                                tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="torch is not installed (pip install edge-smw[train])")
+    out = tmp_path / "out"
+    done = _run(installed, "edge-smw", "export", str(smiles_run), "--out", str(out),
+                "--profile", "cpu-int8", "--calib-size", "64", "--mixed-steps", "0",
+                "--force", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "export.json").read_text())
+    assert summary["settings"]["profile"] == "cpu-int8"
+    assert set(summary["models"]) == {"fp32", "int8-cpu"}
