@@ -159,6 +159,12 @@ def test_default_gates_and_suites_load() -> None:
     assert {"fp32_parity", "int8_top1_agreement", "int8_accuracy_drop",
             "int8_faster_than_fp32"} <= names
     fp32 = next(g for g in gates.gates if g.name == "fp32_parity")
+    # the bench re-checks the export's INT8 claim: one threshold (parity.py is torch-side)
+    pytest.importorskip("torch")
+    from edge_smw.export.parity import INT8_MIN_AGREEMENT
+
+    int8 = next(g for g in gates.gates if g.name == "int8_top1_agreement")
+    assert int8.threshold == INT8_MIN_AGREEMENT and int8.statistic == "proportion"
     assert fp32.threshold == pytest.approx(1e-4) and fp32.op == "<="
     assert gates.tolerance("fp32").atol == pytest.approx(1e-4)
     assert load_suite("quick").batches == [1]

@@ -123,7 +123,7 @@ def test_int8_figures_and_steps_recorded(summary: dict) -> None:
         low, high = parity["top1_agreement_interval"]
         assert low <= parity["top1_agreement"] <= high
         gate = model["gate"]
-        assert gate["min_top1_agreement"] == 0.98 and "Wilson" in gate["method"]
+        assert gate["min_top1_agreement"] == 0.97 and "Wilson" in gate["method"]
         assert gate["outcome"] in ("pass", "fail", "not judged") and "Wilson" in gate["claim"]
     # the target (1.0) is not met: mixed precision tried at most two blocks in each flavour
     for info in int8["flavours"].values():

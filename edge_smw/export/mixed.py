@@ -40,7 +40,7 @@ class MixedResult:
     float_units: list[str] = field(default_factory=list)
     float_nodes: list[str] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
-    target: float = 0.98
+    target: float = 0.97
     met: bool = False
 
     def describe(self) -> dict[str, Any]:
@@ -61,7 +61,7 @@ def search(
     *, units: dict[str, list[str]], ranking: Sequence[str],
     build: Callable[[list[str]], onnx.ModelProto], evaluate: Callable[[onnx.ModelProto], Figures],
     done: Callable[[Figures], bool], max_steps: int = 1,
-    start: tuple[onnx.ModelProto, Figures] | None = None, target: float = 0.98,
+    start: tuple[onnx.ModelProto, Figures] | None = None, target: float = 0.97,
 ) -> MixedResult:
     """Greedy, monotone: a block goes float only if fewer crops disagree; stops at ``done``.
 

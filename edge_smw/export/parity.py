@@ -22,7 +22,9 @@ from edge_smw.export.crops import CropSet
 from edge_smw.train.model import ScoreModel
 
 FP32_MAX_ABS_DIFF = 1e-4
-INT8_MIN_AGREEMENT = 0.98
+# The INT8 gate is a claim about unseen crops: the lower end of the 95% Wilson interval of
+# top-1 agreement on the validation split reaches 97% (on 1,490 crops: about 98% observed).
+INT8_MIN_AGREEMENT = 0.97
 
 
 def torch_probabilities(model: ScoreModel, crops: CropSet, contract: PreprocessContract, *,

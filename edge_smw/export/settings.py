@@ -98,7 +98,7 @@ class ExportSettings:
     bias_correction: bool = setting(True, help="fold the weight-rounding shift into the biases",
                                     group=GROUP_INT8, flag="--bias-correction",
                                     profile="int8.bias_correction")
-    target_agreement: float = setting(0.98, help="mixed precision keeps blocks in float until "
+    target_agreement: float = setting(0.97, help="mixed precision keeps blocks in float until "
                                       "the lower end of the 95%% Wilson interval of top-1 "
                                       "agreement with torch on the validation split reaches X",
                                       group=GROUP_INT8,
