@@ -34,8 +34,8 @@ REPORT_NAME = "REPORT.md"
 SETUP_SIZE_GB = 6  # .venv with torch (CUDA build), timm, onnx, onnxruntime: measured 5.8-6.2 GB
 FIRST_RUN_NOTE = (
     "edge-smw demo: draws 3000 synthetic faces, trains, evaluates, exports (fp32 + int8), "
-    "benches, explains and fools a model, then writes REPORT.md. The first run does about 5.5 "
-    "CPU-minutes of work (12 minutes measured on 2 CPU cores shared with other jobs), most of "
+    "benches, explains and fools a model, then writes REPORT.md. The first run does about 5 "
+    "CPU-minutes of work (11 minutes measured on 2 CPU cores shared with other jobs), most of "
     "it backbone features for the faces and the int8 export's checks; later runs reuse the "
     "cached faces and features. The set-up before it (.venv with torch) takes about "
     f"{SETUP_SIZE_GB} GB of disk."
@@ -54,13 +54,16 @@ class DemoSettings:
     momenta: tuple[float, ...] = (0.9,)
     epochs: int = 40
     compare_losses: bool = True  # ce (the poster's) and emd (ordinal), side by side
-    export_val_limit: int | None = 300  # validation crops for the export's parity gates
+    # Validation crops for the export's parity gates: 98% agreement can be shown on >= 189.
+    export_val_limit: int | None = 200
     calib_size: int | None = 128  # None: the smallest set the export accepts
-    latency_runs: int = 20
-    max_mixed_steps: int = 3
+    latency_runs: int = 10
+    max_mixed_steps: int = 2  # float blocks the int8 search may try (each: one check pass)
     bias_correction: bool | None = None  # None: the export's default (on)
     bench_suite: str = "quick"
-    bench_overrides: dict[str, Any] = field(default_factory=dict)  # on top of bench_suite
+    # On top of bench_suite: test crops for the bench's parity gates (its torch reference is
+    # the costliest part of the quick suite); 200 still lets a 98% gate be judged.
+    bench_overrides: dict[str, Any] = field(default_factory=lambda: {"parity_max": 200})
     bench_plots: bool = True
     check_sample: int = 40  # held-out faces for the heat-map check
     fool_eps: float = 4.0  # pixel units (/255)
@@ -357,7 +360,7 @@ class _Demo:
         lines = [
             "# edge-smw demo (synthetic faces)", "",
             "These faces are drawings made by `edge_smw.data.synthetic`, not photos of people: "
-            "their level follows a known rule (eyes, gaze, mouth, blur, exposure; README, "
+            "their level follows a known rule (eyes, gaze, mouth, strong blur; README, "
             "'Built-in demo data'). The figures show that every step of the pipeline works "
             "and what each one reports; they say nothing about accuracy on real photos.", "",
             "| step | result | seconds |", "|---|---|---|",
@@ -482,6 +485,16 @@ class _Demo:
                 f"{len(unjudged)} not judged:", "",
                 *[f"    {g['line']}" for g in gates],
             ]
+            int8 = self.steps["export"]["models"].get(INT8_CPU.key) or {}
+            failed = [g for g in judged if not g["passed"] and g["name"].startswith("int8")]
+            if (int8.get("gate") or {}).get("passed") and failed:
+                lines += [
+                    "", "The export's int8 gate passed on its validation crops but the bench's "
+                    f"failed on the test crops ({', '.join(g['name'] for g in failed)}): the "
+                    "export's pass was narrow (a few crops either way), so do not count on this "
+                    "int8 file meeting the gate; `edge-smw export --mixed-steps N` lets more "
+                    "layers stay float.",
+                ]
         lines += [
             "",
             f"Full tables and gates: `{b['md']}`; reproduce: `{b['command']}`.",
