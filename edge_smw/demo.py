@@ -35,7 +35,7 @@ SETUP_SIZE_GB = 6  # .venv with torch (CUDA build), timm, onnx, onnxruntime: mea
 FIRST_RUN_NOTE = (
     "edge-smw demo: draws 3000 synthetic faces, trains, evaluates, exports (fp32 + int8), "
     "benches, explains and fools a model, then writes REPORT.md. The first run does about 5 "
-    "CPU-minutes of work (11 minutes measured on 2 CPU cores shared with other jobs), most of "
+    "CPU-minutes of work (10-11 minutes measured on 2 CPU cores shared with other jobs), most of "
     "it backbone features for the faces and the int8 export's checks; later runs reuse the "
     "cached faces and features. The set-up before it (.venv with torch) takes about "
     f"{SETUP_SIZE_GB} GB of disk."
