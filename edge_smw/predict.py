@@ -84,18 +84,13 @@ def check_faces_found(total: int, no_face: int) -> None:
 def _predict_checkpoint(model: str | Path, items: Sequence[LabelledImage], *, detect: bool,
                         progress: bool, detector: str) -> Predictions:
     from edge_smw.detect import with_detector
-    from edge_smw.train.backbones import get_backbone
     from edge_smw.train.checkpoint import load_checkpoint
-    from edge_smw.train.features import FeaturePass, compute_features
-    from edge_smw.train.heads import predict_proba
+    from edge_smw.train.features import score_items
 
     checkpoint = load_checkpoint(model)
-    feature_pass = FeaturePass(get_backbone(checkpoint.backbone),
-                               weights=checkpoint.backbone_weights)
     contract = with_detector(checkpoint.contract, detector)
-    feats = compute_features(items, contract, feature_pass, detect=detect,
-                             progress=progress, desc="features")
-    probs = predict_proba(checkpoint.head(), feats.features)
+    feats, probs = score_items(checkpoint, items, detect=detect, progress=progress,
+                               contract=contract)
     return Predictions(feats.paths, feats.levels, probs, checkpoint.levels, feats.skipped)
 
 

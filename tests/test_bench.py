@@ -125,6 +125,7 @@ def _tiny_suite(folder: Path) -> Path:
         e2e_frames = 0
         peak_matmul = 128
         peak_repeats = 1
+        features_crops = 0
     """))
     return path
 
@@ -143,6 +144,20 @@ def test_quick_bench_writes_every_section(quick: dict[str, Any]) -> None:
     assert report["skipped_models"][0]["file"] == "notes.onnx"
     for name in ("bench.json", "bench.md", "latency.png", "robustness.png", "end_to_end.png"):
         assert (quick["out"] / name).stat().st_size > 0, name
+
+
+def test_quick_bench_times_the_training_feature_pass(quick: dict[str, Any]) -> None:
+    """The `features` row: torch eager and edge-smw's feature pass, side by side, from the
+    same crop files (the README quotes this row, not a hand-measured figure)."""
+    feats = quick["report"]["features"]
+    rows = {r["candidate"]: r for r in feats["rows"]}
+    assert set(rows) == {"torch eager", "edge-smw feature pass"}
+    for r in rows.values():
+        assert r["crops"] == 32 and r["seconds"] > 0
+        assert 0 < r["crops_per_s_min"] <= r["crops_per_s"] <= r["crops_per_s_max"]
+    ratio = rows["edge-smw feature pass"]["crops_per_s"] / rows["torch eager"]["crops_per_s"]
+    assert feats["speedup"] == pytest.approx(ratio, rel=1e-2)
+    assert "## Training feature pass" in (quick["out"] / "bench.md").read_text()
 
 
 def test_quick_bench_latency_rows_are_sane(quick: dict[str, Any]) -> None:

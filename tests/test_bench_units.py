@@ -395,3 +395,19 @@ def test_masking_verdict_uses_the_worst_case_over_attacks() -> None:
     # every attack does worse on int8: only then is int8 called harder to fool
     (v,) = _masking_check(rows(0.3, 0.3, 0.9, 1.0), judges)
     assert v.verdict.startswith("int8 harder to fool")
+
+
+def test_features_section_round_trips_and_its_suite_loads() -> None:
+    from edge_smw.bench.results import FeaturePassRow, FeaturePassSection
+
+    section = FeaturePassSection(
+        rows=[FeaturePassRow("torch eager", 64, 8.0, 8.0, 7.5, 8.5, "torch"),
+              FeaturePassRow("edge-smw feature pass", 64, 2.0, 32.0, 30.0, 34.0, "onnxruntime")],
+        speedup=4.0, rounds=4, what="pooled", threads=2, detect=False, note="from files")
+    written = section.to_dict()
+    assert FeaturePassSection.from_dict(written) == section
+    assert FeaturePassSection(note="not requested").to_dict() == {"rows": [],
+                                                                  "note": "not requested"}
+    repo = Path(__file__).resolve().parents[1]
+    suite = load_suite(repo / "benchmarks" / "suites" / "features.toml")
+    assert suite.features_crops == 512 and suite.detection_frames == 0 and suite.robust_n == 0

@@ -127,6 +127,7 @@ def test_training_and_runtime_feed_the_network_the_same_tensor(smiles_dir, smile
 
     class Recording:
         spec, fingerprint = feature_pass.spec, feature_pass.fingerprint
+        kind, suffix = feature_pass.kind, feature_pass.suffix
 
         def __call__(self, x):
             seen["training"] = x.copy()

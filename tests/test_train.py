@@ -179,3 +179,33 @@ def test_features_constant_in_training_cannot_blow_up_the_head():
     before = predict_proba(head, probe)
     probe[:, 3] = probe[:, 4] = 0.05  # the dead channels wake up a little at test time
     np.testing.assert_allclose(predict_proba(head, probe), before, atol=0.05)
+
+
+def test_feature_cache_computes_only_the_missing_views(smiles_dir, tmp_path, monkeypatch):
+    """Adding --flip to a cached run computes the mirrors only, and timings say so."""
+    from edge_smw.data.datasets import LabelledImage
+    from edge_smw.train.backbones import get_backbone
+    from edge_smw.train.features import compute_features
+
+    monkeypatch.setenv("EDGE_SMW_CACHE", str(tmp_path))
+    items = [LabelledImage(p, 0) for p in sorted((smiles_dir / "smiling").glob("*.jpg"))[:3]]
+    contract = get_backbone("efficientnet_lite0").contract(SMILES_LEVELS)
+    seen: list[int] = []
+
+    class CountingPass:  # stands in for FeaturePass: one number per crop
+        spec, fingerprint, suffix = get_backbone("efficientnet_lite0"), "test", "-count"
+
+        def __call__(self, x):
+            seen.append(len(x))
+            return x.mean(axis=(1, 2, 3))[:, None].astype(np.float32)
+
+    plain = compute_features(items, contract, CountingPass(), detect=False, progress=False)
+    assert seen == [3] and plain.timings["computed"] == 3
+    flipped = compute_features(items, contract, CountingPass(), detect=False, flip=True,
+                               progress=False)
+    assert seen == [3, 3] and flipped.timings["computed"] == 3  # the mirrors only
+    assert len(flipped.levels) == 6
+    np.testing.assert_array_equal(flipped.features[::2], plain.features)
+    again = compute_features(items, contract, CountingPass(), detect=False, flip=True,
+                             progress=False)
+    assert seen == [3, 3] and again.timings["cached"] == 3

@@ -77,6 +77,7 @@ class Suite:
     e2e_models: str
     peak_matmul: int
     peak_repeats: int
+    features_crops: int  # crops for the training feature-pass row (0 = skip it)
     # Face detectors compared in the end-to-end rows and on the detection set.
     detectors: list[str] = field(default_factory=lambda: ["haar", DEFAULT_DETECTOR])
     detection_frames: int = 0  # detection-set frames per condition (0: no detection section)
@@ -96,7 +97,7 @@ class Suite:
             setattr(self, name, sorted(float(b) for b in values))
         for name in ("warmup", "min_runs", "max_runs", "threads", "parity_max", "robust_n",
                      "pgd_steps", "blackbox_n", "blackbox_iterations", "e2e_frames",
-                     "peak_matmul", "peak_repeats", "detection_frames"):
+                     "peak_matmul", "peak_repeats", "features_crops", "detection_frames"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"suite {where}: {name} must be a whole number >= 0, got "

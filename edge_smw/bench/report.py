@@ -28,6 +28,9 @@ bench.json (``schema_version`` 1), the fields scripts may rely on:
 - ``robustness``: rows {model, backend, attack, budget (pixel units /255), n, success_rate,
   clean_success_rate, median_l2, matches_torch (fp32 exports)}; ``robustness_summary``:
   {sample, median_budget: [...], gradient_masking: [...]}.
+- ``features``: the training feature pass, {rows: [{candidate ("torch eager" | "edge-smw
+  feature pass"), crops, seconds, crops_per_s, crops_per_s_min, crops_per_s_max, runtime}],
+  speedup (ours / torch eager), rounds, what, threads, detect, note}.
 - ``gates`` and ``targets``: [{name, value, threshold, op, pass (true | false | null when
   no row could be judged), worst}]; ``passed``: no gate failed.
 """
@@ -306,6 +309,21 @@ def markdown(report: BenchReport, plots: list[str]) -> str:
             lines.append(_md_table(
                 ["Model", "Backend", *levels],
                 [[p.model, p.backend, *[_level_cell(p, lv) for lv in levels]] for p in par]))
+
+    feats = report.features
+    lines += ["", "## Training feature pass", ""]
+    if feats.rows:
+        lines.append(f"Crops/s from the crop files ({feats.note}), {feats.threads} threads, "
+                     f"{feats.rounds} alternating chunks; features: {feats.what}.")
+        lines.append("")
+        lines.append(_md_table(
+            ["Candidate", "Runtime", "Crops", "Crops/s", "Per-chunk range"],
+            [[r.candidate, r.runtime, r.crops, _f(r.crops_per_s, 1),
+              f"{_f(r.crops_per_s_min, 1)}-{_f(r.crops_per_s_max, 1)}"] for r in feats.rows]))
+        if feats.speedup is not None:
+            lines += ["", f"edge-smw's pass / torch eager: {feats.speedup:.2f}x"]
+    else:
+        lines.append(f"Not run: {feats.note or 'not requested'}")
 
     rob = report.robustness
     summary = report.robustness_summary

@@ -627,6 +627,34 @@ class RobustnessSummary(Record):
         "gradient_masking": _list_of(MaskingCheck)}
 
 
+# -- training feature pass ------------------------------------------------------------------
+
+@dataclass
+class FeaturePassRow(Record):
+    """One candidate's crops/s from the crop files (``bench.features``)."""
+
+    candidate: str
+    crops: int
+    seconds: float
+    crops_per_s: float
+    crops_per_s_min: float  # the slowest alternating chunk
+    crops_per_s_max: float
+    runtime: str
+
+
+@dataclass
+class FeaturePassSection(Record):
+    rows: list[FeaturePassRow] = field(default_factory=list)
+    speedup: float | None = optional()  # edge-smw's pass / torch eager
+    rounds: int | None = optional()
+    what: str | None = optional()  # which features (the checkpoint's head kind)
+    threads: int | None = optional()
+    detect: bool | None = optional()
+    note: str | None = optional()  # what was timed, or why there are no rows
+
+    _read: ClassVar[dict[str, Callable[[Any], Any]]] = {"rows": _list_of(FeaturePassRow)}
+
+
 # -- gates -----------------------------------------------------------------------------------
 
 @dataclass
@@ -691,6 +719,7 @@ class BenchReport(Record):
     robustness: list[RobustnessRow]
     robustness_summary: RobustnessSummary
     gates_config: dict[str, Any]  # GateSet.to_dict(): where the gates came from, tolerances
+    features: FeaturePassSection = field(default_factory=FeaturePassSection)
     gates: list[GateVerdict] = field(default_factory=list)
     targets: list[GateVerdict] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
@@ -704,6 +733,7 @@ class BenchReport(Record):
         "limit": LimitSection.from_dict, "detection": DetectionSection.from_dict,
         "parity": _list_of(ParityRow), "robustness": _list_of(RobustnessRow),
         "robustness_summary": RobustnessSummary.from_dict, "gates": _list_of(GateVerdict),
+        "features": FeaturePassSection.from_dict,
         "targets": _list_of(GateVerdict)}
 
     @property

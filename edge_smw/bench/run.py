@@ -38,6 +38,7 @@ from edge_smw.bench.results import (
     DetectionSection,
     EndToEndRow,
     EndToEndSection,
+    FeaturePassSection,
     FrameInfo,
     GoldenUse,
     LatencyRow,
@@ -73,7 +74,7 @@ class BenchOptions:
     detect: bool | None = None  # None: as the model was trained
     command: str = ""
     sections: tuple[str, ...] = ("latency", "end_to_end", "limit", "parity", "robustness",
-                                 "detection")
+                                 "detection", "features")
     detectors: list[str] | None = None  # None: the suite's
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -587,6 +588,17 @@ class Bench:
         return run_robustness(ref.pixel_model(), torch_judge, judges, self.data.pixels,
                               self.data.labels, self.ref_probs, self.contract.levels, self.suite)
 
+    def features(self) -> FeaturePassSection:
+        """The training feature pass: torch eager vs edge-smw's, crops/s side by side."""
+        if self.ref is None:
+            return FeaturePassSection(note="needs torch and the checkpoint (it times the "
+                                           "training feature pass)")
+        from edge_smw.bench.features import measure_feature_pass
+
+        assert self.data is not None
+        return measure_feature_pass(self.ref.checkpoint, self.data.paths,
+                                    crops=self.suite.features_crops, threads=self.threads)
+
     # -- everything ------------------------------------------------------------------------
     def run(self) -> BenchReport:
         """Every section; the models' runtimes are closed however it ends."""
@@ -618,6 +630,8 @@ class Bench:
             robustness, robustness_summary = self._timed("robustness", self.robustness)
         else:
             robustness, robustness_summary = [], RobustnessSummary(note=NOT_REQUESTED)
+        features = self._timed("features", self.features) if "features" in sections \
+            else FeaturePassSection(note=NOT_REQUESTED)
         opts = self.options
         report = BenchReport(
             schema_version=SCHEMA_VERSION, command=opts.command, export_dir=str(self.export_dir),
@@ -629,7 +643,8 @@ class Bench:
                 mode=opts.golden_mode, file=str(opts.golden_file)),
             latency=latency, comparisons=lat.comparisons(latency), end_to_end=end_to_end,
             limit=limit, detection=detection, parity=parity, robustness=robustness,
-            robustness_summary=robustness_summary, gates_config=self.gates.to_dict())
+            robustness_summary=robustness_summary, gates_config=self.gates.to_dict(),
+            features=features)
         judge_gates(report, self.gates)
         machine.load_average_end = load_average()
         self.timings["total_s"] = time.perf_counter() - t_start

@@ -20,6 +20,7 @@ from edge_smw.errors import EdgeSmwError
 COMMANDS: dict[str, str] = {
     "demo": "demo",
     "train": "train",
+    "compare": "compare",
     "evaluate": "evaluate",
     "export": "export",
     "quant-report": "quant_report",

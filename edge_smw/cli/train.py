@@ -13,6 +13,7 @@ from edge_smw.cli.common import (
     print_json,
     ray_options,
 )
+from edge_smw.train.settings import DEFAULT_PATIENCE, HEAD_KINDS, FinetuneConfig
 
 HELP = "train a linear head on a frozen backbone from labelled face photos"
 EXAMPLES = """
@@ -20,6 +21,8 @@ EXAMPLES = """
   edge-smw train --data photos/ --levels 1,2,3,4,5 --out runs/me
   edge-smw train --data labels.csv --loss emd --class-weight balanced --out runs/emd
   edge-smw train --data smiles --from ~/SMILEsmileD --out runs/smiles
+  edge-smw train --data photos/ --levels 1,2,3,4,5 --head stages --out runs/stages
+  edge-smw train --data photos/ --levels 1,2,3,4,5 --finetune-last 1 --out runs/ft1
   edge-smw train --data big-labelled-set/ --levels 5 --engine ray --ray-address auto --out runs/big
 """
 
@@ -41,7 +44,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train only --loss (by default the other loss is reported beside it)")
     p.add_argument("--class-weight", default="none", choices=["none", "balanced"])
     p.add_argument("--flip", action="store_true", help="add mirrored crops as extra features")
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--head", default="linear", choices=list(HEAD_KINDS),
+                   help="what the linear head reads: " + "; ".join(
+                       f"{k.name}: {k.description}" for k in HEAD_KINDS.values()))
+    p.add_argument("--finetune-last", type=int, default=0, metavar="N",
+                   help="also train the backbone's last N units (on their cached inputs; "
+                        "default 0: frozen backbone)")
+    p.add_argument("--finetune-lr", type=float, default=FinetuneConfig.lr,
+                   help=f"learning rate of the fine-tuned units (default {FinetuneConfig.lr}; "
+                        f"the tuned head moves at {FinetuneConfig.head_lr_scale} of it)")
+    p.add_argument("--epochs", type=int, default=40,
+                   help="at most this many epochs (early stopping on the validation split)")
+    p.add_argument("--patience", type=int, default=DEFAULT_PATIENCE,
+                   help="stop after this many epochs without a better validation score")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-per-level", type=int, help="use at most N images per level (quick runs)")
     p.add_argument("--synthetic-count", type=int, default=3000)
@@ -63,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
         compare_losses=not args.no_compare, seed=args.seed, detect=not args.no_detect,
         detector=detector_from_args(args),
         class_weight=args.class_weight, flip=args.flip, epochs=args.epochs,
-        max_per_level=args.max_per_level, progress=not args.json,
+        patience=args.patience, max_per_level=args.max_per_level, progress=not args.json,
+        head=args.head, finetune_last=args.finetune_last,
+        finetune=FinetuneConfig(lr=args.finetune_lr),
         engine=args.engine, ray=engine_options,
     )
     result = train_run(source, args.out, options)

@@ -6,10 +6,13 @@ subclass overrides only ``raw_maps``. All work in the contract's pixel space (ui
 colour order, input size), the space fooling images use too.
 
 Every method explains the level's centred score ``z_k - mean_j z_j`` (z: logits), the part
-of the logit that softmax can see (see ``cam_numpy``). On this architecture (global average
-pool + linear head on the last feature map) Grad-CAM's channel weights are then the centred
-head weights divided by h*w: ``gradcam`` is ``cam`` without the bias term, before the ReLU;
-the tests check exactly that, which checks the grad-cam wiring and the CAM definition.
+of the logit that softmax can see (see ``cam_numpy``). Grad-CAM and CAM look at the *head
+map*, the map the head pools (``ScoreModel.head_map``): the backbone's last feature map for
+the poster's head, the stacked stage maps for ``--head stages``. With a global average pool
++ linear head, Grad-CAM's channel weights are the centred head weights divided by h*w:
+``gradcam`` is ``cam`` without the bias term, before the ReLU; the tests check exactly that,
+which checks the grad-cam wiring and the CAM definition. CAM needs that global pool; for the
+region-pooling heads (``grid2``, ``grid3``) it refuses and Grad-CAM and saliency remain.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ class GradCAM(HeatMapMethod):
                 "gradcam needs the grad-cam package: pip install 'edge-smw[train]' (or "
                 "pip install grad-cam); saliency and cam work without it"
             ) from exc
-        cam = _GradCAM(model=self.pixel_model, target_layers=[self.model.feature_maps])
+        cam = _GradCAM(model=self.pixel_model, target_layers=[self.model.head_map])
         try:  # the backbone is frozen: the input must ask for gradients to reach the maps
             return cam(input_tensor=pixels.detach().clone().requires_grad_(True),
                        targets=[CentredScore(lvl) for lvl in levels])
@@ -135,6 +138,13 @@ class CAM(HeatMapMethod):
     """Zhou et al. 2016: head weights x last feature map; no gradient (runs on the device)."""
 
     name = "cam"
+
+    def __init__(self, model: ScoreModel, contract: PreprocessContract) -> None:
+        if not model.kind.cam:
+            raise InputError(f"cam weighs one map by the head's weights, which needs a head on "
+                             f"globally pooled features; this model's '{model.kind.name}' head "
+                             "pools regions: use --method gradcam or saliency")
+        super().__init__(model, contract)
 
     def raw_maps(self, pixels: torch.Tensor, levels: list[int]) -> np.ndarray:
         with torch.no_grad():

@@ -1,14 +1,16 @@
 """Checkpoint -> one self-describing ONNX file (fp32).
 
-Frozen backbone + head, opset 17, dynamic batch, no external data, full ``onnx.checker``
+Backbone + head (any head kind: always ``Gemm`` on a ``ReduceMean``, see
+``edge_smw.train.model``), opset 17, dynamic batch, no external data, full ``onnx.checker``
 check, simplified with onnxslim, outputs ``probabilities`` and ``logits`` (and, on request,
-the backbone's last ``feature_map`` for gradient-free CAM on the device). The preprocessing
+the head map as ``feature_map`` for gradient-free CAM on the device). The preprocessing
 contract and the model's facts go into ``metadata_props``: the runtime needs nothing else.
 """
 
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import onnx
@@ -17,6 +19,7 @@ from torch import nn
 
 from edge_smw import __version__
 from edge_smw.atomic import atomic_path
+from edge_smw.errors import InputError
 from edge_smw.metadata import (
     INPUT_NAME,
     OUTPUT_FEATURE_MAP,
@@ -56,7 +59,8 @@ def model_info(checkpoint: Checkpoint, *, precision: str = "fp32", feature_map: 
         has_feature_map=feature_map,
         head_weight=checkpoint.head_weight.tolist() if feature_map else None,
         head_bias=checkpoint.head_bias.tolist() if feature_map else None,
-        extra={"detect": checkpoint.detect, **extra},
+        extra={"detect": checkpoint.detect, "head": checkpoint.head_kind,
+               "finetune_last": checkpoint.finetune_last, **extra},
     )
 
 
@@ -85,13 +89,21 @@ def export_fp32(
     """Write the fp32 ONNX model for ``checkpoint`` to ``path``."""
     import onnxslim
 
+    if feature_map and not checkpoint.kind.cam:
+        raise InputError(f"--feature-map serves CAM on the device, which needs a head on "
+                         f"globally pooled features; this model's '{checkpoint.head_kind}' head "
+                         "pools regions: export without --feature-map")
     model = model or checkpoint.build_model()
     size = checkpoint.contract.input_size
     example = torch.zeros(2, 3, size, size)
     outputs = [OUTPUT_PROBABILITIES, OUTPUT_LOGITS] + ([OUTPUT_FEATURE_MAP] if feature_map else [])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch:
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch, \
+            warnings.catch_warnings():
+        # the head reads spatial sizes as Python ints: they are static by design (fixed input
+        # size, only the batch is dynamic), which is what the tracer warns about
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         raw = Path(scratch) / "raw.onnx"
         torch.onnx.export(
             _ExportModule(model, feature_map).eval(), (example,), str(raw), dynamo=False,

@@ -1,1 +1,2 @@
-"""Torch-side training. Importing this package imports torch; the runtime never does."""
+"""Torch-side training (torch is imported by its modules; ``settings`` is torch-free and
+holds the choices the CLI offers). The runtime never imports this package's torch modules."""

@@ -40,15 +40,65 @@ class BackboneSpec:
 
 
 class FeatureMaps(nn.Module):
-    """Wraps a backbone so ``forward`` returns its last feature map (N, C, H, W)."""
+    """Wraps a backbone so ``forward`` returns its last feature map (N, C, H, W).
 
-    def __init__(self, body: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    ``unit_paths`` cuts the backbone into the units it runs in sequence (stem, each block,
+    the final conv), as module paths inside ``body``: what ``--finetune-last N`` counts, and
+    what the stronger heads tap. They are not registered as submodules, so the state dict
+    (and with it the weights fingerprint) is the backbone's own.
+    """
+
+    def __init__(self, body: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
+                 unit_paths: list[tuple[str, tuple[str, ...]]]) -> None:
         super().__init__()
         self.body = body
         self._forward = forward
+        self.unit_paths = unit_paths
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward(x)
+
+    @property
+    def unit_names(self) -> list[str]:
+        return [name for name, _ in self.unit_paths]
+
+    def unit(self, index: int) -> nn.Module:
+        """Unit ``index`` (negative counts from the end) as one module (shared weights)."""
+        modules = self._modules_of(index)
+        return modules[0] if len(modules) == 1 else nn.Sequential(*modules)
+
+    def _modules_of(self, index: int) -> list[nn.Module]:
+        return [self.body.get_submodule(p) for p in self.unit_paths[index][1]]
+
+    def index_of(self, index: int) -> int:
+        count = len(self.unit_paths)
+        if not -count <= index < count:
+            raise InputError(f"unit {index} is outside the backbone's {count} units")
+        return index % count
+
+    def run_units(self, x: torch.Tensor, start: int = 0, stop: int | None = None
+                  ) -> torch.Tensor:
+        """Units ``start``..``stop`` (exclusive) applied in order (registered modules called
+        directly, so an export names its nodes as the backbone's own forward does)."""
+        return self.tap_units(x, [], start, stop)[1]
+
+    def tap_units(self, x: torch.Tensor, taps: list[int], start: int = 0,
+                  stop: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Run units ``start``..``stop``: (the outputs of units ``taps``, the final output)."""
+        first = self.index_of(start)
+        end = len(self.unit_paths) if stop is None else self.index_of(stop - 1) + 1
+        wanted = {self.index_of(t) for t in taps}
+        tapped = []
+        for index in range(first, end):
+            for module in self._modules_of(index):
+                x = module(x)
+            if index in wanted:
+                tapped.append(x)
+        return tapped, x
+
+    def unit_parameter_prefixes(self, start: int) -> tuple[str, ...]:
+        """State-dict prefixes (inside ``body``) of units ``start``.. to the end."""
+        return tuple(f"{p}." for _, paths in self.unit_paths[start:] for p in paths)
 
 
 def _efficientnet_lite0(weights: Path | None) -> nn.Module:
@@ -80,7 +130,11 @@ def _efficientnet_lite0(weights: Path | None) -> nn.Module:
                              f"{dst_name} {tuple(ref.shape)}")
         mapped[dst_name] = tensor
     model.load_state_dict(mapped)
-    return FeatureMaps(model, model.forward_features)
+    units = [("stem", ("conv_stem", "bn1"))]
+    units += [(f"blocks.{i}.{j}", (f"blocks.{i}.{j}",))
+              for i, stage in enumerate(model.blocks) for j in range(len(stage))]
+    units.append(("head", ("conv_head", "bn2")))
+    return FeatureMaps(model, model.forward_features, units)
 
 
 def _resnet18(weights: Path | None) -> nn.Module:
@@ -106,7 +160,9 @@ def _resnet18(weights: Path | None) -> nn.Module:
         except RuntimeError as exc:
             raise ModelError(f"{weights} is not a torchvision ResNet-18 state dict: {exc}") from exc
     body = nn.Sequential(*list(model.children())[:-2])  # up to layer4: drop avgpool and fc
-    return FeatureMaps(body, body)
+    units = [("stem", ("0", "1", "2", "3"))]
+    units += [(f"layer{i - 3}.{j}", (f"{i}.{j}",)) for i in range(4, 8) for j in range(2)]
+    return FeatureMaps(body, body, units)
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -23,10 +23,16 @@ from edge_smw.cache import file_sha256
 from edge_smw.contract import PreprocessContract
 from edge_smw.errors import ModelError
 from edge_smw.train.backbones import build_feature_maps, get_backbone, weights_fingerprint
-from edge_smw.train.model import ScoreModel
+from edge_smw.train.model import (
+    DEFAULT_HEAD,
+    HEAD_KINDS,
+    HeadKind,
+    ScoreModel,
+    get_head_kind,
+)
 
 FORMAT = "edge-smw-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: head kind and fine-tuned backbone units (1 is written when unused)
 
 
 @dataclass
@@ -39,6 +45,9 @@ class Checkpoint:
     detect: bool
     split_sha256: str | None = None
     backbone_weights: str | None = None
+    head_kind: str = DEFAULT_HEAD
+    finetune_last: int = 0  # backbone units trained with the head (their weights below)
+    tuned_state: dict[str, np.ndarray] = field(default_factory=dict)  # names inside the body
     metrics: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
@@ -56,6 +65,10 @@ class Checkpoint:
             layer.bias.copy_(torch.from_numpy(self.head_bias))
         return layer.eval()
 
+    @property
+    def kind(self) -> HeadKind:
+        return get_head_kind(self.head_kind)
+
     def build_model(self) -> ScoreModel:
         """The full torch model; refuses backbone weights other than those it was trained on."""
         spec = get_backbone(self.backbone)
@@ -66,13 +79,16 @@ class Checkpoint:
                 f"the {self.backbone} weights here ({found}) differ from those this checkpoint "
                 f"was trained on ({self.backbone_fingerprint}); pass the same --backbone-weights"
             )
-        return ScoreModel(maps, self.head()).eval()
+        if self.tuned_state:
+            load_tuned_state(maps, self.tuned_state, self.path or "checkpoint")
+        return ScoreModel(maps, self.head(), self.kind).eval()
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
+        plain = self.head_kind == DEFAULT_HEAD and not self.tuned_state
         payload = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": 1 if plain else FORMAT_VERSION,
             "head_weight": torch.from_numpy(np.ascontiguousarray(self.head_weight, np.float32)),
             "head_bias": torch.from_numpy(np.ascontiguousarray(self.head_bias, np.float32)),
             "backbone": self.backbone,
@@ -85,9 +101,28 @@ class Checkpoint:
             "config": json.dumps(self.config),
             "versions": json.dumps(self.versions or current_versions()),
         }
+        if not plain:
+            payload.update({
+                "head_kind": self.head_kind, "finetune_last": int(self.finetune_last),
+                "tuned_state": {k: torch.as_tensor(np.asarray(v)).contiguous()
+                                for k, v in self.tuned_state.items()},
+            })
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
         return path
+
+
+def load_tuned_state(maps: nn.Module, state: dict[str, np.ndarray], source: object) -> None:
+    """Put fine-tuned unit weights (names inside the backbone body) into ``maps``."""
+    own = maps.body.state_dict()
+    tensors = {}
+    for name, value in state.items():
+        if name not in own or tuple(own[name].shape) != tuple(np.shape(value)):
+            raise ModelError(f"{source}: fine-tuned weight {name} {tuple(np.shape(value))} does "
+                             "not fit this backbone; the checkpoint is corrupt or from another "
+                             "backbone")
+        tensors[name] = torch.as_tensor(np.asarray(value))
+    maps.body.load_state_dict(tensors, strict=False)
 
 
 def current_versions() -> dict[str, str]:
@@ -131,6 +166,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"{path} was written by a newer edge-smw (checkpoint format {version}, this one "
             f"reads {FORMAT_VERSION}); upgrade edge-smw"
         )
+    head_kind = str(payload.get("head_kind", DEFAULT_HEAD))
+    if head_kind not in HEAD_KINDS:
+        raise ModelError(f"{path} has a head of kind {head_kind!r}, which this edge-smw does not "
+                         f"know ({list(HEAD_KINDS)}); upgrade edge-smw")
     try:
         return Checkpoint(
             head_weight=payload["head_weight"].numpy(),
@@ -144,6 +183,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             metrics=json.loads(payload["metrics"]),
             config=json.loads(payload["config"]),
             versions=json.loads(payload["versions"]),
+            head_kind=head_kind,
+            finetune_last=int(payload.get("finetune_last", 0)),
+            tuned_state={k: v.numpy() for k, v in payload.get("tuned_state", {}).items()},
             path=path,
             sha256=file_sha256(path),
         )

@@ -1,0 +1,144 @@
+"""Training runs side by side: test-split figures per head and loss, training time, and the
+exports' latency measured together in one process.
+
+Torch-free: it reads each run's ``train.json`` and each export's ``export.json``, and times
+the exported models with onnxruntime (``export.parity.latency``: batch 1, interleaved
+round-robin, so a busy machine slows every model alike; ratios are what to quote).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from edge_smw.artifacts.folders import ExportDir, RunDir
+from edge_smw.artifacts.formats import FP32, INT8_CPU
+from edge_smw.errors import InputError
+
+TIMED_FORMATS = (FP32, INT8_CPU)
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path} not found: give {what}") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path} is not readable JSON ({exc})") from None
+
+
+def run_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per loss trained in ``run_dir`` (the saved loss first)."""
+    run_dir = Path(run_dir)
+    summary = _read_json(RunDir(run_dir).train_json, "a run folder made by `edge-smw train`")
+    seconds = summary.get("seconds") or {}
+    rows = []
+    for loss, result in summary["losses"].items():
+        test, val = result["test"], result["val"]
+        tuned = result.get("finetune")
+        rows.append({
+            "run": str(run_dir), "head": summary.get("head", "linear"),
+            "finetune_last": summary.get("finetune_last", 0), "loss": loss,
+            "saved": loss == summary["loss"], "lr": result["lr"],
+            "momentum": result["momentum"], "epoch": result.get("best_epoch"),
+            "finetune_epoch": tuned["best_epoch"] if tuned else None,
+            "val_accuracy": val["accuracy"], "accuracy": test["accuracy"], "mae": test["mae"],
+            "spearman": test["spearman"], "n": test["n"],
+            "per_level": {name: {"accuracy": v["accuracy"], "mae": v["mae"]}
+                          for name, v in test["per_level"].items()},
+            "train_seconds": seconds.get("total") if isinstance(seconds, dict) else seconds,
+            "feature_pass_seconds": seconds.get("feature_pass")
+            if isinstance(seconds, dict) else None,
+        })
+    return rows
+
+
+def export_facts(export_dir: str | Path) -> dict[str, Any]:
+    """What an export folder says about its INT8 model (agreement, gate), and its files."""
+    folder = ExportDir(Path(export_dir))
+    summary = _read_json(folder.export_json, "an export folder made by `edge-smw export`")
+    int8 = (summary.get("models") or {}).get(INT8_CPU.key) or {}
+    return {
+        "export": str(folder.path),
+        "int8_agreement": (int8.get("parity") or {}).get("top1_agreement"),
+        "int8_gate_passed": (int8.get("gate") or {}).get("passed"),
+        "files": {fmt.key: str(folder.path / fmt.file_name) for fmt in TIMED_FORMATS
+                  if (folder.path / fmt.file_name).is_file()},
+    }
+
+
+def compare(runs: list[str | Path], exports: list[str | Path] | None = None, *,
+            latency_runs: int = 50, threads: int | None = None) -> dict[str, Any]:
+    """Rows for every run and loss; with ``exports`` (one per run, same order), the INT8
+    agreement and the batch-1 latency of each export's fp32 and int8 models, all timed
+    interleaved in this process, and each relative to the first run's."""
+    if not runs:
+        raise InputError("give at least one run folder")
+    if exports and len(exports) != len(runs):
+        raise InputError(f"{len(exports)} export folders for {len(runs)} runs: give one export "
+                         "per run, in the same order")
+    rows = [row for run in runs for row in run_rows(run)]
+    result: dict[str, Any] = {"rows": rows, "exports": []}
+    if not exports:
+        return result
+    from edge_smw.export.parity import latency
+    from edge_smw.metadata import ModelInfo
+
+    facts = [export_facts(e) for e in exports]
+    paths = {f"{i}:{name}": path for i, f in enumerate(facts) for name, path in f["files"].items()}
+    if not paths:
+        raise InputError("the export folders hold no "
+                         + " or ".join(f.file_name for f in TIMED_FORMATS))
+    size = ModelInfo.from_file(next(iter(paths.values()))).contract.input_size
+    timed = latency(paths, size, runs=latency_runs, threads=threads)
+    for i, (run, fact) in enumerate(zip(runs, facts, strict=True)):
+        fact["run"] = str(run)
+        fact["latency_ms_p50"] = {name: timed[f"{i}:{name}"]["p50_ms"]
+                                  for name in fact["files"]}
+        result["exports"].append(fact)
+    base = result["exports"][0]["latency_ms_p50"]
+    for fact in result["exports"]:
+        fact["latency_vs_first"] = {name: round(ms / base[name], 3)
+                                    for name, ms in fact["latency_ms_p50"].items()
+                                    if base.get(name)}
+    result["latency"] = {"batch": 1, "runs": latency_runs, "interleaved": True}
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The comparison as Markdown tables."""
+    rows = result["rows"]
+    levels = list(rows[0]["per_level"]) if rows else []
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    def num(v: float | None, digits: int = 3) -> str:
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    head = ["head", "fine-tuned", "loss", "val acc", "test acc", "MAE", "Spearman",
+            *[f"{lv} acc / MAE" for lv in levels], "epoch", "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        tuned = f"last {r['finetune_last']}" if r["finetune_last"] and r["saved"] else "no"
+        epoch = (f"{r['epoch']} + {r['finetune_epoch']}" if r["finetune_epoch"] is not None
+                 else str(r["epoch"]))
+        cells = [r["head"], tuned, r["loss"] + (" (saved)" if r["saved"] else ""),
+                 pct(r["val_accuracy"]), pct(r["accuracy"]), num(r["mae"]), num(r["spearman"]),
+                 *[f"{pct(r['per_level'][lv]['accuracy'])} / {num(r['per_level'][lv]['mae'], 2)}"
+                   for lv in levels],
+                 epoch, num(r["train_seconds"], 0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if result.get("exports"):
+        lines += ["", "| run | int8 agreement (gate) | fp32 ms p50 | int8 ms p50 | "
+                  "vs first run (fp32, int8) |", "|---|---|---|---|---|"]
+        for e in result["exports"]:
+            ms = e["latency_ms_p50"]
+            rel = e["latency_vs_first"]
+            gate = {True: "pass", False: "FAIL", None: "-"}[e["int8_gate_passed"]]
+            fp32, int8 = FP32.key, INT8_CPU.key
+            lines.append(f"| {e['run']} | {pct(e['int8_agreement'])} ({gate}) | "
+                         f"{num(ms.get(fp32), 2)} | {num(ms.get(int8), 2)} | "
+                         f"{num(rel.get(fp32), 2)}x, {num(rel.get(int8), 2)}x |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,75 @@
+"""edge-smw compare: runs side by side from their train.json, exports timed together."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_smw.cli.main import main
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["compare", *argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_rows_are_the_runs_own_figures(smiles_run: Path) -> None:
+    from edge_smw.train.compare import compare, markdown
+
+    summary = json.loads((smiles_run / "train.json").read_text())
+    result = compare([smiles_run])
+    (row,) = result["rows"]
+    test = summary["losses"][summary["loss"]]["test"]
+    assert row["saved"] and row["loss"] == summary["loss"] and row["head"] == "linear"
+    assert row["accuracy"] == test["accuracy"] and row["mae"] == test["mae"]
+    assert row["epoch"] == summary["losses"][summary["loss"]]["best_epoch"]
+    assert row["train_seconds"] == summary["seconds"]["total"]
+    assert set(row["per_level"]) == set(summary["levels"])
+    table = markdown(result)
+    assert f"{100 * test['accuracy']:.1f}%" in table and "not_smiling acc / MAE" in table
+
+
+@pytest.fixture(scope="module")
+def smiles_export(smiles_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fp32 + cpu INT8 export of ``smiles_run``, written whatever its gate says (compare
+    reports the gate; it does not judge it)."""
+    from edge_smw.export.pipeline import ExportOptions, export_model
+
+    out = tmp_path_factory.mktemp("compare_export")
+    export_model(smiles_run, ExportOptions(out=out, int8=True, flavours=("cpu",),
+                                           latency_runs=3, progress=False, force=True))
+    return out
+
+
+def test_exports_are_timed_together_and_their_int8_gate_read(smiles_run: Path,
+                                                             smiles_export: Path) -> None:
+    from edge_smw.artifacts.formats import FP32, INT8_CPU
+
+    export = smiles_export
+    facts = json.loads((export / "export.json").read_text())["models"][INT8_CPU.key]
+    code, out, err = run_cli(str(smiles_run), str(smiles_run), "--exports", str(export),
+                             str(export), "--latency-runs", "3", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert len(result["rows"]) == 2 and len(result["exports"]) == 2
+    first = result["exports"][0]
+    assert first["int8_agreement"] == facts["parity"]["top1_agreement"]
+    assert first["int8_gate_passed"] is facts["gate"]["passed"]
+    assert set(first["latency_ms_p50"]) == {FP32.key, INT8_CPU.key}
+    assert all(ms > 0 for ms in first["latency_ms_p50"].values())
+    assert first["latency_vs_first"] == {FP32.key: 1.0, INT8_CPU.key: 1.0}
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda tmp: [str(tmp)], "train.json not found"),
+    (lambda tmp: [str(tmp), "--exports", str(tmp), str(tmp)], "2 export folders for 1 runs"),
+])
+def test_bad_input_is_one_clear_line(tmp_path: Path, make, expected: str) -> None:
+    code, _, err = run_cli(*make(tmp_path))
+    assert code == 2 and expected in err and "Traceback" not in err
