@@ -34,8 +34,8 @@ REPORT_NAME = "REPORT.md"
 SETUP_SIZE_GB = 6  # .venv with torch (CUDA build), timm, onnx, onnxruntime: measured 5.8-6.2 GB
 FIRST_RUN_NOTE = (
     "edge-smw demo: draws 3000 synthetic faces, trains, evaluates, exports (fp32 + int8), "
-    "benches, explains and fools a model, then writes REPORT.md. The first run does about 5.5 "
-    "CPU-minutes of work (12 minutes measured on 2 CPU cores shared with other jobs), most of "
+    "benches, explains and fools a model, then writes REPORT.md. The first run does about 5 "
+    "CPU-minutes of work (10-11 minutes measured on 2 CPU cores shared with other jobs), most of "
     "it backbone features for the faces and the int8 export's checks; later runs reuse the "
     "cached faces and features. The set-up before it (.venv with torch) takes about "
     f"{SETUP_SIZE_GB} GB of disk."
@@ -54,13 +54,19 @@ class DemoSettings:
     momenta: tuple[float, ...] = (0.9,)
     epochs: int = 40
     compare_losses: bool = True  # ce (the poster's) and emd (ordinal), side by side
-    export_val_limit: int | None = 300  # validation crops for the export's parity gates
+    # Validation crops for the export's parity gates: 98% agreement can be shown on >= 189.
+    export_val_limit: int | None = 200
     calib_size: int | None = 128  # None: the smallest set the export accepts
-    latency_runs: int = 20
-    max_mixed_steps: int = 3
+    latency_runs: int = 10
+    max_mixed_steps: int = 3  # float blocks the int8 search may try (each: one check pass)
+    # The int8 search aims above the 98% gate: aiming at 98% passed 200 validation crops
+    # (98.5%) but agreed on only 95% of test crops; aiming at 99% agreed on 99.3% of them.
+    int8_target_agreement: float | None = 0.99
     bias_correction: bool | None = None  # None: the export's default (on)
     bench_suite: str = "quick"
-    bench_overrides: dict[str, Any] = field(default_factory=dict)  # on top of bench_suite
+    # On top of bench_suite: test crops for the bench's parity gates (its torch reference is
+    # the costliest part of the quick suite); 200 still lets a 98% gate be judged.
+    bench_overrides: dict[str, Any] = field(default_factory=lambda: {"parity_max": 200})
     bench_plots: bool = True
     check_sample: int = 40  # held-out faces for the heat-map check
     fool_eps: float = 4.0  # pixel units (/255)
@@ -74,7 +80,8 @@ class DemoSettings:
 
 QUICK = DemoSettings(
     count=100, lrs=(0.01,), epochs=10, compare_losses=False, export_val_limit=12,
-    calib_size=None, latency_runs=2, max_mixed_steps=0, bias_correction=False,
+    calib_size=None, latency_runs=2, max_mixed_steps=0, int8_target_agreement=None,
+    bias_correction=False,
     bench_overrides={"min_runs": 1, "max_runs": 2, "seconds_per_batch": 0.2, "theirs": False,
                      "memory": "none", "robust_n": 0, "blackbox_n": 0, "e2e_frames": 0,
                      "peak_matmul": 64, "peak_repeats": 1},
@@ -210,6 +217,7 @@ class _Demo:
                                 calib_size=s.calib_size or MIN_CALIBRATION,
                                 latency_runs=s.latency_runs,
                                 max_mixed_steps=s.max_mixed_steps,
+                                target_agreement=s.int8_target_agreement,
                                 bias_correction=s.bias_correction, seed=self.seed,
                                 progress=self.progress)
         result = export_model(self.run_dir, options)
@@ -357,7 +365,7 @@ class _Demo:
         lines = [
             "# edge-smw demo (synthetic faces)", "",
             "These faces are drawings made by `edge_smw.data.synthetic`, not photos of people: "
-            "their level follows a known rule (eyes, gaze, mouth, blur, exposure; README, "
+            "their level follows a known rule (eyes, gaze, mouth, strong blur; README, "
             "'Built-in demo data'). The figures show that every step of the pipeline works "
             "and what each one reports; they say nothing about accuracy on real photos.", "",
             "| step | result | seconds |", "|---|---|---|",
@@ -482,6 +490,16 @@ class _Demo:
                 f"{len(unjudged)} not judged:", "",
                 *[f"    {g['line']}" for g in gates],
             ]
+            int8 = self.steps["export"]["models"].get(INT8_CPU.key) or {}
+            failed = [g for g in judged if not g["passed"] and g["name"].startswith("int8")]
+            if (int8.get("gate") or {}).get("passed") and failed:
+                lines += [
+                    "", "The export's int8 gate passed on its validation crops but the bench's "
+                    f"failed on the test crops ({', '.join(g['name'] for g in failed)}): the "
+                    "export's pass was narrow (a few crops either way), so do not count on this "
+                    "int8 file meeting the gate; `edge-smw export --mixed-steps N` lets more "
+                    "layers stay float.",
+                ]
         lines += [
             "",
             f"Full tables and gates: `{b['md']}`; reproduce: `{b['command']}`.",

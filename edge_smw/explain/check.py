@@ -1,7 +1,7 @@
 """Do heat maps mean something? Measured on the synthetic faces, where the rule is known.
 
-The synthetic demo set's level is decided by the eyes, gaze and mouth (plus blur and
-exposure, which touch every pixel), and ``attributes.csv`` records the eye and mouth boxes of
+The synthetic demo set's level is decided by the eyes, gaze and mouth (plus strong blur,
+which touches every pixel), and ``attributes.csv`` records the eye and mouth boxes of
 every face. For held-out faces of a model trained on that set, each method's heat map is
 scored against the union of those boxes:
 
