@@ -207,39 +207,42 @@ class _Demo:
 
     def export(self) -> None:
         from edge_smw.export.crops import MIN_CALIBRATION
-        from edge_smw.export.pipeline import ExportOptions, export_model
+        from edge_smw.export.pipeline import export_model
+        from edge_smw.export.settings import ExportSettings
 
         s = self.settings
         # force=True: a failed gate must not end the demo before it can show why; the
         # report says which gate failed and export.json records it under "forced".
-        options = ExportOptions(out=self.export_dir, int8=True, flavours=("cpu",),
-                                feature_map=True, force=True, val_limit=s.export_val_limit,
-                                calib_size=s.calib_size or MIN_CALIBRATION,
-                                latency_runs=s.latency_runs,
-                                max_mixed_steps=s.max_mixed_steps,
-                                target_agreement=s.int8_target_agreement,
-                                bias_correction=s.bias_correction, seed=self.seed,
-                                progress=self.progress)
-        result = export_model(self.run_dir, options)
+        # None in the demo's settings: the export's own default
+        chosen = {"target_agreement": s.int8_target_agreement,
+                  "bias_correction": s.bias_correction}
+        settings = ExportSettings(int8=True, flavours=("cpu",), feature_map=True, force=True,
+                                  val_limit=s.export_val_limit,
+                                  calib_size=s.calib_size or MIN_CALIBRATION,
+                                  latency_runs=s.latency_runs,
+                                  max_mixed_steps=s.max_mixed_steps, seed=self.seed,
+                                  **{k: v for k, v in chosen.items() if v is not None})
+        summary = export_model(self.run_dir, self.export_dir, settings,
+                               progress=self.progress).summary
         models = {}
-        for key, entry in result.summary["models"].items():
-            parity = entry.get("parity") or {}
-            gate = entry.get("gate") or {}
+        for key, entry in summary.models.items():
+            parity = entry.parity.to_dict()
             models[key] = {
-                "file": entry["file"], "path": str(self.export_dir / entry["file"]),
-                "bytes": entry["bytes"], "n": parity.get("n"),
+                "file": entry.file, "path": str(self.export_dir / entry.file),
+                "bytes": entry.bytes, "n": parity.get("n"),
                 "max_abs_prob_diff": parity.get("max_abs_prob_diff"),
                 "top1_agreement": parity.get("top1_agreement"),
                 "accuracy": parity.get("accuracy"),
-                "gate": {k: v for k, v in gate.items()} if gate else None,
+                "gate": entry.gate.to_dict() if entry.gate else None,
             }
-        int8 = result.summary.get("int8", {}).get("flavours", {}).get("cpu", {})
+        cpu = summary.int8.flavours.get("cpu") if summary.int8 else None
         self.steps["export"] = {
-            "dir": str(self.export_dir), "models": models, "forced": result.forced,
-            "int8_steps": [{"step": st["step"], "agreement": st["agreement"],
-                            "kept": st["kept"]} for st in int8.get("steps", [])],
-            "int8_speedup_vs_fp32": int8.get("speedup_vs_fp32"),
-            "settings": result.summary.get("settings", {}),
+            "dir": str(self.export_dir), "models": models, "forced": summary.forced,
+            "int8_steps": [{"step": st.name, "agreement": st.figures.agreement
+                            if st.figures else None, "kept": st.kept}
+                           for st in (cpu.steps if cpu else [])],
+            "int8_speedup_vs_fp32": cpu.final.speedup if cpu else None,
+            "settings": summary.settings,
         }
         self.written["export"] = self.export_dir
 

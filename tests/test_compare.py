@@ -39,11 +39,12 @@ def test_rows_are_the_runs_own_figures(smiles_run: Path) -> None:
 def smiles_export(smiles_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """fp32 + cpu INT8 export of ``smiles_run``, written whatever its gate says (compare
     reports the gate; it does not judge it)."""
-    from edge_smw.export.pipeline import ExportOptions, export_model
+    from edge_smw.export.pipeline import export_model
+    from edge_smw.export.settings import ExportSettings
 
     out = tmp_path_factory.mktemp("compare_export")
-    export_model(smiles_run, ExportOptions(out=out, int8=True, flavours=("cpu",),
-                                           latency_runs=3, progress=False, force=True))
+    export_model(smiles_run, out, ExportSettings(int8=True, flavours=("cpu",), latency_runs=3,
+                                                 force=True), progress=False)
     return out
 
 
