@@ -34,10 +34,10 @@ REPORT_NAME = "REPORT.md"
 SETUP_SIZE_GB = 6  # .venv with torch (CUDA build), timm, onnx, onnxruntime: measured 5.8-6.2 GB
 FIRST_RUN_NOTE = (
     "edge-smw demo: draws 3000 synthetic faces, trains, evaluates, exports (fp32 + int8), "
-    "benches, explains and fools a model, then writes REPORT.md. The first run does about 5 "
-    "CPU-minutes of work (10-11 minutes measured on 2 CPU cores shared with other jobs), most of "
-    "it backbone features for the faces and the int8 export's checks; later runs reuse the "
-    "cached faces and features. The set-up before it (.venv with torch) takes about "
+    "benches, explains and fools a model, then writes REPORT.md. The first run takes about 3 "
+    "minutes on a quiet 2-core machine (10-11 minutes when the cores were shared with other "
+    "jobs), most of it backbone features for the faces and the int8 export's checks; later "
+    "runs reuse the cached faces and features. The set-up before it (.venv with torch) takes about "
     f"{SETUP_SIZE_GB} GB of disk."
 )
 FRAME_SIZE = (640, 480)  # width, height of the camera frames written for `edge-smw serve`
@@ -54,19 +54,20 @@ class DemoSettings:
     momenta: tuple[float, ...] = (0.9,)
     epochs: int = 40
     compare_losses: bool = True  # ce (the poster's) and emd (ordinal), side by side
-    # Validation crops for the export's parity gates: 98% agreement can be shown on >= 189.
-    export_val_limit: int | None = 200
+    # Validation crops for the export's parity gates: all of them (450). The INT8 gate is a
+    # claim (the lower end of a 95% interval reaches 97%): on 200 crops 99.0% observed could
+    # not show it (interval 96.4-99.7%) and the gate refused a good model.
+    export_val_limit: int | None = None
     calib_size: int | None = 128  # None: the smallest set the export accepts
     latency_runs: int = 10
     max_mixed_steps: int = 3  # float blocks the int8 search may try (each: one check pass)
-    # The int8 search aims above the 98% gate: aiming at 98% passed 200 validation crops
-    # (98.5%) but agreed on only 95% of test crops; aiming at 99% agreed on 99.3% of them.
-    int8_target_agreement: float | None = 0.99
+    # None: the export's own target, the gate's claim (on 450 crops about 98.7% observed);
+    # a point target of 98% on 200 crops had agreed on only 95% of the test crops.
+    int8_target_agreement: float | None = None
     bias_correction: bool | None = None  # None: the export's default (on)
     bench_suite: str = "quick"
-    # On top of bench_suite: test crops for the bench's parity gates (its torch reference is
-    # the costliest part of the quick suite); 200 still lets a 98% gate be judged.
-    bench_overrides: dict[str, Any] = field(default_factory=lambda: {"parity_max": 200})
+    # On top of bench_suite: the bench's parity gates on every test crop (450; 0 = all).
+    bench_overrides: dict[str, Any] = field(default_factory=lambda: {"parity_max": 0})
     bench_plots: bool = True
     check_sample: int = 40  # held-out faces for the heat-map check
     fool_eps: float = 4.0  # pixel units (/255)
