@@ -206,3 +206,24 @@ def test_installed_wheel_exports_with_a_profile(installed: Path, smiles_run: Pat
     summary = json.loads((out / "export.json").read_text())
     assert summary["settings"]["profile"] == "cpu-int8"
     assert set(summary["models"]) == {"fp32", "int8-cpu"}
+
+
+# -- the INT8 gate's verdict -------------------------------------------------------------------
+@pytest.mark.parametrize(("n", "differ", "outcome"), [
+    (1490, 26, "pass"),        # 98.3%, interval 97.5-98.9%: shows >= 97%
+    (450, 7, "not judged"),    # 98.4%, interval 96.8-99.2%: above 97% but not shown
+    (180, 2, "not judged"),    # 98.9% on a small split
+    (12, 1, "not judged"),     # too few crops to show anything
+    (1490, 60, "fail"),        # 96.0%: the crops speak against 97%
+    (450, 20, "fail"),         # 95.6%
+])
+def test_int8_gate_passes_on_a_shown_claim_and_refuses_only_on_evidence_against(
+        n: int, differ: int, outcome: str) -> None:
+    from edge_smw.export.parity import INT8_MIN_AGREEMENT
+    from edge_smw.export.results import Gate, Parity
+
+    gate = Gate.min_agreement(Parity(n=n, disagreements=differ, max_abs_prob_diff=0.5,
+                                     mean_abs_prob_diff=0.01), INT8_MIN_AGREEMENT)
+    assert gate.outcome == outcome, gate.claim
+    assert gate.refused == (outcome == "fail") and gate.passed == (outcome == "pass")
+    assert "Wilson" in gate.claim or "interval" in gate.claim

@@ -108,19 +108,22 @@ class Gate:
 
     @classmethod
     def min_agreement(cls, parity: Parity, threshold: float) -> Gate:
-        """Judged on the lower end of the 95% Wilson interval: a pass on the validation split
-        is then a claim that holds on unseen crops, not a point estimate."""
+        """Judged on the 95% Wilson interval: a pass (its lower end reaches the threshold) is
+        a claim that holds on unseen crops, not a point estimate. A model is refused (fail)
+        only when the crops speak against it: observed below the threshold where they could
+        show it. Observed at or above it but not shown (a small or straddling sample) is
+        "not judged": written, and said so, never counted as a pass."""
         agreement = parity.agreement
         shown = agreement.shows_at_least(threshold)
         low, high = agreement.interval
-        if shown is None and high >= threshold:
-            outcome = cls.NOT_JUDGED
-        elif shown:
+        if shown:
             outcome = cls.PASS
+        elif agreement.value >= threshold or (shown is None and high >= threshold):
+            outcome = cls.NOT_JUDGED
         else:
             outcome = cls.FAIL
         verdict = {cls.PASS: "shows", cls.FAIL: "does not show",
-                   cls.NOT_JUDGED: "too few crops to show"}[outcome]
+                   cls.NOT_JUDGED: "not judged: too few crops to show"}[outcome]
         return cls("top1_agreement", threshold, outcome,
                    f"top-1 agreement {agreement.describe()} {verdict} >= "
                    f"{100 * threshold:.0f}%")
