@@ -419,7 +419,8 @@ class _Demo:
         parts = []
         for key, m in self.steps["export"]["models"].items():
             gate = m.get("gate") or {}
-            verdict = "gate passed" if gate.get("passed") else "GATE FAILED"
+            verdict = {"pass": "gate passed", "not judged": "gate not judged"}.get(
+                _outcome(gate), "GATE FAILED")
             if key == FP32.key:
                 parts.append(f"{m['file']}: max prob diff {m['max_abs_prob_diff']:.1e} vs "
                              f"torch, {verdict}")
@@ -439,7 +440,8 @@ class _Demo:
             else:
                 figure = f"top-1 agreement {_pct(m['top1_agreement'])}"
                 rule = f">= {_pct(gate.get('min_top1_agreement', 0))}"
-            verdict = "passed" if gate.get("passed") else "**failed**"
+            verdict = {"pass": "passed", "not judged": "not judged (too few crops to show "
+                       "it)"}.get(_outcome(gate), "**failed**")
             lines.append(f"| {m['file']} | {m['bytes'] / 1e6:.1f} MB | {m['n']} validation "
                          f"crops | {figure} | {rule}: {verdict} |")
         if ex["int8_steps"]:
@@ -598,6 +600,11 @@ def _poster(metrics: dict[str, Any]) -> str:
     from edge_smw.evaluate import poster_table
 
     return poster_table(metrics)
+
+
+def _outcome(gate: dict[str, Any]) -> str:
+    """A written gate's verdict: ``pass``, ``fail`` or ``not judged`` (export.json)."""
+    return gate.get("outcome") or ("pass" if gate.get("passed") else "fail")
 
 
 def _pct(value: float | None) -> str:
