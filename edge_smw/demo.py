@@ -603,8 +603,8 @@ def _poster(metrics: dict[str, Any]) -> str:
 
 
 def _outcome(gate: dict[str, Any]) -> str:
-    """A written gate's verdict: ``pass``, ``fail`` or ``not judged`` (export.json)."""
-    return gate.get("outcome") or ("pass" if gate.get("passed") else "fail")
+    """A written gate's verdict (``Gate.to_dict``): ``pass``, ``fail`` or ``not judged``."""
+    return gate.get("outcome", "fail")
 
 
 def _pct(value: float | None) -> str:
