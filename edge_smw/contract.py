@@ -22,7 +22,8 @@ from edge_smw.errors import InputError, ModelError
 
 # 2: the face detector and its settings joined the contract (a version-1 contract has none:
 # its crops came from OpenCV's Haar cascade, the only detector there was).
-CONTRACT_VERSION = 2
+# 3: the detector's one second look (``retry_size``) became a list of looks (``retry_sizes``).
+CONTRACT_VERSION = 3
 Box = tuple[int, int, int, int]  # x, y, width, height in pixels of the source image
 Point = tuple[float, float]
 
@@ -40,15 +41,17 @@ class DetectorSpec:
     ``name``: ``haar``, a shipped detector (``edge_smw.detect.DETECTORS``) or an ONNX file's
     own name. ``input_size``: the long side, in pixels, of the image the detector sees (the
     frame is resized to it keeping its aspect ratio; None: the detector's default).
-    ``retry_size``: a second, closer look at this long side when the first finds no face (a
-    DNN detector sees faces in a size window; None: the detector's default, 0: no retry).
+    ``retry_sizes``: further looks at these long sides, in order, each only while the looks
+    before found no face (a DNN detector sees faces in a window of sizes: a farther look finds
+    faces that fill the frame, a closer one small faces; None: the detector's default, an
+    empty tuple: no retry).
     ``score_threshold``: None for the detector's default. ``align``: rotate each crop so the
     eyes are level (needs a detector that gives landmarks).
     """
 
     name: str = DEFAULT_DETECTOR
     input_size: int | None = None
-    retry_size: int | None = None
+    retry_sizes: tuple[int, ...] | None = None
     score_threshold: float | None = None
     align: bool = False
 
@@ -60,11 +63,14 @@ class DetectorSpec:
                 or self.input_size < 32):
             raise InputError(f"detector input_size must be a whole number of pixels >= 32 (the "
                              f"long side), got {self.input_size!r}")
-        if self.retry_size is not None and (
-                isinstance(self.retry_size, bool) or not isinstance(self.retry_size, int)
-                or not (self.retry_size == 0 or self.retry_size >= 32)):
-            raise InputError(f"detector retry_size must be 0 (no second look) or a whole number "
-                             f"of pixels >= 32, got {self.retry_size!r}")
+        if self.retry_sizes is not None:
+            sizes = self.retry_sizes
+            if not isinstance(sizes, list | tuple) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and v >= 32 for v in sizes):
+                raise InputError(f"detector retry_sizes must be a list of whole numbers of pixels "
+                                 f">= 32 (the long side of each further look; empty: none), got "
+                                 f"{sizes!r}")
+            object.__setattr__(self, "retry_sizes", tuple(sizes))
         if self.score_threshold is not None and not 0.0 < float(self.score_threshold) < 1.0:
             raise InputError(f"detector score_threshold must be between 0 and 1, got "
                              f"{self.score_threshold!r}")
@@ -78,6 +84,10 @@ class DetectorSpec:
     def from_dict(cls, data: dict[str, Any]) -> DetectorSpec:
         if not isinstance(data, dict):
             raise ModelError(f"the contract's detector must be a JSON object, got {data!r}")
+        data = dict(data)
+        if "retry_size" in data and "retry_sizes" not in data:  # a version-2 contract
+            legacy = data.pop("retry_size")
+            data["retry_sizes"] = None if legacy is None else (() if legacy == 0 else (legacy,))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -88,7 +98,8 @@ class DetectorSpec:
     def describe(self) -> str:
         """One short line for logs and reports, e.g. ``blazeface-short@320 aligned``."""
         text = self.name + (f"@{self.input_size}" if self.input_size else "")
-        text += f">{self.retry_size}" if self.retry_size else ""
+        text += "".join(f">{size}" for size in self.retry_sizes or ())
+        text += ">0" if self.retry_sizes == () else ""  # no retry, not the default's
         if self.score_threshold is not None:
             text += f" score>={self.score_threshold:g}"
         return text + (" aligned" if self.align else "")

@@ -161,6 +161,37 @@ def test_synthetic_set_trains_both_losses_side_by_side(tmp_path, monkeypatch):
         assert r["test"]["accuracy"] > chance, (loss, r["test"]["accuracy"])
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| ce (saved) |" in report and "| emd |" in report
+    # --loss auto: the same two tuned heads (same seed, same cached features); the saved one is
+    # the better on validation, whatever the test split says
+    from edge_smw.train.checkpoint import load_checkpoint
+    from edge_smw.train.pipeline import pick_loss
+
+    auto = train_run(source, tmp_path / "auto", TrainOptions(
+        loss="auto", progress=False, lrs=(0.01,), momenta=(0.9,), epochs=15))
+    saved = pick_loss(auto.losses)
+    assert load_checkpoint(auto.checkpoint).config["loss"] == saved
+    assert auto.test_metrics == auto.losses[saved]["test"]
+    for loss in ("ce", "emd"):
+        assert auto.losses[loss]["val"] == result.losses[loss]["val"]
+    assert f"| {saved} (saved) |" in (tmp_path / "auto" / "report.md").read_text()
+
+
+def test_auto_loss_picks_by_validation_accuracy_then_mae_then_the_posters():
+    from edge_smw.errors import InputError
+    from edge_smw.train.pipeline import TrainOptions, pick_loss, validate_options
+
+    def losses(ce, emd):
+        return {"ce": {"val": dict(zip(("accuracy", "mae"), ce, strict=True)), "test": {}},
+                "emd": {"val": dict(zip(("accuracy", "mae"), emd, strict=True)), "test": {}}}
+
+    assert pick_loss(losses((0.87, 0.2), (0.88, 0.3))) == "emd"  # accuracy first
+    assert pick_loss(losses((0.88, 0.2), (0.88, 0.3))) == "ce"  # then MAE
+    assert pick_loss(losses((0.88, 0.3), (0.88, 0.2))) == "emd"
+    assert pick_loss(losses((0.88, 0.2), (0.88, 0.2))) == "ce"  # a tie keeps the poster's
+    with pytest.raises(InputError, match="--no-compare"):
+        validate_options(TrainOptions(loss="auto", compare_losses=False))
+    with pytest.raises(InputError, match="choose one of"):
+        validate_options(TrainOptions(loss="hinge"))
 
 
 def test_features_constant_in_training_cannot_blow_up_the_head():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -27,7 +27,7 @@ from edge_smw.bench.results import (
     DetectTiming,
     FrameSize,
 )
-from edge_smw.contract import Box
+from edge_smw.contract import Box, DetectorSpec
 from edge_smw.detect.base import FaceDetector
 from edge_smw.detect.nms import iou_matrix
 from edge_smw.errors import InputError
@@ -270,7 +270,28 @@ def detection_section(crops: Sequence[np.ndarray], frames: Sequence[DetectionFra
                             conditions=list(CONDITIONS), rows=rows)
 
 
-def run_detection_set(crops_dir: str | Path, detectors: Sequence[str], *,
+def parse_detector(text: str) -> DetectorSpec:
+    """``name[@SIZE][>RETRY...]`` (the form ``DetectorSpec.describe`` writes) -> a spec, so
+    one run can compare settings of one detector: ``blazeface-short>576`` is the default
+    detector with a single closer retry, ``blazeface-short@256>0`` one look at 256."""
+    from edge_smw.detect import resolve_spec
+
+    name, *retries = text.strip().split(">")
+    name, _, size = name.partition("@")
+    try:
+        input_size = int(size) if size else None
+        retry = tuple(int(r) for r in retries)
+    except ValueError:
+        raise InputError(f"detector {text!r}: write name[@SIZE][>RETRY...], e.g. "
+                         "blazeface-short@320>192>576") from None
+    spec = resolve_spec(name.strip())
+    if input_size is None and not retries:
+        return spec
+    return replace(spec, input_size=input_size,
+                   retry_sizes=() if retry == (0,) else (retry or spec.retry_sizes))
+
+
+def run_detection_set(crops_dir: str | Path, detectors: Sequence[str | DetectorSpec], *,
                       per_condition: int = 40, seed: int = 0, limit: int = 400,
                       threads: int | None = None) -> DetectionSection:
     """Build the set from a folder of face crops and evaluate each named detector (the same
@@ -282,7 +303,8 @@ def run_detection_set(crops_dir: str | Path, detectors: Sequence[str], *,
     opened: list[FaceDetector] = []
     try:
         for name in detectors:
-            opened.append(open_detector(name, backend="onnxruntime-cpu", threads=threads,
+            spec = parse_detector(name) if isinstance(name, str) else name
+            opened.append(open_detector(spec, backend="onnxruntime-cpu", threads=threads,
                                         options={"allow_spinning": False}))
         rows = evaluate_detectors(opened, frames)
     finally:
@@ -300,7 +322,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("crops_dir", help="folder of tight face crops (searched recursively)")
-    parser.add_argument("--detectors", default="haar,blazeface-short")
+    parser.add_argument("--detectors", default="haar,blazeface-short",
+                        help="comma-separated, each name[@SIZE][>RETRY...], e.g. "
+                             "'haar,blazeface-short,blazeface-short>576'")
     parser.add_argument("--per-condition", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)

@@ -51,14 +51,22 @@ def add_detector_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector-size", type=int, metavar="PIXELS",
                         help="long side of the image the detector sees (default: the "
                              "detector's, 320 for blazeface-short)")
-    parser.add_argument("--detector-retry", type=int, metavar="PIXELS",
-                        help="a second, closer look at this long side when the first finds "
-                             "no face (0: none; default: the detector's, 576)")
+    parser.add_argument("--detector-retry", type=pixel_list, metavar="PIXELS[,PIXELS]",
+                        help="further looks at these long sides, in order, each only while "
+                             "the looks before found no face (0: none; default: the "
+                             "detector's, 192,576: farther for faces that fill the frame, "
+                             "closer for small ones)")
     parser.add_argument("--detector-threshold", type=float, metavar="SCORE",
                         help="detection score threshold (default: the detector's)")
     parser.add_argument("--align-faces", action="store_true",
                         help="rotate each crop so the eyes are level (DNN detectors; off by "
                              "default)")
+
+
+def pixel_list(text: str) -> tuple[int, ...]:
+    """``192,576`` -> (192, 576); ``0`` -> () (argparse words a ValueError as a usage error)."""
+    sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    return () if sizes == (0,) else sizes
 
 
 def detector_from_args(args: argparse.Namespace) -> Any:
@@ -68,7 +76,7 @@ def detector_from_args(args: argparse.Namespace) -> Any:
     from edge_smw.detect import resolve_spec
 
     spec = resolve_spec(args.detector)
-    return replace(spec, input_size=args.detector_size, retry_size=args.detector_retry,
+    return replace(spec, input_size=args.detector_size, retry_sizes=args.detector_retry,
                    score_threshold=args.detector_threshold, align=bool(args.align_faces))
 
 

@@ -13,7 +13,7 @@ from edge_smw.cli.common import (
     print_json,
     ray_options,
 )
-from edge_smw.train.settings import DEFAULT_PATIENCE, HEAD_KINDS, FinetuneConfig
+from edge_smw.train.settings import DEFAULT_PATIENCE, HEAD_KINDS, LOSS_CHOICES, FinetuneConfig
 
 HELP = "train a linear head on a frozen backbone from labelled face photos"
 EXAMPLES = """
@@ -39,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="efficientnet_lite0",
                    help="efficientnet_lite0 (default, offline weights) or resnet18")
     p.add_argument("--backbone-weights", help="local weights file for the backbone")
-    p.add_argument("--loss", default="ce", help="ce (cross-entropy) or emd (ordinal, squared EMD)")
+    p.add_argument("--loss", default="ce", choices=list(LOSS_CHOICES),
+                   help="ce (cross-entropy, the poster's), emd (ordinal, squared EMD) or auto "
+                        "(tune both, save the one that validates better)")
     p.add_argument("--no-compare", action="store_true",
                    help="train only --loss (by default the other loss is reported beside it)")
     p.add_argument("--class-weight", default="none", choices=["none", "balanced"])

@@ -9,8 +9,10 @@ The input resolution is a setting: the frame is resized so its long side is ``in
 (rounded up to the network's size multiple) and padded at the right and bottom, so a 640x480
 frame is seen at 320x240 without letterbox waste. The network is fully convolutional: its
 anchors grow with the input. It finds faces in a window of sizes (short range: about 1/10 to
-1/2 of the input's long side), so where the first look finds nothing a second, closer one
-(``retry_size``) looks for smaller faces: a camera pays for it only on frames without faces.
+1/2 of the input's long side), so where the first look finds nothing further looks
+(``retry_sizes``) try again: a farther one (192) for a face that fills the frame, then a
+closer one (576) for small faces. A camera pays for them only on frames where the looks
+before found no face.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ class BlazeFaceDetector(FaceDetector):
     gives_landmarks = True
 
     def __init__(self, spec: DetectorSpec, path: str | Path, *,
-                 defaults: tuple[int, int, float] | None = None,
+                 defaults: tuple[int, tuple[int, ...], float] | None = None,
                  backend: str = "onnxruntime-cpu", device: int = 0,
                  threads: int | None = None, options: dict[str, Any] | None = None) -> None:
         super().__init__(spec)
@@ -142,10 +144,11 @@ class BlazeFaceDetector(FaceDetector):
                                  f"detector has '{REGRESSORS}' and '{CLASSIFICATORS}'")
             self.name = self.recipe.name
             self.backend = self.runner.name
-            side, retry, threshold = defaults or (max(self.recipe.trained_size), 0,
+            side, retry, threshold = defaults or (max(self.recipe.trained_size), (),
                                                   self.recipe.score_threshold)
             self.side = int(spec.input_size or side)
-            self.retry_side = int(retry if spec.retry_size is None else spec.retry_size)
+            self.retry_sides = tuple(int(v) for v in (
+                retry if spec.retry_sizes is None else spec.retry_sizes))
             self.score_threshold = float(spec.score_threshold or threshold)
             self._fixed = self.runner.input_shape  # (3, H, W) where the file fixes it (engines)
         except BaseException:
@@ -191,8 +194,11 @@ class BlazeFaceDetector(FaceDetector):
         if image_bgr.size == 0:
             raise InputError(f"empty image of shape {image_bgr.shape}")
         found = self._look(image_bgr, self.side)
-        if not found and self.retry_side and self._fixed is None:
-            found = self._look(image_bgr, self.retry_side)
+        if self._fixed is None:  # an engine built for one input size cannot look again
+            for side in self.retry_sides:
+                if found:
+                    break
+                found = self._look(image_bgr, side)
         return largest_first(found, max_faces)
 
     def _look(self, image_bgr: np.ndarray, side: int) -> list[Detection]:

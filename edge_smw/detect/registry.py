@@ -33,7 +33,9 @@ class ShippedDetector:
     summary: str
     # Defaults chosen by measurement on the detection set (benchmarks/RESULTS.md):
     default_side: int  # long side of the detector's input
-    retry_side: int  # a closer look when the first finds nothing (0: none)
+    # Further looks, in order, each only while the looks before found nothing: a farther one
+    # for faces that fill the frame, then a closer one for small faces (empty: none).
+    retry_sides: tuple[int, ...]
     score_threshold: float
 
     @property
@@ -45,7 +47,7 @@ DETECTORS: dict[str, ShippedDetector] = {
     "blazeface-short": ShippedDetector(
         "blazeface-short.onnx",
         "MediaPipe BlazeFace short range (0.4 MB): faces within about 2 m; 6 landmarks",
-        default_side=320, retry_side=576, score_threshold=0.55),
+        default_side=320, retry_sides=(192, 576), score_threshold=0.55),
 }
 NAMES = (HAAR, *DETECTORS)
 _warned: set[str] = set()
@@ -94,7 +96,7 @@ def open_detector(spec: DetectorSpec | str | Path | None = None, *, backend: str
     else:
         shipped = DETECTORS[spec.name]
         path = shipped.path
-        defaults = (shipped.default_side, shipped.retry_side, shipped.score_threshold)
+        defaults = (shipped.default_side, shipped.retry_sides, shipped.score_threshold)
         if not path.is_file():
             if spec.name not in _warned:
                 _warned.add(spec.name)

@@ -41,8 +41,10 @@ from edge_smw.train.finetune import (
 )
 from edge_smw.train.heads import HeadConfig, HeadFit, grid_search, predict_proba
 from edge_smw.train.settings import (
+    AUTO_LOSS,
     DEFAULT_HEAD,
     DEFAULT_PATIENCE,
+    LOSS_CHOICES,
     LOSSES,
     FinetuneConfig,
     HeadKind,
@@ -116,8 +118,11 @@ def seed_everything(seed: int) -> None:
 
 
 def validate_options(options: TrainOptions) -> HeadKind:
-    if options.loss not in LOSSES:
-        raise InputError(f"--loss {options.loss!r}: choose one of {list(LOSSES)}")
+    if options.loss not in LOSS_CHOICES:
+        raise InputError(f"--loss {options.loss!r}: choose one of {list(LOSS_CHOICES)}")
+    if options.loss == AUTO_LOSS and not options.compare_losses:
+        raise InputError("--loss auto chooses between both losses, so it cannot go with "
+                         "--no-compare; name one loss (--loss ce or emd) or drop --no-compare")
     if options.epochs < 1:
         raise InputError(f"--epochs must be >= 1, got {options.epochs}")
     if options.patience < 1:
@@ -179,8 +184,11 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
               for s, f in feats.items()}
     train_xy = (xs["train"], feats["train"].levels)
     val_xy = (xs["val"], feats["val"].levels)
-    losses = [options.loss] + ([x for x in LOSSES if x != options.loss]
-                               if options.compare_losses else [])
+    if options.loss == AUTO_LOSS:
+        losses = list(LOSSES)
+    else:
+        losses = [options.loss] + ([x for x in LOSSES if x != options.loss]
+                                   if options.compare_losses else [])
     by_loss: dict[str, dict[str, Any]] = {}
     heads: dict[str, HeadFit] = {}
     for loss in losses:
@@ -199,6 +207,9 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
                                     dataset.levels),
             "val": compute_metrics(val_xy[1], predict_proba(head, val_xy[0]), dataset.levels),
         }
+    if options.loss == AUTO_LOSS:
+        options = dataclasses.replace(options, loss=pick_loss(by_loss))
+        log.info("--loss auto: %s validates better; it is the saved head", options.loss)
     chosen = by_loss[options.loss]
     head = heads[options.loss].linear()
     tuned_state: dict[str, np.ndarray] = {}
@@ -237,6 +248,13 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
     seconds = _timings(clock, feats, started)  # now with the report's own time
     write_json(run.train_json, {**summary, "seconds": seconds})
     return TrainResult(out, ckpt_path, chosen["test"], by_loss, seconds)
+
+
+def pick_loss(by_loss: dict[str, dict[str, Any]]) -> str:
+    """The loss whose tuned head validates better: accuracy, then MAE; ties keep the first
+    of ``LOSSES`` (ce, the poster's). The validation split only: test stays unseen."""
+    return min(by_loss, key=lambda loss: (-by_loss[loss]["val"]["accuracy"],
+                                          by_loss[loss]["val"]["mae"], LOSSES.index(loss)))
 
 
 def _finetune_start(maps: torch.nn.Module, last: int) -> int:

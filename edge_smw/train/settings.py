@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from edge_smw.errors import InputError, ModelError
 
 LOSSES = ("ce", "emd")
+# ``--loss auto``: tune both, save the one whose tuned head validates better (accuracy, then
+# MAE; a tie keeps ce, the poster's). Chosen on the validation split, never on test.
+AUTO_LOSS = "auto"
+LOSS_CHOICES = (*LOSSES, AUTO_LOSS)
 DEFAULT_PATIENCE = 5  # epochs without a better validation score before a head stops
 
 
