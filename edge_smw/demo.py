@@ -40,6 +40,8 @@ FIRST_RUN_NOTE = (
     "runs reuse the cached faces and features. The set-up before it (.venv with torch) takes about "
     f"{SETUP_SIZE_GB} GB of disk."
 )
+# The bench's int8 gates that judge the model's answers (not its speed).
+INT8_PARITY_GATES = ("int8_top1_agreement", "int8_accuracy_drop")  # benchmarks/gates.toml
 FRAME_SIZE = (640, 480)  # width, height of the camera frames written for `edge-smw serve`
 
 
@@ -258,12 +260,20 @@ class _Demo:
         return [m["file"] for m in self.steps["export"]["models"].values()]
 
     def deployable(self) -> str:
-        """The int8 file when its gate passed, else the fp32 one."""
+        """The int8 file when its export gate passed and the bench's agreement and accuracy
+        gates on the test crops did not fail it, else the fp32 one."""
         models = self.steps["export"]["models"]
         int8 = models.get(INT8_CPU.key)
-        if int8 and (int8.get("gate") or {}).get("passed"):
+        if int8 and (int8.get("gate") or {}).get("passed") and not self._int8_failed_bench():
             return int8["file"]
         return models[FP32.key]["file"]
+
+    def _int8_failed_bench(self) -> list[str]:
+        """The bench's int8 parity gates (agreement, accuracy; not speed, which the quick
+        suite measures roughly) that were judged and failed on the test crops."""
+        gates = (self.steps.get("bench") or {}).get("gates") or []
+        return [g["name"] for g in gates
+                if g["passed"] is False and g["name"] in INT8_PARITY_GATES]
 
     def runtime(self, test_items: list) -> None:
         from edge_smw.evaluate import write_report
@@ -513,14 +523,15 @@ class _Demo:
                 *[f"    {g['line']}" for g in gates],
             ]
             int8 = self.steps["export"]["models"].get(INT8_CPU.key) or {}
-            failed = [g for g in judged if not g["passed"] and g["name"].startswith("int8")]
+            failed = self._int8_failed_bench()
             if (int8.get("gate") or {}).get("passed") and failed:
                 lines += [
-                    "", "The export's int8 gate passed on its validation crops but the bench's "
-                    f"failed on the test crops ({', '.join(g['name'] for g in failed)}): the "
-                    "export's pass was narrow (a few crops either way), so do not count on this "
-                    "int8 file meeting the gate; `edge-smw export --mixed-steps N` lets more "
-                    "layers stay float.",
+                    "", "The export's int8 gate passed on its validation crops but the bench "
+                    f"failed it on the test crops ({', '.join(failed)}): the claim made on "
+                    "validation did not hold on crops it had not seen, so the next command "
+                    "below serves the fp32 file. On this synthetic model more float blocks "
+                    "did not close the gap (measured: seven float blocks, 99.6% on validation, "
+                    "98.0% on test).",
                 ]
         lines += [
             "",

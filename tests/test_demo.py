@@ -90,3 +90,31 @@ def test_the_printed_serve_command_scores_the_demo_frames(demo: dict) -> None:
     levels = demo["summary"]["data"]["levels"]
     assert faces[0]["level"] in levels
     assert len(faces[0]["probabilities"]) == len(levels)
+
+
+def test_the_next_command_serves_fp32_when_the_bench_fails_the_int8_file(tmp_path: Path) -> None:
+    """An int8 file whose export gate passed on validation but whose answers the bench failed
+    on the test crops is not what the demo tells a newcomer to serve; a slow quick-bench
+    timing does not count against it."""
+    from edge_smw.artifacts.formats import FP32, INT8_CPU
+    from edge_smw.bench.config import load_gates
+    from edge_smw.demo import INT8_PARITY_GATES, QUICK, _Demo
+
+    assert set(INT8_PARITY_GATES) <= {g.name for g in load_gates().gates}
+    demo = _Demo(tmp_path, QUICK, 0, False)
+    demo.steps["export"] = {"models": {
+        FP32.key: {"file": FP32.file_name, "gate": {"passed": True}},
+        INT8_CPU.key: {"file": INT8_CPU.file_name, "gate": {"passed": True}}}}
+
+    def bench(**verdicts):
+        demo.steps["bench"] = {"gates": [{"name": k, "passed": v}
+                                         for k, v in verdicts.items()]}
+        return demo.deployable()
+
+    assert bench() == INT8_CPU.file_name
+    assert bench(int8_top1_agreement=True, int8_faster_than_fp32=False) == INT8_CPU.file_name
+    assert bench(int8_top1_agreement=None) == INT8_CPU.file_name  # not judged: n too small
+    assert bench(int8_top1_agreement=False) == FP32.file_name
+    assert bench(int8_accuracy_drop=False) == FP32.file_name
+    demo.steps["export"]["models"][INT8_CPU.key]["gate"]["passed"] = False
+    assert bench() == FP32.file_name
