@@ -34,7 +34,7 @@ REPORT_NAME = "REPORT.md"
 SETUP_SIZE_GB = 6  # .venv with torch (CUDA build), timm, onnx, onnxruntime: measured 5.8-6.2 GB
 FIRST_RUN_NOTE = (
     "edge-smw demo: draws 3000 synthetic faces, trains, evaluates, exports (fp32 + int8), "
-    "benches, explains and fools a model, then writes REPORT.md. The first run takes about 3 "
+    "benches, explains and fools a model, then writes REPORT.md. The first run takes 3-4 "
     "minutes on a quiet 2-core machine (10-11 minutes when the cores were shared with other "
     "jobs), most of it backbone features for the faces and the int8 export's checks; later "
     "runs reuse the cached faces and features. The set-up before it (.venv with torch) takes about "
