@@ -178,7 +178,6 @@ class _Demo:
         return source
 
     def train(self, source: Any) -> None:
-        from edge_smw.train.checkpoint import load_checkpoint
         from edge_smw.train.pipeline import TrainOptions, train_run
 
         s = self.settings
@@ -189,7 +188,7 @@ class _Demo:
         self.steps["train"] = {
             "run_dir": str(self.run_dir),
             "test": _brief(result.test_metrics),
-            "loss": load_checkpoint(result.checkpoint).config["loss"],
+            "loss": result.loss,
             "loss_choice": s.loss,
             "poster_table": _poster(result.test_metrics),
             "losses": {k: {"accuracy": v["test"]["accuracy"], "mae": v["test"]["mae"],

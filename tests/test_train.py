@@ -169,7 +169,7 @@ def test_synthetic_set_trains_both_losses_side_by_side(tmp_path, monkeypatch):
     auto = train_run(source, tmp_path / "auto", TrainOptions(
         loss="auto", progress=False, lrs=(0.01,), momenta=(0.9,), epochs=15))
     saved = pick_loss(auto.losses)
-    assert load_checkpoint(auto.checkpoint).config["loss"] == saved
+    assert load_checkpoint(auto.checkpoint).config["loss"] == saved == auto.loss
     assert auto.test_metrics == auto.losses[saved]["test"]
     for loss in ("ce", "emd"):
         assert auto.losses[loss]["val"] == result.losses[loss]["val"]

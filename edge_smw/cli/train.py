@@ -88,14 +88,15 @@ def run(args: argparse.Namespace) -> int:
     result = train_run(source, args.out, options)
     if args.json:
         print_json({"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint),
-                    "test": result.test_metrics,
+                    "test": result.test_metrics, "loss": result.loss,
                     "losses": {k: {"lr": v["lr"], "momentum": v["momentum"], "test": v["test"]}
                                for k, v in result.losses.items()}})
         return 0
     print(poster_table(result.test_metrics))
     for loss, r in result.losses.items():
         t = r["test"]
+        saved = " (saved)" if loss == result.loss else ""
         print(f"{loss:>4}: test accuracy {100 * t['accuracy']:.1f}%  MAE {t['mae']:.3f}  "
-              f"(lr {r['lr']}, momentum {r['momentum']})")
+              f"(lr {r['lr']}, momentum {r['momentum']}){saved}")
     print(f"wrote {result.checkpoint} and {result.run_dir / 'report.md'}")
     return 0

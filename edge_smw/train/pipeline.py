@@ -89,6 +89,7 @@ class TrainResult:
     test_metrics: dict[str, Any]
     losses: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: dict[str, Any] = field(default_factory=dict)
+    loss: str = "ce"  # the saved head's loss (what --loss auto chose)
 
 
 class PhaseClock:
@@ -247,7 +248,7 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
                                       contract, _timings(clock, feats, started))
     seconds = _timings(clock, feats, started)  # now with the report's own time
     write_json(run.train_json, {**summary, "seconds": seconds})
-    return TrainResult(out, ckpt_path, chosen["test"], by_loss, seconds)
+    return TrainResult(out, ckpt_path, chosen["test"], by_loss, seconds, loss=options.loss)
 
 
 def pick_loss(by_loss: dict[str, dict[str, Any]]) -> str:
