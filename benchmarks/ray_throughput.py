@@ -6,7 +6,8 @@ per-stage costs a scaling estimate is built from.
 
 Three workloads made from the real SMILEsmileD crops (resolved as the tests do): ``crops``
 (64x64 JPEG faces scored whole, --no-detect: inference dominates), ``frames`` (each crop
-enlarged onto a 640x480 JPEG, Haar detection on) and ``phone`` (such frames enlarged to
+enlarged onto a 640x480 JPEG, face detection on with the model's own detector:
+blazeface-short for a model trained on whole crops) and ``phone`` (such frames enlarged to
 4032x3024, 12 megapixels, with sensor-like noise so the JPEG is phone-sized: decoding
 dominates, as in a real photo library). Four
 set-ups share one local Ray started once with 2 CPUs (its start is not timed):
