@@ -178,6 +178,26 @@ def test_resolver_names_auto_files_and_the_contracts_settings(tmp_path: Path) ->
     assert shared_detector(DetectorSpec()) is shared_detector(DetectorSpec())
 
 
+def test_a_gpu_backend_runs_the_detector_or_falls_back_to_the_cpu(smiles_dir: Path) -> None:
+    """Next to a GPU scorer the detector asks for the same GPU; where onnxruntime has no such
+    provider (this CPU machine) it runs on the CPU instead. On a machine with CUDA the same
+    call runs on it, and finds the same faces as the CPU."""
+    import onnxruntime as ort
+
+    crops = load_face_crops(smiles_dir, limit=6, seed=2)
+    frames = build_detection_set(crops, per_condition=3, seed=2,
+                                 conditions=["medium (80-140 px)"])
+    with open_detector("blazeface-short", backend="onnxruntime-cpu", threads=1) as cpu, \
+            open_detector("blazeface-short", backend="onnxruntime-cuda", threads=1) as asked:
+        has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        assert asked.backend == ("onnxruntime-cuda" if has_cuda else "onnxruntime-cpu")
+        for frame in frames:
+            on_cpu, on_asked = cpu.detect(frame.image), asked.detect(frame.image)
+            assert len(on_cpu) == len(on_asked) >= 1
+            found = match([d.box for d in on_cpu], [d.box for d in on_asked], min_iou=0.9)[0]
+            assert found == len(on_cpu)
+
+
 def test_detector_settings_read_back_from_their_short_form() -> None:
     """``python -m edge_smw.bench.detection --detectors`` compares settings of one detector in
     one run; each is written the way ``DetectorSpec.describe`` prints it."""
