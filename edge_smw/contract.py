@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,13 @@ Point = tuple[float, float]
 HAAR = "haar"
 # Chosen by measurement on the detection set (benchmarks/RESULTS.md, "Face detection").
 DEFAULT_DETECTOR = "blazeface-short"
+
+
+def retry_sizes(values: Iterable[int]) -> tuple[int, ...]:
+    """Retry sizes as a person writes them (``--detector-retry``, ``name>RETRY``) or as a
+    version-2 contract stored its one ``retry_size``: a lone 0 means no retry."""
+    sizes = tuple(values)
+    return () if sizes == (0,) else sizes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,7 +94,7 @@ class DetectorSpec:
         data = dict(data)
         if "retry_size" in data and "retry_sizes" not in data:  # a version-2 contract
             legacy = data.pop("retry_size")
-            data["retry_sizes"] = None if legacy is None else (() if legacy == 0 else (legacy,))
+            data["retry_sizes"] = None if legacy is None else retry_sizes((legacy,))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -27,6 +27,7 @@ from edge_smw.artifacts.folders import RunDir
 from edge_smw.artifacts.formats import FP32, INT8_CPU
 from edge_smw.atomic import write_json, write_text
 from edge_smw.errors import InputError
+from edge_smw.train.settings import AUTO_LOSS
 
 log = logging.getLogger("edge_smw.demo")
 
@@ -58,7 +59,7 @@ class DemoSettings:
     compare_losses: bool = True  # ce (the poster's) and emd (ordinal), side by side
     # The saved head: the loss that validates better (the levels are ordinal, and on seeds
     # 0-2 emd validated better each time: 86.7-88.0% test; ce alone 84.0-89.1%).
-    loss: str = "auto"
+    loss: str = AUTO_LOSS
     # Validation crops for the export's parity gates: all of them (450). The INT8 gate is a
     # claim (the lower end of a 95% interval reaches 97%): on 200 crops 99.0% observed could
     # not show it (interval 96.4-99.7%) and the gate refused a good model.
@@ -189,7 +190,6 @@ class _Demo:
             "run_dir": str(self.run_dir),
             "test": _brief(result.test_metrics),
             "loss": result.loss,
-            "loss_choice": s.loss,
             "poster_table": _poster(result.test_metrics),
             "losses": {k: {"accuracy": v["test"]["accuracy"], "mae": v["test"]["mae"],
                            "val_accuracy": v["val"]["accuracy"],
@@ -376,10 +376,10 @@ class _Demo:
                 f"--camera {self.out / 'frames'} --loop")
 
     def _loss_words(self) -> str:
-        train = self.steps["train"]
-        if train["loss_choice"] == "auto":
-            return f"{train['loss']} head, the loss that validated better"
-        return f"{train['loss']} head"
+        saved = self.steps["train"]["loss"]
+        if self.settings.loss == AUTO_LOSS:
+            return f"{saved} head, the loss that validated better"
+        return f"{saved} head"
 
     def markdown(self, next_command: str) -> str:
         st = self.steps

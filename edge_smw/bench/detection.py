@@ -27,7 +27,7 @@ from edge_smw.bench.results import (
     DetectTiming,
     FrameSize,
 )
-from edge_smw.contract import Box, DetectorSpec
+from edge_smw.contract import Box, DetectorSpec, retry_sizes
 from edge_smw.detect.base import FaceDetector
 from edge_smw.detect.nms import iou_matrix
 from edge_smw.errors import InputError
@@ -288,7 +288,7 @@ def parse_detector(text: str) -> DetectorSpec:
     if input_size is None and not retries:
         return spec
     return replace(spec, input_size=input_size,
-                   retry_sizes=() if retry == (0,) else (retry or spec.retry_sizes))
+                   retry_sizes=retry_sizes(retry) if retries else spec.retry_sizes)
 
 
 def run_detection_set(crops_dir: str | Path, detectors: Sequence[str | DetectorSpec], *,

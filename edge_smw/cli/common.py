@@ -65,8 +65,9 @@ def add_detector_settings(parser: argparse.ArgumentParser) -> None:
 
 def pixel_list(text: str) -> tuple[int, ...]:
     """``192,576`` -> (192, 576); ``0`` -> () (argparse words a ValueError as a usage error)."""
-    sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    return () if sizes == (0,) else sizes
+    from edge_smw.contract import retry_sizes
+
+    return retry_sizes(int(part) for part in text.split(",") if part.strip())
 
 
 def detector_from_args(args: argparse.Namespace) -> Any:
