@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not has_torch(), reason="torch not installed (ed
 VARIANTS = {
     "stages": {"head": "stages"},
     "grid2": {"head": "grid2"},
-    "stages-finetune": {"head": "stages", "finetune_last": 1},
+    "stages-finetune": {"head": "stages", "finetune_last": 6},  # from blocks.5.0
 }
 
 

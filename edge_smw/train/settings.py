@@ -61,7 +61,9 @@ def stage_taps(unit_names: list[str], stages: int) -> list[int]:
 class FinetuneConfig:
     """``--finetune-last``: SGD with momentum on the last units and the head."""
 
-    lr: float = 0.01  # for the backbone units
+    # For the backbone units. Pretrained units take small steps: at 0.01 six units of
+    # Lite0 collapsed to the majority class after one epoch on the shared crops (val 71.6%).
+    lr: float = 0.001
     head_lr_scale: float = 0.1  # the head (already tuned) moves at lr * this
     momentum: float = 0.9
     epochs: int = 40  # a cap: early stopping decides
