@@ -33,6 +33,17 @@ def test_bad_data_is_one_clear_line_and_exit_2(tmp_path, capsys):
     assert "holds neither a training checkpoint" in capsys.readouterr().err
 
 
+def test_bad_finetune_flags_are_one_clear_line_before_any_work(small_labelled_folder, capsys):
+    out = small_labelled_folder.parent / "run"
+    for flag, value in [("--finetune-average", "-1"), ("--finetune-lr", "0")]:
+        assert main(["train", "--data", str(small_labelled_folder), "--levels",
+                     ",".join(SMILES_LEVELS), "--finetune-last", "6", flag, value,
+                     "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flag in err[0], err
+        assert not out.exists()
+
+
 @pytest.fixture()
 def small_labelled_folder(smiles_dir, tmp_path):
     for level in SMILES_LEVELS:

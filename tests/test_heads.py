@@ -148,12 +148,16 @@ def test_same_seed_same_heads_and_stackable_configs_only():
 def test_bad_training_options_are_refused_before_any_work() -> None:
     from edge_smw.errors import InputError
     from edge_smw.train.pipeline import TrainOptions, validate_options
+    from edge_smw.train.settings import FinetuneConfig
 
     assert validate_options(TrainOptions(head="stages")).name == "stages"
     for options, expected in [
         (TrainOptions(finetune_last=1, engine="ray"), "--engine inprocess"),
         (TrainOptions(finetune_last=-1), "--finetune-last must be >= 0"),
         (TrainOptions(patience=0), "--patience must be >= 1"),
+        (TrainOptions(finetune=FinetuneConfig(lr=0.0)), "--finetune-lr must be > 0"),
+        (TrainOptions(finetune=FinetuneConfig(average_epochs=-1)), "--finetune-average must be"),
+        (TrainOptions(finetune=FinetuneConfig(average_epochs=float("nan"))), "--finetune-av"),
         (TrainOptions(loss="hinge"), "--loss 'hinge'"),
     ]:
         with pytest.raises(InputError, match=expected):

@@ -55,6 +55,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-lr", type=float, default=FinetuneConfig.lr,
                    help=f"learning rate of the fine-tuned units (default {FinetuneConfig.lr}; "
                         f"the tuned head moves at {FinetuneConfig.head_lr_scale} of it)")
+    p.add_argument("--finetune-average", type=float, default=FinetuneConfig.average_epochs,
+                   metavar="EPOCHS",
+                   help="validate and keep a moving average of the fine-tuned weights over "
+                        f"about this many epochs (default {FinetuneConfig.average_epochs}; "
+                        "0: the last step's weights)")
     p.add_argument("--epochs", type=int, default=40,
                    help="at most this many epochs (early stopping on the validation split)")
     p.add_argument("--patience", type=int, default=DEFAULT_PATIENCE,
@@ -82,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         class_weight=args.class_weight, flip=args.flip, epochs=args.epochs,
         patience=args.patience, max_per_level=args.max_per_level, progress=not args.json,
         head=args.head, finetune_last=args.finetune_last,
-        finetune=FinetuneConfig(lr=args.finetune_lr),
+        finetune=FinetuneConfig(lr=args.finetune_lr, average_epochs=args.finetune_average),
         engine=args.engine, ray=engine_options,
     )
     result = train_run(source, args.out, options)

@@ -6,7 +6,8 @@ head reads, as one float16 vector per crop), so training never runs the frozen p
 or backward again: each step is the last N units and the head, on cached entries. BatchNorm
 keeps its ImageNet statistics (eval mode; its scale and shift train), so the exported graph
 has the frozen model's shape. The head starts from the tuned linear head; early stopping on
-the validation split picks the epoch.
+the validation split picks the epoch, scoring a moving average of the weights
+(``FinetuneConfig.average_epochs``) rather than the last step's.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from edge_smw.errors import InputError
 from edge_smw.train.heads import HeadFit, class_weights, loss_fn, torch_threads
@@ -153,14 +155,22 @@ def _finetune(inputs: CachedHeadInputs, head: StandardizedHead,
     y = torch.from_numpy(np.asarray(train[1], dtype=np.int64))
     generator = torch.Generator().manual_seed(seed)
     n = len(y)
+    trained = nn.ModuleDict({"inputs": inputs, "head": head})
+    # An exponential moving average over about ``average_epochs`` epochs of steps (the frozen
+    # weights average to themselves); validation scores it and the run keeps it.
+    steps = config.average_epochs * -(-n // config.batch_size)
+    averaged = (AveragedModel(trained, multi_avg_fn=get_ema_multi_avg_fn(1.0 - 1.0 / steps))
+                if steps >= 1 else None)
+    scored = averaged.module if averaged is not None else trained
 
     def snapshot() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        units = {name: t.detach().clone() for name, t in maps.body.state_dict().items()
+        body = scored["inputs"].feature_maps.body
+        units = {name: t.detach().clone() for name, t in body.state_dict().items()
                  if name.startswith(prefixes)}
-        return units, {name: t.detach().clone() for name, t in head.state_dict().items()}
+        return units, {name: t.detach().clone() for name, t in scored["head"].state_dict().items()}
 
     def score() -> tuple[float, float, float]:
-        return _score(inputs, head, val, config.loss, w_cls)
+        return _score(scored["inputs"], scored["head"], val, config.loss, w_cls)
 
     def record(epoch: int, key: tuple[float, float, float]) -> dict[str, float]:
         return {"epoch": epoch, "val_accuracy": key[0], "val_mae": -key[1], "val_loss": -key[2]}
@@ -178,6 +188,8 @@ def _finetune(inputs: CachedHeadInputs, head: StandardizedHead,
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if averaged is not None:
+                averaged.update_parameters(trained)
         epochs_run = epoch
         key = score()
         history.append(record(epoch, key))

@@ -130,6 +130,11 @@ def validate_options(options: TrainOptions) -> HeadKind:
         raise InputError(f"--patience must be >= 1, got {options.patience}")
     if options.finetune_last < 0:
         raise InputError(f"--finetune-last must be >= 0, got {options.finetune_last}")
+    if options.finetune.lr <= 0:
+        raise InputError(f"--finetune-lr must be > 0, got {options.finetune.lr}")
+    if not 0 <= options.finetune.average_epochs < float("inf"):
+        raise InputError(f"--finetune-average must be a number >= 0 (0: no averaging), "
+                         f"got {options.finetune.average_epochs}")
     if options.finetune_last and options.engine != ENGINE_INPROCESS:
         raise InputError(f"--finetune-last caches activation maps, which --engine "
                          f"{options.engine} does not compute: use --engine {ENGINE_INPROCESS}")
