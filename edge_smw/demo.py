@@ -71,6 +71,7 @@ class DemoSettings:
     # a point target of 98% on 200 crops had agreed on only 95% of the test crops.
     int8_target_agreement: float | None = None
     bias_correction: bool | None = None  # None: the export's default (on)
+    learned_rounding: bool | None = None  # None: the export's default (on)
     bench_suite: str = "quick"
     # On top of bench_suite: the bench's parity gates on every test crop (450; 0 = all).
     bench_overrides: dict[str, Any] = field(default_factory=lambda: {"parity_max": 0})
@@ -88,7 +89,7 @@ class DemoSettings:
 QUICK = DemoSettings(
     count=100, lrs=(0.01,), epochs=10, compare_losses=False, loss="ce", export_val_limit=12,
     calib_size=None, latency_runs=2, max_mixed_steps=0, int8_target_agreement=None,
-    bias_correction=False,
+    bias_correction=False, learned_rounding=False,
     bench_overrides={"min_runs": 1, "max_runs": 2, "seconds_per_batch": 0.2, "theirs": False,
                      "memory": "none", "robust_n": 0, "blackbox_n": 0, "e2e_frames": 0,
                      "peak_matmul": 64, "peak_repeats": 1},
@@ -224,7 +225,8 @@ class _Demo:
         # report says which gate failed and export.json records it under "forced".
         # None in the demo's settings: the export's own default
         chosen = {"target_agreement": s.int8_target_agreement,
-                  "bias_correction": s.bias_correction}
+                  "bias_correction": s.bias_correction,
+                  "learned_rounding": s.learned_rounding}
         settings = ExportSettings(int8=True, flavours=("cpu",), feature_map=True, force=True,
                                   val_limit=s.export_val_limit,
                                   calib_size=s.calib_size or MIN_CALIBRATION,

@@ -112,8 +112,12 @@ def test_int8_figures_and_steps_recorded(summary: dict) -> None:
     for flavour in ("cpu", "tensorrt"):
         info = int8["flavours"][flavour]
         steps = info["steps"]
-        assert [s["step"] for s in steps[:3]] == [
-            "naive static int8 (float tail kept)", "exact input grid", "bias correction"]
+        assert [s["step"] for s in steps[:4]] == [
+            "naive static int8 (float tail kept)", "exact input grid", "learned rounding",
+            "bias correction"]
+        rounding = steps[2]["rounding"]  # every int8 Conv, from the 64 calibration crops
+        assert rounding["convs"] == info["qdq"]["int8_convs"] + len(info["qdq"]["float_convs"])
+        assert rounding["crops"] == 64 and rounding["output_error_vs_nearest_median"] < 1
         kept = [s["agreement"] for s in steps if s["kept"]]
         assert kept == sorted(kept)  # a step is kept only when it helps
         assert info["latency_ms_p50"] > 0 and info["fp32_latency_ms_p50"] > 0

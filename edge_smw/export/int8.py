@@ -5,16 +5,18 @@ Per flavour, from one calibration pass on the run's training crops:
 1. ``naive``: static QDQ, per-channel weights, the float tail (pool, head, softmax) float;
 2. ``exact input grid``: the input shifted half a step onto the pixels' 8-bit grid
    (``input_grid``), so quantizing it loses nothing;
-3. ``bias correction``: the weight-rounding shift folded into the biases;
-4. ``mixed precision`` (only while the target is not shown): at most ``max_mixed_steps``
+3. ``learned rounding``: each Conv's int8 weights chosen for its output on calibration
+   crops (``rounding``), not rounded one by one;
+4. ``bias correction``: the weight-rounding shift folded into the biases;
+5. ``mixed precision`` (only while the target is not shown): at most ``max_mixed_steps``
    blocks kept float, in either flavour (an all-integer tensorrt flavour is not reached yet
    without it: see benchmarks/RESULTS.md);
-5. ``int8-aware head`` (on request): the head retrained on the int8 backbone's features.
+6. ``int8-aware head`` (on request): the head retrained on the int8 backbone's features.
 
 Every step is measured (agreement and accuracy against torch on the validation crops, batch-1
 latency beside fp32) and kept only when it helps: fewer crops disagree with torch, or as many
 with smaller probability differences. A step that is kept changes the *recipe* (the float
-source, its calibration, the correction), so a later step that rebuilds the
+source, its calibration, the rounding, the correction), so a later step that rebuilds the
 model (mixed precision) rebuilds it with everything kept so far.
 """
 
@@ -38,6 +40,12 @@ from edge_smw.export.crops import CropSet, find_split, split_items
 from edge_smw.export.input_grid import InputGrid, put_input_on_grid
 from edge_smw.export.parity import INT8_MIN_AGREEMENT, latency, runtime_probabilities
 from edge_smw.export.results import Figures, FlavourResult, Gate, Parity, Step
+from edge_smw.export.rounding import (
+    WeightRounding,
+    check_on_grid,
+    learn_rounding,
+    weight_grids,
+)
 from edge_smw.export.sensitivity import node_units
 from edge_smw.export.settings import ExportSettings
 from edge_smw.train.checkpoint import Checkpoint
@@ -118,6 +126,7 @@ class Recipe:
 
     spec: Q.FlavourSpec
     transforms: tuple[str, ...] = ()  # float-model transforms kept, in order
+    rounding: WeightRounding | None = None
     correction: Q.BiasCorrection | None = None
 
     def source(self, ctx: Int8Context) -> FloatSource:
@@ -126,6 +135,8 @@ class Recipe:
     def corrected_source(self, ctx: Int8Context, float_nodes: Sequence[str] = ()
                          ) -> onnx.ModelProto:
         model = self.source(ctx).model
+        if self.rounding is not None:
+            model = self.rounding.apply(model, skip=float_nodes)
         if self.correction is None:
             return model
         return Q.apply_bias_correction(model, self.correction, skip=float_nodes)
@@ -221,6 +232,21 @@ def step_input_grid(ctx: Int8Context, run: FlavourRun) -> None:
                  input_grid=grid.describe() if grid else None)
 
 
+def step_learned_rounding(ctx: Int8Context, run: FlavourRun) -> None:
+    assert run.model is not None
+    rounding = learn_rounding(run.recipe.source(ctx).model, weight_grids(run.model), ctx.calib,
+                              ctx.contract)
+    recipe = replace(run.recipe, rounding=rounding)
+    model = recipe.build(ctx)
+    off = check_on_grid(rounding, model)
+    if off:  # the quantizer moved a scale: the learned choice is not what would ship
+        raise GateFailure(f"learned rounding: the quantizer re-rounded {len(off)} Conv(s) "
+                          f"({', '.join(off[:3])}); export with --no-learned-rounding")
+    run.consider("learned rounding", model, ctx.measure(model, f"{run.flavour.value} learned "
+                                                        "rounding"), recipe,
+                 rounding=rounding.describe())
+
+
 def step_bias_correction(ctx: Int8Context, run: FlavourRun) -> None:
     assert run.model is not None
     correction = Q.measure_weight_shift(run.recipe.source(ctx).model, run.model, ctx.calib,
@@ -292,6 +318,8 @@ def run_flavour(ctx: Int8Context, flavour: Q.Flavour) -> FlavourRun:
     step_naive(ctx, run)
     if settings.input_grid:
         step_input_grid(ctx, run)
+    if settings.learned_rounding:
+        step_learned_rounding(ctx, run)
     if settings.bias_correction:
         step_bias_correction(ctx, run)
     assert run.figures is not None

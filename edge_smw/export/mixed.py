@@ -1,14 +1,15 @@
 """Automatic mixed precision: keep the most sensitive blocks in float until INT8 agrees.
 
-The last resort, after the exact input grid and bias correction. One block at a time, in the
-order of ``sensitivity.unit_noise`` (the logit noise each block causes on its own, measured on
-calibration crops): rebuild the int8 model without it (with every step kept so far), measure
-agreement with the torch model on the validation crops, and keep the step only if fewer crops
-disagree. A step that does not help is not kept (the model stays as it was, the step is
-recorded) but its block stays *pending*: the next step tries it together with the next block,
-because neighbouring blocks often only pay off together (the tensor between two blocks stays
-int8 while either of them is int8). Stop when ``done`` says the target is met, the step budget
-is spent, or no block is left. Kept steps never lower agreement.
+The last resort, after the exact input grid, learned rounding and bias correction. One block
+at a time, in the order of ``sensitivity.unit_noise`` (the logit noise each block causes on
+its own, measured on calibration crops): rebuild the int8 model without it (with every step
+kept so far), measure agreement with the torch model on the validation crops, and keep the
+step only if fewer crops disagree. A step that does not help is not kept (the model stays as
+it was, the step is recorded) but its block stays *pending*: the next step tries it together
+with the next block, because neighbouring blocks often only pay off together (the tensor
+between two blocks stays int8 while either of them is int8). Stop when ``done`` says the
+target is met, the step budget is spent, or no block is left. Kept steps never lower
+agreement.
 
 Units are whole blocks, never a lone Conv: onnxruntime quantizes a single float Conv between
 int8 neighbours per tensor by itself (see ``quantize``), so a lone-Conv "float island" would

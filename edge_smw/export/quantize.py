@@ -525,23 +525,36 @@ def measure_weight_shift(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: Cro
         pairs[node.name] = (node.output[0], twin.output[0])
     model.graph.node.extend(twins)
     wanted = [name for pair in pairs.values() for name in pair]
-    for name in wanted:
-        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
-                                                                     None))
     n = min(limit, len(crops))
     sums = {k: 0.0 for k in pairs}
-    with tempfile.TemporaryDirectory(prefix="edge-smw-bias-") as scratch:
-        path = Path(scratch) / "twins.onnx"
-        onnx.save_model(model, str(path))
+    for values in tensor_batches(model, wanted, crops, contract, limit=n, batch_size=batch_size):
+        for node, (q_out, f_out) in pairs.items():
+            diff = values[q_out].astype(np.float64) - values[f_out]
+            sums[node] = sums[node] + diff.mean(axis=(2, 3)).sum(axis=0)
+    return BiasCorrection({k: np.asarray(v) / n for k, v in sums.items()}, n)
+
+
+def tensor_batches(model: onnx.ModelProto, names: Sequence[str], crops: CropSet,
+                   contract: PreprocessContract, *, limit: int, batch_size: int
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """The float tensors ``names`` of ``model`` on crops ``0:limit``, batch by batch: one
+    unoptimized run per batch with those tensors as extra outputs."""
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        return
+    probe = copy.deepcopy(model)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
+                                                                 None)
+                              for name in wanted if name not in known)
+    n = min(limit, len(crops))
+    with tempfile.TemporaryDirectory(prefix="edge-smw-probe-") as scratch:
+        path = Path(scratch) / "probe.onnx"
+        onnx.save_model(probe, str(path))
         session = load_session(path, UNOPTIMIZED)
         for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            values = dict(zip(wanted, session.run(
-                wanted, {INPUT_NAME: crops.inputs(contract, start, stop)}), strict=True))
-            for node, (q_out, f_out) in pairs.items():
-                diff = values[q_out].astype(np.float64) - values[f_out]
-                sums[node] = sums[node] + diff.mean(axis=(2, 3)).sum(axis=0)
-    return BiasCorrection({k: np.asarray(v) / n for k, v in sums.items()}, n)
+            batch = {INPUT_NAME: crops.inputs(contract, start, min(start + batch_size, n))}
+            yield dict(zip(wanted, session.run(wanted, batch), strict=True))
 
 
 def apply_bias_correction(fp32: onnx.ModelProto, correction: BiasCorrection,

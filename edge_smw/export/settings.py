@@ -95,6 +95,10 @@ class ExportSettings:
     input_grid: bool = setting(True, help="put the input on the pixels' exact 8-bit grid (a "
                                "half-step shift the first Conv absorbs)", group=GROUP_INT8,
                                flag="--input-grid", profile="int8.input_grid")
+    learned_rounding: bool = setting(True, help="choose each Conv's int8 weights for its "
+                                     "output on the calibration crops (GPTQ), not each weight "
+                                     "to nearest", group=GROUP_INT8, flag="--learned-rounding",
+                                     profile="int8.learned_rounding")
     bias_correction: bool = setting(True, help="fold the weight-rounding shift into the biases",
                                     group=GROUP_INT8, flag="--bias-correction",
                                     profile="int8.bias_correction")

@@ -3,16 +3,16 @@
     python -m edge_smw.export.tradeoff RUN_DIR --out DIR [--calib-size 128] [--runs 200]
     python -m edge_smw.export.tradeoff --latency-only DIR [--runs 300] [--threads 2]
 
-Runs the export's own INT8 steps (``edge_smw.export.int8``: naive, exact input grid,
-bias correction, mixed precision) for the cpu flavour with 8-bit
-weights (VNNI / ARM targets), the cpu flavour with 7-bit weights (``reduce_range``, what an
-AVX2-only x86 runs) and the tensorrt flavour, from ONE calibration pass on the run's training
-crops, plus two reference points (everything int8 including the head; fp16). Every step's
-model, kept or not, is measured against the torch model on the run's validation AND test
-crops (top-1 agreement with its Wilson interval, accuracy), then all of them are timed at
-batch 1 in ONE process, runs interleaved, p50 against onnxruntime fp32. Writes
-``tradeoff.json`` and ``tradeoff.md`` (the table for benchmarks/RESULTS.md). ``--latency-only``
-re-times the models an earlier run left in DIR without redoing the accuracy part.
+Runs the export's own INT8 steps (``edge_smw.export.int8``: naive, exact input grid, learned
+rounding, bias correction, mixed precision) for the cpu flavour with 8-bit weights (VNNI / ARM
+targets), the cpu flavour with 7-bit weights (``reduce_range``, what an AVX2-only x86 runs)
+and the tensorrt flavour, from ONE calibration pass on the run's training crops, plus two
+reference points (everything int8 including the head; fp16). Every step's model, kept or not,
+is measured against the torch model on the run's validation AND test crops (top-1 agreement
+with its Wilson interval, accuracy), then all of them are timed at batch 1 in ONE process,
+runs interleaved, p50 against onnxruntime fp32. Writes ``tradeoff.json`` and ``tradeoff.md``
+(the table for benchmarks/RESULTS.md). ``--latency-only`` re-times the models an earlier run
+left in DIR without redoing the accuracy part.
 """
 
 from __future__ import annotations
