@@ -32,7 +32,7 @@ FAST = {"latency_runs": 3}
 def exported(smiles_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("export") / "out"
     export_model(smiles_run, out, ExportSettings(int8=True, fp16=True, report=True, calib_size=64,
-                                                 max_mixed_steps=2,
+                                                 max_mixed_steps=2, equalize=True,
                                                  target_agreement=1.0, force=True, **FAST),
                  progress=False)
     return out
@@ -112,10 +112,14 @@ def test_int8_figures_and_steps_recorded(summary: dict) -> None:
     for flavour in ("cpu", "tensorrt"):
         info = int8["flavours"][flavour]
         steps = info["steps"]
-        assert [s["step"] for s in steps[:4]] == [
-            "naive static int8 (float tail kept)", "exact input grid", "learned rounding",
-            "bias correction"]
-        rounding = steps[2]["rounding"]  # every int8 Conv, from the 64 calibration crops
+        assert [s["step"] for s in steps[:5]] == [
+            "naive static int8 (float tail kept)", "exact input grid", "range equalization",
+            "learned rounding", "bias correction"]
+        equalization = steps[2]["equalization"]  # Lite0: one stream per stage, 25 tensors
+        assert equalization["streams"] == 7 and equalization["tensors"] == 25
+        assert (equalization["range_spread_after_median"]
+                < equalization["range_spread_before_median"])
+        rounding = steps[3]["rounding"]  # every int8 Conv, from the 64 calibration crops
         assert rounding["convs"] == info["qdq"]["int8_convs"] + len(info["qdq"]["float_convs"])
         assert rounding["crops"] == 64 and rounding["output_error_vs_nearest_median"] < 1
         kept = [s["agreement"] for s in steps if s["kept"]]

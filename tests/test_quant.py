@@ -354,6 +354,89 @@ def test_off_grid_weights_are_caught(setup: Setup) -> None:
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+# -- range equalization --------------------------------------------------------------------------
+def test_equalization_keeps_the_float_function_and_evens_the_channels(setup: Setup) -> None:
+    """Lite0's seven linear streams (one per stage: projections and residual sums) are found;
+    rescaled at full strength every channel of a stream spans the same range on the crops
+    measured, and the float model computes the same logits."""
+    from edge_smw.export.equalize import equalize
+
+    eq = equalize(setup.fp32, setup.calib, setup.contract, strength=1.0, limit=32)
+    assert len(eq.streams) == 7 and sum(len(s.tensors) for s in eq.streams) == 25
+    for stream in eq.streams:
+        assert all("conv_pwl" in p or "blocks.0.0/conv_pw" in p for p in stream.producers)
+        assert all("conv_pw/" in c or "conv_head" in c for c in stream.consumers)
+    rescaled = eq.apply(setup.fp32)
+    ref = setup.logits(setup.fp32_path, limit=64)
+    same = setup.logits(setup.save(rescaled, "equalized.onnx"), limit=64)
+    assert np.allclose(same, ref, atol=1e-4 * float(np.abs(ref).max()))
+
+    names = [t for s in eq.streams for t in s.tensors]
+    peak: dict[str, np.ndarray] = {}
+    for values in Q.tensor_batches(rescaled, names, setup.calib, setup.contract, limit=32,
+                                   batch_size=16):
+        for name in names:
+            channel = np.abs(values[name]).max(axis=(0, 2, 3))
+            peak[name] = np.maximum(peak.get(name, channel), channel)
+    for stream, before in zip(eq.streams, eq.spread_before, strict=True):
+        ranges = np.max([peak[t] for t in stream.tensors], axis=0)
+        assert before > 1.2  # the channels did differ
+        assert np.allclose(ranges, ranges.max(), rtol=1e-3)
+
+
+def _graph(nodes: list[onnx.NodeProto], weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    return helper.make_model(graph)
+
+
+def test_streams_stop_at_activations_depthwise_readers_and_constants() -> None:
+    """Only what rescales exactly: a Conv read through Relu, a stream a depthwise Conv reads
+    and an Add with a constant input are left alone."""
+    from onnx import helper
+
+    from edge_smw.export.equalize import Equalization, linear_streams
+
+    w = {f"w{i}": np.ones((4, 4, 1, 1)) for i in range(6)}
+    w["dw"] = np.ones((4, 1, 3, 3))
+    w["c"] = np.ones((1, 4, 1, 1))
+    conv = helper.make_node
+    nodes = [conv("Conv", ["x", "w0"], ["a"], name="A"),        # linear: A, B -> add -> C
+             conv("Conv", ["a", "w1"], ["b"], name="B"),
+             conv("Add", ["a", "b"], ["s"], name="add"),
+             conv("Conv", ["s", "w2"], ["c1"], name="C"),
+             conv("Relu", ["c1"], ["r"], name="relu"),           # C is read through Relu
+             conv("Conv", ["r", "w3"], ["d"], name="D"),         # D is read by a depthwise
+             conv("Conv", ["d", "dw"], ["e"], name="E", group=4),
+             conv("Add", ["e", "c"], ["f"], name="plus_const"),  # E: an Add with a constant
+             conv("Conv", ["f", "w4"], ["y"], name="F")]
+    rng = np.random.default_rng(0)
+    model = _graph(nodes, {k: rng.normal(size=v.shape) for k, v in w.items()})
+    streams = linear_streams(model)
+    assert len(streams) == 1
+    (stream,) = streams  # B both reads and writes the stream: scaled on both sides
+    assert set(stream.tensors) == {"a", "b", "s"} and set(stream.producers) == {"A", "B"}
+    assert set(stream.consumers) == {"B", "C"}
+
+    import onnxruntime as ort
+
+    scales = [rng.uniform(0.2, 5.0, size=4)]
+    rescaled = Equalization(streams, scales, [1.0], [1.0], 1.0, 0).apply(model)
+    x = {"x": rng.normal(size=(1, 4, 8, 8)).astype(np.float32)}
+
+    def run(m: onnx.ModelProto) -> np.ndarray:
+        return ort.InferenceSession(m.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, x)[0]
+
+    assert np.allclose(run(rescaled), run(model), rtol=1e-4, atol=1e-4)
+    assert not np.allclose(numpy_helper.to_array(rescaled.graph.initializer[0]),
+                           numpy_helper.to_array(model.graph.initializer[0]))
+
+
 # -- where float islands can be -----------------------------------------------------------------
 def test_onnxruntime_requantizes_a_lone_float_conv(setup: Setup) -> None:
     """Why mixed precision works in whole blocks: a single float Conv between int8 neighbours

@@ -5,13 +5,15 @@ Per flavour, from one calibration pass on the run's training crops:
 1. ``naive``: static QDQ, per-channel weights, the float tail (pool, head, softmax) float;
 2. ``exact input grid``: the input shifted half a step onto the pixels' 8-bit grid
    (``input_grid``), so quantizing it loses nothing;
-3. ``learned rounding``: each Conv's int8 weights chosen for its output on calibration
+3. ``range equalization`` (on request): the linear bottleneck streams rescaled channel by
+   channel so one activation scale fits every channel (``equalize``), then recalibrated;
+4. ``learned rounding``: each Conv's int8 weights chosen for its output on calibration
    crops (``rounding``), not rounded one by one;
-4. ``bias correction``: the weight-rounding shift folded into the biases;
-5. ``mixed precision`` (only while the target is not shown): at most ``max_mixed_steps``
+5. ``bias correction``: the weight-rounding shift folded into the biases;
+6. ``mixed precision`` (only while the target is not shown): at most ``max_mixed_steps``
    blocks kept float, in either flavour (an all-integer tensorrt flavour is not reached yet
    without it: see benchmarks/RESULTS.md);
-6. ``int8-aware head`` (on request): the head retrained on the int8 backbone's features.
+7. ``int8-aware head`` (on request): the head retrained on the int8 backbone's features.
 
 Every step is measured (agreement and accuracy against torch on the validation crops, batch-1
 latency beside fp32) and kept only when it helps: fewer crops disagree with torch, or as many
@@ -37,6 +39,7 @@ from edge_smw.contract import PreprocessContract
 from edge_smw.errors import GateFailure, InputError
 from edge_smw.export import quantize as Q
 from edge_smw.export.crops import CropSet, find_split, split_items
+from edge_smw.export.equalize import Equalization, equalize
 from edge_smw.export.input_grid import InputGrid, put_input_on_grid
 from edge_smw.export.parity import INT8_MIN_AGREEMENT, latency, runtime_probabilities
 from edge_smw.export.results import Figures, FlavourResult, Gate, Parity, Step
@@ -53,6 +56,18 @@ from edge_smw.train.checkpoint import Checkpoint
 log = logging.getLogger("edge_smw.export")
 
 INPUT_GRID = "input grid"
+EQUALIZATION = "range equalization"
+
+
+def calibrate(fp32_path: Path, crops: CropSet, contract: PreprocessContract,
+              settings: ExportSettings, progress: bool = True) -> Q.Calibration:
+    """Activation ranges of a float model as the export's settings ask for them (the first
+    calibration and every recalibration of a transformed float model alike)."""
+    return Q.calibrate(fp32_path, crops, contract,
+                       Q.parse_enum(Q.CalibMethod, settings.calib_method, "--calib-method"),
+                       num_bins=settings.num_bins, percentile=settings.percentile,
+                       progress=progress,
+                       activation_symmetric=settings.flavours == ("tensorrt",))
 
 
 @dataclass
@@ -107,7 +122,23 @@ class Int8Context:
             calibration = replace(before.calibration,
                                   ranges={**before.calibration.ranges, grid.tensor: (low, high)})
             return replace(before, model=model, calibration=calibration, grid=grid)
+        if transforms[-1] == EQUALIZATION:
+            return self._equalized(before)
         raise ValueError(f"unknown float transform {transforms[-1]!r}")
+
+    def _equalized(self, before: FloatSource) -> FloatSource:
+        """Rescaled streams; only their tensors' ranges change (the rest of the float
+        function is the same), so only those are taken from a recalibration."""
+        equalization = equalize(before.model, self.calib, self.contract)
+        model = equalization.apply(before.model)
+        path = self.work / "equalized.onnx"
+        onnx.save_model(model, str(path))
+        fresh = calibrate(path, self.calib, self.contract, self.settings, progress=False)
+        changed = {t for s in equalization.streams for t in s.tensors}
+        ranges = {name: fresh.ranges[name] if name in changed else span
+                  for name, span in before.calibration.ranges.items()}
+        return replace(before, model=model, equalization=equalization,
+                       calibration=replace(before.calibration, ranges=ranges))
 
 
 @dataclass
@@ -117,6 +148,7 @@ class FloatSource:
     model: onnx.ModelProto
     calibration: Q.Calibration
     grid: InputGrid | None = None
+    equalization: Equalization | None = None
 
 
 @dataclass
@@ -232,6 +264,22 @@ def step_input_grid(ctx: Int8Context, run: FlavourRun) -> None:
                  input_grid=grid.describe() if grid else None)
 
 
+def step_equalization(ctx: Int8Context, run: FlavourRun) -> None:
+    from edge_smw.export.equalize import linear_streams
+
+    if not linear_streams(run.recipe.source(ctx).model):
+        run.steps.append(Step("range equalization", None, False, "skipped: no linear stream "
+                              "(every Conv output is read through an activation)"))
+        return
+    recipe = replace(run.recipe, transforms=(*run.recipe.transforms, EQUALIZATION))
+    model = recipe.build(ctx)
+    equalization = recipe.source(ctx).equalization
+    assert equalization is not None
+    run.consider("range equalization", model, ctx.measure(model, f"{run.flavour.value} "
+                                                          "equalized"), recipe,
+                 equalization=equalization.describe())
+
+
 def step_learned_rounding(ctx: Int8Context, run: FlavourRun) -> None:
     assert run.model is not None
     rounding = learn_rounding(run.recipe.source(ctx).model, weight_grids(run.model), ctx.calib,
@@ -318,6 +366,8 @@ def run_flavour(ctx: Int8Context, flavour: Q.Flavour) -> FlavourRun:
     step_naive(ctx, run)
     if settings.input_grid:
         step_input_grid(ctx, run)
+    if settings.equalize:
+        step_equalization(ctx, run)
     if settings.learned_rounding:
         step_learned_rounding(ctx, run)
     if settings.bias_correction:

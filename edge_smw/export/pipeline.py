@@ -204,12 +204,7 @@ def _int8(source: Path, checkpoint: Checkpoint, fp32: onnx.ModelProto, fp32_path
     calib = calibration_crops(contract, detect=checkpoint.detect, size=settings.calib_size,
                               run_or_checkpoint=source, calib_data=settings.calib_data,
                               seed=settings.seed, progress=progress)
-    symmetric_only = settings.flavours == ("tensorrt",)
-    calibration = Q.calibrate(fp32_path, calib, contract,
-                              Q.parse_enum(Q.CalibMethod, settings.calib_method,
-                                           "--calib-method"),
-                              num_bins=settings.num_bins, percentile=settings.percentile,
-                              progress=progress, activation_symmetric=symmetric_only)
+    calibration = int8.calibrate(fp32_path, calib, contract, settings, progress)
     _write_calibration(calibration, calib, stage)
     result = Int8Result({**calibration.describe(), **calib.describe(), "paths": calib.paths})
     work = int8.scratch(stage.path)

@@ -95,6 +95,11 @@ class ExportSettings:
     input_grid: bool = setting(True, help="put the input on the pixels' exact 8-bit grid (a "
                                "half-step shift the first Conv absorbs)", group=GROUP_INT8,
                                flag="--input-grid", profile="int8.input_grid")
+    equalize: bool = setting(False, help="rescale the linear bottleneck outputs channel by "
+                             "channel so one activation scale fits them all, then recalibrate "
+                             "(off: no gain measured on EfficientNet-Lite0, see "
+                             "benchmarks/RESULTS.md)", group=GROUP_INT8, flag="--equalize",
+                             profile="int8.equalize")
     learned_rounding: bool = setting(True, help="choose each Conv's int8 weights for its "
                                      "output on the calibration crops (GPTQ), not each weight "
                                      "to nearest", group=GROUP_INT8, flag="--learned-rounding",

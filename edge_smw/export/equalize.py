@@ -1,0 +1,193 @@
+"""Range equalization across the linear bottlenecks: one activation scale fits every channel.
+
+Why: INT8 activations have one scale per tensor (QLinearConv, TensorRT), so a tensor whose
+channels span very different ranges spends its 256 steps on the widest channel and leaves the
+narrow ones a few steps each: the known 8-bit failure of MobileNet-family networks, where
+the block's *linear* output (the projection Conv, no activation) and the residual stream it
+adds into are the tensors concerned. Measured on the smilesmiled model (EfficientNet-Lite0),
+the widest channel of each stream is only 2.3-6.2x the narrowest (1.5-1.9x the median), and
+the step gave no gain there (benchmarks/RESULTS.md): it is offered (``--equalize``), measured
+and kept only when it helps, off by default.
+
+How: there is no nonlinearity between a projection Conv and the Convs that read its output
+(directly or through the residual Adds), so each channel ``c`` of that *stream* can be
+multiplied by ``s_c`` at every producer (weight row and bias) and divided out at every
+consumer (weight column): the float function is unchanged, the per-channel ranges become
+``r_c * s_c``. ``s_c = (R / r_c) ** strength`` with ``R`` the stream's widest channel:
+strength 1 makes every channel as wide as the widest (the consumers' weight columns of narrow
+channels shrink by the same factor, so their weight rounding error grows); 0.5 meets halfway,
+as cross-layer equalization does for weights. A stream qualifies only when every reader is a
+residual Add of the same stream or a plain (group=1) Conv, and no Add has a constant input.
+
+This is the activation half of cross-layer equalization (Nagel et al., 2019, "Data-Free
+Quantization"); the weight half does not apply here: weights are quantized per channel
+already, and ReLU6 is not scale-equivariant.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edge_smw.contract import PreprocessContract
+from edge_smw.export.crops import CropSet
+from edge_smw.export.quantize import tensor_batches
+
+STRENGTH = 0.5
+MAX_SCALE = 64.0  # a channel that is (almost) never active gains no more than this
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Tensors joined by residual Adds, the Convs that write them and the Convs that read
+    them."""
+
+    tensors: tuple[str, ...]
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+
+
+@dataclass
+class Equalization:
+    """Per-stream channel scales, measured on calibration crops."""
+
+    streams: list[Stream]
+    scales: list[np.ndarray]  # one (channels,) array per stream
+    spread_before: list[float]  # widest / median channel range per stream
+    spread_after: list[float]
+    strength: float
+    crops: int
+
+    def apply(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """A copy of ``model`` with every stream rescaled: same float function."""
+        out = copy.deepcopy(model)
+        init = {i.name: i for i in out.graph.initializer}
+        nodes = {n.name: n for n in out.graph.node}
+        for stream, scale in zip(self.streams, self.scales, strict=True):
+            for name in stream.producers:
+                node = nodes[name]
+                _scale(init[node.input[1]], scale.reshape(-1, 1, 1, 1))
+                if len(node.input) > 2 and node.input[2]:
+                    _scale(init[node.input[2]], scale)
+            for name in stream.consumers:
+                _scale(init[nodes[name].input[1]], 1.0 / scale.reshape(1, -1, 1, 1))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"streams": len(self.streams), "strength": self.strength, "crops": self.crops,
+                "tensors": sum(len(s.tensors) for s in self.streams),
+                "largest_scale": float(max((s.max() for s in self.scales), default=1.0)),
+                "range_spread_before_median": _median(self.spread_before),
+                "range_spread_after_median": _median(self.spread_after)}
+
+
+def _median(values: list[float]) -> float | None:
+    return float(np.median(values)) if values else None
+
+
+def _scale(tensor: onnx.TensorProto, factor: np.ndarray) -> None:
+    value = numpy_helper.to_array(tensor).astype(np.float64) * factor
+    tensor.CopyFrom(numpy_helper.from_array(value.astype(np.float32), tensor.name))
+
+
+def linear_streams(model: onnx.ModelProto) -> list[Stream]:
+    """Every stream that can be rescaled without changing what the model computes."""
+    init = {i.name for i in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    producer = {out: n for n in model.graph.node for out in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in model.graph.output}
+
+    def linear(name: str) -> bool:
+        node = producer.get(name)
+        return node is not None and node.op_type in ("Conv", "Add")
+
+    # Join tensors through Adds whose inputs are all linear (union-find by root name).
+    parent: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    for node in model.graph.node:
+        if node.op_type == "Add" and all(linear(i) for i in node.input):
+            for name in node.input:
+                parent[root(name)] = root(node.output[0])
+    groups: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        if node.op_type == "Conv" or (node.op_type == "Add" and node.output[0] in parent):
+            groups.setdefault(root(node.output[0]), []).append(node.output[0])
+
+    streams = []
+    for tensors in groups.values():
+        members = set(tensors)
+        producers, consumers, ok = [], [], True
+        for name in tensors:
+            node = producer[name]
+            if node.op_type == "Conv":
+                ok &= node.input[1] in init and uses[node.input[1]] == 1
+                ok &= len(node.input) < 3 or not node.input[2] or (
+                    node.input[2] in init and uses[node.input[2]] == 1)
+                producers.append(node.name)
+            else:
+                ok &= all(i in members for i in node.input)
+            ok &= name not in outputs
+            for reader in readers.get(name, []):
+                if reader.op_type == "Add" and reader.output[0] in members:
+                    continue
+                plain_conv = (reader.op_type == "Conv" and reader.input[0] == name
+                              and _group(reader) == 1 and reader.input[1] in init
+                              and uses[reader.input[1]] == 1)
+                ok &= plain_conv
+                if plain_conv:
+                    consumers.append(reader.name)
+        if ok and consumers:
+            streams.append(Stream(tuple(tensors), tuple(producers), tuple(dict.fromkeys(
+                consumers))))
+    return streams
+
+
+def _group(node: onnx.NodeProto) -> int:
+    for attr in node.attribute:
+        if attr.name == "group":
+            return int(attr.i)
+    return 1
+
+
+def equalize(model: onnx.ModelProto, crops: CropSet, contract: PreprocessContract, *,
+             strength: float = STRENGTH, limit: int = 128, batch_size: int = 16
+             ) -> Equalization:
+    """Measure each stream's per-channel range on the crops and choose its scales."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"equalization strength {strength}: choose a value in (0, 1]")
+    streams = linear_streams(model)
+    names = [t for s in streams for t in s.tensors]
+    peak = {t: None for t in names}
+    for values in tensor_batches(model, names, crops, contract, limit=limit,
+                                 batch_size=batch_size):
+        for name in names:
+            channel = np.abs(values[name]).max(axis=(0, 2, 3))
+            peak[name] = channel if peak[name] is None else np.maximum(peak[name], channel)
+    scales, before, after = [], [], []
+    for stream in streams:
+        ranges = np.max([peak[t] for t in stream.tensors], axis=0).astype(np.float64)
+        widest = float(ranges.max())
+        floor = widest / MAX_SCALE ** (1.0 / strength)
+        scale = (widest / np.maximum(ranges, floor)) ** strength
+        scales.append(scale)
+        before.append(widest / max(float(np.median(ranges)), 1e-12))
+        new = ranges * scale
+        after.append(float(new.max()) / max(float(np.median(new)), 1e-12))
+    return Equalization(streams, scales, before, after, strength, min(limit, len(crops)))
