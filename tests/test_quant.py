@@ -384,6 +384,23 @@ def test_equalization_keeps_the_float_function_and_evens_the_channels(setup: Set
         assert np.allclose(ranges, ranges.max(), rtol=1e-3)
 
 
+def test_quant_report_knows_which_flavours_were_equalized(tmp_path: Path) -> None:
+    """``quant-report`` on an export folder warns for flavours whose streams were rescaled
+    (their SQNR against model.onnx would compare differently scaled channels)."""
+    import json
+
+    from edge_smw.export.sensitivity import _equalized
+
+    steps = [{"step": "range equalization", "kept": True}]
+    export_json = tmp_path / "export.json"
+    export_json.write_text(json.dumps({"int8": {"flavours": {
+        "cpu": {"steps": steps}, "tensorrt": {"steps": [{**steps[0], "kept": False}]}}}}))
+    assert _equalized(export_json) == {"cpu"}
+    export_json.write_text("{not json")
+    assert _equalized(export_json) == set()
+    assert _equalized(tmp_path / "missing.json") == set()
+
+
 def _graph(nodes: list[onnx.NodeProto], weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     from onnx import TensorProto, helper
 

@@ -257,7 +257,10 @@ def _int8_report(ctx: int8.Int8Context, run: int8.FlavourRun, stage: _Stage) -> 
     from edge_smw.export.sensitivity import tensor_errors, write_report
 
     figures = run.all_int8 or run.figures
-    errors = tensor_errors(ctx.fp32_path, figures.path, ctx.calib, ctx.contract,
+    # Against the float model it was quantized from: a kept equalization rescales channels.
+    reference = ctx.work / f"source.{run.flavour.value}.onnx"
+    onnx.save_model(run.recipe.source(ctx).model, str(reference))
+    errors = tensor_errors(reference, figures.path, ctx.calib, ctx.contract,
                            progress=ctx.progress)
     name = f"quant_report.{run.flavour.value}"
     for key in ("json", "md", "png"):

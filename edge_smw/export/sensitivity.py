@@ -15,6 +15,7 @@ precision keeps layers in float.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import tempfile
@@ -284,6 +285,11 @@ def report_for_export(export_dir: str | Path, *, out: str | Path | None = None, 
     target = Path(out) if out else folder.path
     written = {}
     for flavour, path in models.items():
+        if flavour in _equalized(folder.export_json):
+            logging.getLogger("edge_smw.export").warning(
+                "%s: range equalization rescaled its linear streams channel by channel, so "
+                "their tensors' SQNR against %s is not meaningful here (the export's own "
+                "quant_report compares with the rescaled source)", path.name, FP32.file_name)
         errors = tensor_errors(fp32, path, crops, info.contract, limit=limit, progress=progress)
         written[flavour] = write_report(
             errors, target, name=f"quant_report.{flavour}",
@@ -333,3 +339,16 @@ def unit_noise(
             results.append({"unit": unit, "logit_rmse": rmse, "nodes": len(nodes)})
     results.sort(key=lambda r: -r["logit_rmse"])
     return results
+
+
+def _equalized(export_json: Path) -> set[str]:
+    """The flavours whose export kept the range equalization step (export.json)."""
+    import json
+
+    try:
+        flavours = json.loads(export_json.read_text(encoding="utf-8"))["int8"]["flavours"]
+        return {name for name, info in flavours.items()
+                if any(s.get("step") == "range equalization" and s.get("kept")
+                       for s in info.get("steps", []))}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
