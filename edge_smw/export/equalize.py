@@ -37,6 +37,7 @@ from onnx import numpy_helper
 from edge_smw.contract import PreprocessContract
 from edge_smw.export.crops import CropSet
 from edge_smw.export.quantize import tensor_batches
+from edge_smw.export.rounding import node_attributes
 
 STRENGTH = 0.5
 MAX_SCALE = 64.0  # a channel that is (almost) never active gains no more than this
@@ -148,7 +149,8 @@ def linear_streams(model: onnx.ModelProto) -> list[Stream]:
                 if reader.op_type == "Add" and reader.output[0] in members:
                     continue
                 plain_conv = (reader.op_type == "Conv" and reader.input[0] == name
-                              and _group(reader) == 1 and reader.input[1] in init
+                              and int(node_attributes(reader).get("group", 1)) == 1
+                              and reader.input[1] in init
                               and uses[reader.input[1]] == 1)
                 ok &= plain_conv
                 if plain_conv:
@@ -157,13 +159,6 @@ def linear_streams(model: onnx.ModelProto) -> list[Stream]:
             streams.append(Stream(tuple(tensors), tuple(producers), tuple(dict.fromkeys(
                 consumers))))
     return streams
-
-
-def _group(node: onnx.NodeProto) -> int:
-    for attr in node.attribute:
-        if attr.name == "group":
-            return int(attr.i)
-    return 1
 
 
 def equalize(model: onnx.ModelProto, crops: CropSet, contract: PreprocessContract, *,

@@ -56,7 +56,7 @@ from edge_smw.train.checkpoint import Checkpoint
 log = logging.getLogger("edge_smw.export")
 
 INPUT_GRID = "input grid"
-EQUALIZATION = "range equalization"
+EQUALIZATION = "range equalization"  # the transform and its step
 
 
 def calibrate(fp32_path: Path, crops: CropSet, contract: PreprocessContract,
@@ -268,14 +268,14 @@ def step_equalization(ctx: Int8Context, run: FlavourRun) -> None:
     from edge_smw.export.equalize import linear_streams
 
     if not linear_streams(run.recipe.source(ctx).model):
-        run.steps.append(Step("range equalization", None, False, "skipped: no linear stream "
+        run.steps.append(Step(EQUALIZATION, None, False, "skipped: no linear stream "
                               "(every Conv output is read through an activation)"))
         return
     recipe = replace(run.recipe, transforms=(*run.recipe.transforms, EQUALIZATION))
     model = recipe.build(ctx)
     equalization = recipe.source(ctx).equalization
     assert equalization is not None
-    run.consider("range equalization", model, ctx.measure(model, f"{run.flavour.value} "
+    run.consider(EQUALIZATION, model, ctx.measure(model, f"{run.flavour.value} "
                                                           "equalized"), recipe,
                  equalization=equalization.describe())
 

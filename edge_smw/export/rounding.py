@@ -173,13 +173,14 @@ def check_on_grid(rounding: WeightRounding, qdq: onnx.ModelProto) -> list[str]:
 
 
 # -- internals -----------------------------------------------------------------------------------
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+def node_attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    """A node's attributes by name, as Python values."""
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _kind(model: onnx.ModelProto, node: onnx.NodeProto) -> str | None:
     """"dense" (group 1), "depthwise" (one input channel per output channel), else None."""
-    attrs = _attrs(node)
+    attrs = node_attributes(node)
     if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         return None
     group = int(attrs.get("group", 1))
@@ -191,7 +192,7 @@ def _kind(model: onnx.ModelProto, node: onnx.NodeProto) -> str | None:
 
 def _patches(x: torch.Tensor, node: onnx.NodeProto, kernel: Sequence[int]) -> torch.Tensor:
     """(batch, channels * kh * kw, positions): the inputs each output position sees."""
-    attrs = _attrs(node)
+    attrs = node_attributes(node)
     if list(kernel) == [1, 1] and list(attrs.get("strides", [1, 1])) == [1, 1] \
             and not any(attrs.get("pads", [0])):
         return x.reshape(x.shape[0], x.shape[1], -1)  # 1x1: the input itself

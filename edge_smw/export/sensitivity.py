@@ -284,8 +284,9 @@ def report_for_export(export_dir: str | Path, *, out: str | Path | None = None, 
                          f"here ({crops.skipped.summary()})")
     target = Path(out) if out else folder.path
     written = {}
+    equalized = _equalized(folder.export_json)
     for flavour, path in models.items():
-        if flavour in _equalized(folder.export_json):
+        if flavour in equalized:
             logging.getLogger("edge_smw.export").warning(
                 "%s: range equalization rescaled its linear streams channel by channel, so "
                 "their tensors' SQNR against %s is not meaningful here (the export's own "
@@ -345,10 +346,12 @@ def _equalized(export_json: Path) -> set[str]:
     """The flavours whose export kept the range equalization step (export.json)."""
     import json
 
+    from edge_smw.export.int8 import EQUALIZATION
+
     try:
         flavours = json.loads(export_json.read_text(encoding="utf-8"))["int8"]["flavours"]
         return {name for name, info in flavours.items()
-                if any(s.get("step") == "range equalization" and s.get("kept")
+                if any(s.get("step") == EQUALIZATION and s.get("kept")
                        for s in info.get("steps", []))}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()
