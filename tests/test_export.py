@@ -33,6 +33,7 @@ def exported(smiles_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     out = tmp_path_factory.mktemp("export") / "out"
     export_model(smiles_run, out, ExportSettings(int8=True, fp16=True, report=True, calib_size=64,
                                                  max_mixed_steps=2, equalize=True,
+                                                 tune=True, tune_crops=64, tune_epochs=1,
                                                  target_agreement=1.0, force=True, **FAST),
                  progress=False)
     return out
@@ -106,21 +107,29 @@ def test_runtime_needs_only_the_onnx(exported: Path, tmp_path: Path,
         assert abs(float(face.probabilities.sum()) - 1.0) < 1e-4
 
 
+def rounding_convs(info: dict) -> int:
+    """Every Conv the quantizer made int8 before mixed precision put any back in float."""
+    return info["qdq"]["int8_convs"] + len(info["qdq"]["float_convs"])
+
+
 def test_int8_figures_and_steps_recorded(summary: dict) -> None:
     int8 = summary["int8"]
     assert int8["calibration"]["crops"] == 64 and len(int8["calibration"]["paths"]) == 64
     for flavour in ("cpu", "tensorrt"):
         info = int8["flavours"][flavour]
         steps = info["steps"]
-        assert [s["step"] for s in steps[:5]] == [
+        assert [s["step"] for s in steps[:6]] == [
             "naive static int8 (float tail kept)", "exact input grid", "range equalization",
-            "learned rounding", "bias correction"]
+            "learned rounding", "bias correction", "quantization-aware tuning"]
+        tuning = steps[5]["tuning"]  # every int8 Conv, one pass over 64 training crops
+        assert tuning["convs"] == rounding_convs(info) and tuning["crops"] == 64
+        assert len(tuning["logit_mse_per_pass"]) == 2
         equalization = steps[2]["equalization"]  # Lite0: one stream per stage, 25 tensors
         assert equalization["streams"] == 7 and equalization["tensors"] == 25
         assert (equalization["range_spread_after_median"]
                 < equalization["range_spread_before_median"])
         rounding = steps[3]["rounding"]  # every int8 Conv, from the 64 calibration crops
-        assert rounding["convs"] == info["qdq"]["int8_convs"] + len(info["qdq"]["float_convs"])
+        assert rounding["convs"] == rounding_convs(info)
         assert rounding["crops"] == 64 and rounding["output_error_vs_nearest_median"] < 1
         kept = [s["agreement"] for s in steps if s["kept"]]
         assert kept == sorted(kept)  # a step is kept only when it helps

@@ -454,6 +454,122 @@ def test_streams_stop_at_activations_depthwise_readers_and_constants() -> None:
                            numpy_helper.to_array(model.graph.initializer[0]))
 
 
+# -- quantization-aware tuning -------------------------------------------------------------------
+@pytest.mark.parametrize("flavour", [Q.Flavour.CPU, Q.Flavour.TENSORRT])
+def test_tuning_interpreter_runs_the_graph_as_onnxruntime_does(setup: Setup,
+                                                               flavour: Q.Flavour) -> None:
+    """The torch interpreter tuning trains through gives onnxruntime's logits: to float
+    precision for the float model; for the int8 model as closely as onnxruntime's two ways of
+    running the same graph agree with each other (fused integer kernels vs. the plain Q/DQ
+    ops: a few activations one step apart where a value sits on a rounding tie, carried to
+    the logits), well inside the int8 model's own error."""
+    import onnxruntime as ort
+
+    from edge_smw.export.tuning import QdqGraph
+
+    inputs = setup.val.inputs(setup.contract, 0, 48)
+    crops = torch.from_numpy(inputs)
+    with torch.no_grad():
+        float_logits = QdqGraph(setup.fp32)(crops, ["logits"])[0].numpy()
+    fp32 = setup.logits(setup.fp32_path, limit=48)
+    assert np.allclose(float_logits, fp32, atol=1e-3)
+    from edge_smw.export.input_grid import put_input_on_grid
+
+    on_grid, _ = put_input_on_grid(setup.fp32, setup.contract)  # its explicit Pad too
+    with torch.no_grad():
+        grid_logits = QdqGraph(on_grid)(crops, ["logits"])[0].numpy()
+    assert np.allclose(grid_logits, setup.logits(setup.save(on_grid, "grid.onnx"), limit=48),
+                       atol=1e-3)
+
+    qdq = Q.quantize(setup.fp32, setup.calibration,
+                     Q.flavour_spec(flavour, reduce_range=flavour is Q.Flavour.CPU))
+    path = setup.save(qdq, f"interp-{flavour.value}.onnx")
+    fused = setup.logits(path, limit=48)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"input": inputs})[0]
+    with torch.no_grad():
+        interpreted = QdqGraph(qdq)(crops, ["logits"])[0].numpy()
+
+    def gap(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(a - b).mean())
+
+    assert gap(fused, fp32) > 0.01  # the int8 model's own error
+    assert gap(interpreted, fused) < 0.5 * gap(fused, fp32)
+    assert gap(interpreted, plain) < 1.5 * gap(fused, plain) + 1e-3
+
+
+@pytest.mark.parametrize("flavour", [Q.Flavour.CPU, Q.Flavour.TENSORRT])
+def test_tuning_lowers_the_logit_error_on_the_quantizers_grid(setup: Setup,
+                                                              flavour: Q.Flavour) -> None:
+    """Three short passes lower the int8 model's logit error on its crops; the quantizer
+    rebuilds the tuned weights exactly (every trained row on its grid), and onnxruntime's int8
+    model from them is closer to fp32 on those crops than before; rows not trained keep their
+    weights."""
+    from edge_smw.export.rounding import check_on_grid
+    from edge_smw.export.tuning import tune
+
+    spec = Q.flavour_spec(flavour, reduce_range=flavour is Q.Flavour.CPU)
+    qdq = Q.quantize(setup.fp32, setup.calibration, spec)
+    crops = setup.calib.subset(range(32))
+    tuning = tune(setup.fp32, qdq, crops, setup.contract, epochs=3, batch_size=4,
+                  progress=False)
+    assert tuning.losses[-1] < tuning.losses[0]
+    assert tuning.describe()["convs"] == Q.qdq_summary(qdq)["int8_convs"]
+    tuned = Q.quantize(tuning.apply(setup.fp32), setup.calibration, spec)
+    assert check_on_grid(tuning, tuned) == []
+
+    session_inputs = {"input": crops.inputs(setup.contract)}
+
+    def error(model: onnx.ModelProto) -> float:
+        out = load_session(setup.save(model, "tuned-check.onnx")).run(["logits"],
+                                                                       session_inputs)[0]
+        ref = load_session(setup.fp32_path).run(["logits"], session_inputs)[0]
+        return float(np.mean((out - ref) ** 2))
+
+    assert error(tuned) < error(qdq)
+
+    before = {i.name: numpy_helper.to_array(i) for i in setup.fp32.graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in tuning.apply(setup.fp32).graph.initializer}
+    convs = {n.name: n for n in setup.fp32.graph.node if n.op_type == "Conv"}
+    for name, weight in tuning.weights.items():  # trained rows tuned, the others as they were
+        rows = tuning.rows[name]
+        new = after[convs[name].input[1]]
+        assert np.array_equal(new[rows], weight[rows])
+        assert np.array_equal(new[~rows], before[convs[name].input[1]][~rows])
+    assert sum(not np.array_equal(after[n.input[2]], before[n.input[2]])
+               for n in convs.values() if n.name in tuning.biases) > 0
+    first = convs[next(iter(tuning.weights))]  # a Conv mixed precision keeps float
+    kept = {i.name: numpy_helper.to_array(i)
+            for i in tuning.apply(setup.fp32, skip=[first.name]).graph.initializer}
+    assert all(np.array_equal(kept[k], before[k]) for k in first.input[1:])
+
+
+def test_too_few_tuning_crops_name_their_option(setup: Setup) -> None:
+    """Tuning crops are drawn like calibration crops; a too-small request names --tune-crops,
+    not the calibration's option."""
+    from edge_smw.export.crops import calibration_crops
+
+    with pytest.raises(InputError, match="--tune-crops 10: quantization-aware tuning needs"):
+        calibration_crops(setup.contract, detect=False, size=10, run_or_checkpoint=setup.run,
+                          purpose="quantization-aware tuning", size_flag="--tune-crops")
+
+
+def test_tuning_refuses_graphs_it_cannot_run() -> None:
+    """An operator the interpreter does not know stops tuning with its name (the export then
+    skips the step and says why), rather than training something else than what runs."""
+    from onnx import helper
+
+    from edge_smw.export.tuning import QdqGraph, Unsupported
+
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], name="A"),
+             helper.make_node("LpNormalization", ["a"], ["y"], name="norm")]
+    model = _graph(nodes, {"w0": np.ones((4, 4, 1, 1))})
+    with pytest.raises(Unsupported, match="LpNormalization"):
+        QdqGraph(model)
+
+
 # -- where float islands can be -----------------------------------------------------------------
 def test_onnxruntime_requantizes_a_lone_float_conv(setup: Setup) -> None:
     """Why mixed precision works in whole blocks: a single float Conv between int8 neighbours

@@ -139,10 +139,13 @@ def folder_items(folder: Path, levels: Sequence[str]) -> list[LabelledImage | Pa
 def calibration_crops(
     contract: PreprocessContract, *, detect: bool, size: int, run_or_checkpoint: str | Path,
     calib_data: str | Path | None = None, seed: int = 0, progress: bool = True,
+    purpose: str = "INT8 calibration", size_flag: str = "--calib-size",
 ) -> CropSet:
-    """The calibration set: stratified train-split crops, or ``--calib-data``; >= 64 crops."""
+    """The calibration set: stratified train-split crops, or ``--calib-data``; >= 64 crops
+    (``purpose`` and ``size_flag`` name the step and its option in messages: tuning crops
+    are drawn the same way)."""
     if size < MIN_CALIBRATION:
-        raise InputError(f"--calib-size {size}: INT8 calibration needs at least {MIN_CALIBRATION} "
+        raise InputError(f"{size_flag} {size}: {purpose} needs at least {MIN_CALIBRATION} "
                          "face crops")
     if calib_data is not None:
         folder = Path(calib_data)
@@ -165,10 +168,10 @@ def calibration_crops(
         chosen = stratified_items(split_items(split, "train", contract.levels), size, seed)
         source = f"train split of {split.parent}"
     crops = load_crops(chosen, contract, detect=detect, source=source, progress=progress,
-                       desc="calibration crops")
+                       desc=f"{purpose} crops")
     if len(crops) < MIN_CALIBRATION:
         raise InputError(
-            f"only {len(crops)} usable face crops for INT8 calibration from {source} (need at "
+            f"only {len(crops)} usable face crops for {purpose} from {source} (need at "
             f"least {MIN_CALIBRATION}; skipped: {crops.skipped.summary()}); add face photos or "
             "pass --calib-data DIR with more"
         )

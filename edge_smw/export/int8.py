@@ -10,10 +10,13 @@ Per flavour, from one calibration pass on the run's training crops:
 4. ``learned rounding``: each Conv's int8 weights chosen for its output on calibration
    crops (``rounding``), not rounded one by one;
 5. ``bias correction``: the weight-rounding shift folded into the biases;
-6. ``mixed precision`` (only while the target is not shown): at most ``max_mixed_steps``
+6. ``quantization-aware tuning`` (on request): every int8 Conv's weights and biases trained
+   end to end to the float logits through the int8 rounding (``tuning``), on the
+   all-integer model;
+7. ``mixed precision`` (only while the target is not shown): at most ``max_mixed_steps``
    blocks kept float, in either flavour (an all-integer tensorrt flavour is not reached yet
    without it: see benchmarks/RESULTS.md);
-7. ``int8-aware head`` (on request): the head retrained on the int8 backbone's features.
+8. ``int8-aware head`` (on request): the head retrained on the int8 backbone's features.
 
 Every step is measured (agreement and accuracy against torch on the validation crops, batch-1
 latency beside fp32) and kept only when it helps: fewer crops disagree with torch, or as many
@@ -38,7 +41,7 @@ import onnx
 from edge_smw.contract import PreprocessContract
 from edge_smw.errors import GateFailure, InputError
 from edge_smw.export import quantize as Q
-from edge_smw.export.crops import CropSet, find_split, split_items
+from edge_smw.export.crops import CropSet, calibration_crops, find_split, split_items
 from edge_smw.export.equalize import Equalization, equalize
 from edge_smw.export.input_grid import InputGrid, put_input_on_grid
 from edge_smw.export.parity import INT8_MIN_AGREEMENT, latency, runtime_probabilities
@@ -51,12 +54,14 @@ from edge_smw.export.rounding import (
 )
 from edge_smw.export.sensitivity import node_units
 from edge_smw.export.settings import ExportSettings
+from edge_smw.export.tuning import Tuning
 from edge_smw.train.checkpoint import Checkpoint
 
 log = logging.getLogger("edge_smw.export")
 
 INPUT_GRID = "input grid"
 EQUALIZATION = "range equalization"  # the transform and its step
+TUNING = "quantization-aware tuning"
 
 
 def calibrate(fp32_path: Path, crops: CropSet, contract: PreprocessContract,
@@ -86,6 +91,7 @@ class Int8Context:
     work: Path
     progress: bool = True
     _sources: dict[tuple[str, ...], FloatSource] = field(default_factory=dict)
+    _tuning_crops: CropSet | None = None
     _counter: int = 0
 
     @property
@@ -104,6 +110,18 @@ class Int8Context:
         speed = latency({"fp32": self.fp32_path, "int8": path}, self.contract.input_size,
                         runs=self.settings.latency_runs)
         return Figures(parity, speed["int8"]["p50_ms"], speed["fp32"]["p50_ms"], path)
+
+    def tuning_crops(self) -> CropSet:
+        """The crops quantization-aware tuning learns from, drawn like the calibration crops
+        (once, for both flavours)."""
+        if self._tuning_crops is None:
+            settings = self.settings
+            self._tuning_crops = calibration_crops(
+                self.contract, detect=self.checkpoint.detect, size=settings.tune_crops,
+                run_or_checkpoint=self.source, calib_data=settings.calib_data,
+                seed=settings.seed, progress=self.progress, purpose="quantization-aware tuning",
+                size_flag="--tune-crops")
+        return self._tuning_crops
 
     def float_source(self, transforms: tuple[str, ...]) -> FloatSource:
         """The float model after ``transforms`` (in order), with its calibration; the same
@@ -160,6 +178,7 @@ class Recipe:
     transforms: tuple[str, ...] = ()  # float-model transforms kept, in order
     rounding: WeightRounding | None = None
     correction: Q.BiasCorrection | None = None
+    tuning: Tuning | None = None
 
     def source(self, ctx: Int8Context) -> FloatSource:
         return ctx.float_source(self.transforms)
@@ -169,9 +188,11 @@ class Recipe:
         model = self.source(ctx).model
         if self.rounding is not None:
             model = self.rounding.apply(model, skip=float_nodes)
-        if self.correction is None:
-            return model
-        return Q.apply_bias_correction(model, self.correction, skip=float_nodes)
+        if self.correction is not None:
+            model = Q.apply_bias_correction(model, self.correction, skip=float_nodes)
+        if self.tuning is not None:
+            model = self.tuning.apply(model, skip=float_nodes)
+        return model
 
     def quantize(self, ctx: Int8Context, source: onnx.ModelProto,
                  float_nodes: Sequence[str] = ()) -> onnx.ModelProto:
@@ -306,6 +327,27 @@ def step_bias_correction(ctx: Int8Context, run: FlavourRun) -> None:
                  correction=correction.describe())
 
 
+def step_tuning(ctx: Int8Context, run: FlavourRun) -> None:
+    from edge_smw.export.tuning import Unsupported, tune
+
+    assert run.model is not None
+    try:
+        tuning = tune(ctx.fp32, run.model, ctx.tuning_crops(), ctx.contract,
+                      epochs=ctx.settings.tune_epochs, seed=ctx.settings.seed,
+                      progress=ctx.progress)
+    except Unsupported as exc:
+        run.steps.append(Step(TUNING, None, False, f"skipped: {exc}"))
+        return
+    recipe = replace(run.recipe, tuning=tuning)
+    model = recipe.build(ctx)
+    off = check_on_grid(tuning, model)
+    if off:
+        raise GateFailure(f"quantization-aware tuning: the quantizer re-rounded {len(off)} "
+                          f"Conv(s) ({', '.join(off[:3])}); export without --tune")
+    run.consider(TUNING, model, ctx.measure(model, f"{run.flavour.value} tuned"), recipe,
+                 tuning=tuning.describe())
+
+
 def step_mixed_precision(ctx: Int8Context, run: FlavourRun) -> None:
     """Float blocks, most logit noise first, until the target is shown."""
     from edge_smw.export import mixed
@@ -372,6 +414,8 @@ def run_flavour(ctx: Int8Context, flavour: Q.Flavour) -> FlavourRun:
         step_learned_rounding(ctx, run)
     if settings.bias_correction:
         step_bias_correction(ctx, run)
+    if settings.tune:
+        step_tuning(ctx, run)
     assert run.figures is not None
     run.all_int8 = run.figures
     needs_mixed = (settings.max_mixed_steps > 0

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -152,9 +152,17 @@ def learn_rounding(model: onnx.ModelProto, grids: dict[str, WeightGrid], crops: 
     return WeightRounding(weights, rows, errors, n)
 
 
-def check_on_grid(rounding: WeightRounding, qdq: onnx.ModelProto) -> list[str]:
-    """Convs whose int8 weights in ``qdq`` (built from the learned ones) are not exactly the
-    learned weights, in the rows that were learned: [] when the quantizer kept every
+class GridWeights(Protocol):
+    """Float weights chosen on the int8 grid, per Conv, and the rows that were chosen (learned
+    rounding's, quantization-aware tuning's)."""
+
+    weights: dict[str, np.ndarray]
+    rows: dict[str, np.ndarray]
+
+
+def check_on_grid(rounding: GridWeights, qdq: onnx.ModelProto) -> list[str]:
+    """Convs whose int8 weights in ``qdq`` (built from the chosen ones) are not exactly the
+    chosen weights, in the rows that were chosen: [] when the quantizer kept every
     choice."""
     init = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
     producers = {out: node for node in qdq.graph.node for out in node.output}

@@ -107,6 +107,17 @@ class ExportSettings:
     bias_correction: bool = setting(True, help="fold the weight-rounding shift into the biases",
                                     group=GROUP_INT8, flag="--bias-correction",
                                     profile="int8.bias_correction")
+    tune: bool = setting(False, help="quantization-aware tuning: train the int8 Convs' weights "
+                         "and biases to the float model's logits on unlabelled training crops, "
+                         "through the int8 rounding (minutes per pass on 2 cores; see "
+                         "benchmarks/RESULTS.md)", group=GROUP_INT8, flag="--tune",
+                         profile="int8.tune")
+    tune_epochs: int = setting(3, help="passes over the tuning crops", group=GROUP_INT8,
+                               flag="--tune-epochs", profile="int8.tune_epochs", metavar="N")
+    tune_crops: int = setting(512, help="training-split crops the tuning learns from, stratified "
+                              "by level (--calib-data's photos when given; minimum 64)",
+                              group=GROUP_INT8, flag="--tune-crops", profile="int8.tune_crops",
+                              metavar="N")
     target_agreement: float = setting(0.97, help="mixed precision keeps blocks in float until "
                                       "the lower end of the 95%% Wilson interval of top-1 "
                                       "agreement with torch on the validation split reaches X",
@@ -170,6 +181,8 @@ class ExportSettings:
                              "budget must be >= 0")
         if self.int8 and not self.flavours:
             raise InputError("--int8 with no flavour: choose cpu and/or tensorrt")
+        if self.tune_epochs < 1:
+            raise InputError(f"--tune-epochs {self.tune_epochs}: give at least 1 pass")
         if self.aware_head and not self.int8:
             raise InputError("--int8-aware-head needs --int8 (it retrains the head for the int8 "
                              "backbone)")

@@ -1,0 +1,445 @@
+"""Quantization-aware tuning: the int8 model's Conv weights and biases trained to the float
+model's logits, on unlabelled face crops, through the int8 model's own rounding.
+
+Why: after learned rounding and bias correction the remaining flips come from the quantized
+activations, spread over every layer (benchmarks/RESULTS.md): no single tensor can be put back
+in float to remove them, and no layer-by-layer method sees them. Training the whole int8
+network end to end, with the fp32 model as teacher, lets each layer's weights absorb the
+rounding of the activations before it.
+
+How: the QDQ graph the quantizer wrote is run in torch as the ONNX operators define it
+(``QdqGraph``): every ``QuantizeLinear`` rounds half to even and saturates at its scale and
+zero point, with a straight-through gradient; the activation scales stay the calibrated ones.
+Each int8 Conv's weights are float parameters rounded onto the quantizer's own grid (per-row
+scale and integer limit, read from the graph; each row's largest weight is held, so the
+quantizer recomputes the same scale: the same contract as learned rounding), and its bias a
+float parameter. The loss is the mean squared difference of logits against the float model's,
+with Adam and a learning rate that decays to zero over the passes. The result is float weights
+on the grid and float biases for the float source model: the quantizer rebuilds the plain QDQ
+graph from them (``Tuning.apply``), so the exported graph is the ordinary one and mixed
+precision can still put blocks back in float.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+from edge_smw.contract import PreprocessContract
+from edge_smw.export.crops import CropSet
+from edge_smw.export.quantize import tensor_batches
+from edge_smw.export.rounding import WeightGrid, node_attributes, weight_grids
+from edge_smw.metadata import INPUT_NAME, OUTPUT_LOGITS
+
+# Adam's step on float weights: 3e-5 diverged on the default model (46 -> 86 validation flips,
+# qat prototype), 1e-5 helped (46 -> 27); the decay to zero keeps the last passes from undoing
+# the first.
+LEARNING_RATE = 1e-5
+BATCH_SIZE = 16
+
+
+class Unsupported(Exception):
+    """The graph has an operator the torch interpreter does not run: tuning is skipped."""
+
+
+def _ste_round(x: torch.Tensor) -> torch.Tensor:
+    """Round half to even (as ``QuantizeLinear`` does), gradient passed straight through."""
+    return x + (torch.round(x) - x).detach()
+
+
+def _axis_shape(scale: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
+    if scale.dim() == 0 or scale.numel() == 1:
+        return scale.reshape(())
+    shape = [1] * x.dim()
+    shape[axis % x.dim()] = -1
+    return scale.reshape(shape)
+
+
+_INT_RANGES = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127),
+               np.dtype(np.uint16): (0, 65535), np.dtype(np.int16): (-32768, 32767),
+               np.dtype(np.int32): (-2**31, 2**31 - 1)}
+
+
+@dataclass
+class TunedConv:
+    """One Conv whose weights (and bias, where it has one) are trained."""
+
+    node: str
+    grid: WeightGrid
+    weight: torch.nn.Parameter  # float, shaped as the Conv's weight
+    held: torch.Tensor  # bool, each learned row's largest weight (it sets the row's scale)
+    learn: torch.Tensor  # bool per row: rows whose scale the quantizer floored stay as they are
+    bias: torch.nn.Parameter | None
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The weight on the grid: rounded (straight through) and saturated at each row's
+        integer limit; held weights and frozen rows exactly as they were."""
+        shape = (-1,) + (1,) * (self.weight.dim() - 1)
+        scale = torch.as_tensor(self.grid.scale, dtype=torch.float32).reshape(shape)
+        limit = torch.as_tensor(self.grid.limit, dtype=torch.float32).reshape(shape)
+        q = torch.clamp(_ste_round(self.weight / scale), -limit, limit) * scale
+        return torch.where(self.held | ~self.learn.reshape(shape), self.weight.detach(), q)
+
+
+class QdqGraph(torch.nn.Module):
+    """An ONNX graph (QDQ or float) run in torch, op by op, by the operators' definitions:
+    what onnxruntime's plain Q/DQ kernels compute; its fused integer kernels agree up to the
+    few activations that sit on a rounding tie (tests/test_quant.py measures both)."""
+
+    def __init__(self, model: onnx.ModelProto, grids: dict[str, WeightGrid] | None = None
+                 ) -> None:
+        super().__init__()
+        self.nodes = list(model.graph.node)
+        unknown = sorted({n.op_type for n in self.nodes} - set(_OPS))
+        if unknown:
+            raise Unsupported(f"operator(s) {', '.join(unknown)} not run by the tuning "
+                              "interpreter")
+        self.arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        self.consts = {name: torch.from_numpy(np.array(a, dtype=np.float32))
+                       for name, a in self.arrays.items()}
+        for node in self.nodes:  # Constant nodes are initializers by another name
+            if node.op_type == "Constant":
+                value = numpy_helper.to_array(node_attributes(node)["value"])
+                self.arrays[node.output[0]] = value
+                self.consts[node.output[0]] = torch.from_numpy(np.array(value,
+                                                                        dtype=np.float32))
+        self.tuned: dict[str, TunedConv] = {}
+        params = torch.nn.ParameterList()
+        for node in self.nodes:
+            grid = (grids or {}).get(node.name)
+            if node.op_type != "Conv" or grid is None:
+                continue
+            conv = self._tuned_conv(node, grid)
+            self.tuned[node.name] = conv
+            params.append(conv.weight)
+            if conv.bias is not None:
+                params.append(conv.bias)
+        self.params = params
+
+    def _value(self, name: str, env: dict[str, torch.Tensor]) -> torch.Tensor:
+        return env[name] if name in env else self.consts[name]
+
+    def _tuned_conv(self, node: onnx.NodeProto, grid: WeightGrid) -> TunedConv:
+        weight = self._constant_value(node.input[1])
+        rows = weight.reshape(len(weight), -1)
+        held = torch.zeros_like(rows, dtype=torch.bool)
+        held[torch.arange(len(rows)), rows.abs().argmax(dim=1)] = True
+        learn = torch.as_tensor(grid.limit == grid.limit.max())
+        bias = None
+        if len(node.input) > 2 and node.input[2]:
+            bias = torch.nn.Parameter(self._constant_value(node.input[2]))
+        return TunedConv(node.name, grid, torch.nn.Parameter(weight), held.reshape(weight.shape),
+                         learn, bias)
+
+    def _constant_value(self, name: str) -> torch.Tensor:
+        """A tensor computed from initializers only (a weight behind its Q/DQ nodes)."""
+        producer = {o: n for n in self.nodes for o in n.output}
+        wanted = []
+        stack = [name]
+        while stack:
+            tensor = stack.pop()
+            node = producer.get(tensor)
+            if node is None or node.op_type == "Constant":
+                continue
+            wanted.append(node)
+            stack.extend(i for i in node.input if i)
+        env: dict[str, torch.Tensor] = {}
+        order = {id(n): k for k, n in enumerate(self.nodes)}
+        for node in sorted(wanted, key=lambda n: order[id(n)]):
+            self._run(node, env, tuned=False)
+        return (env[name] if name in env else self.consts[name]).detach().clone()
+
+    def forward(self, x: torch.Tensor, outputs: Sequence[str]) -> list[torch.Tensor]:
+        env: dict[str, torch.Tensor] = {INPUT_NAME: x}
+        last_use = {name: k for k, node in enumerate(self.nodes) for name in node.input}
+        keep = set(outputs)
+        for k, node in enumerate(self.nodes):
+            self._run(node, env, tuned=True)
+            for name in node.input:  # a tensor no later node reads is let go
+                if last_use.get(name) == k and name not in keep:
+                    env.pop(name, None)
+        return [env[name] for name in outputs]
+
+    def _run(self, node: onnx.NodeProto, env: dict[str, torch.Tensor], *, tuned: bool
+             ) -> None:
+        if node.op_type == "Constant":
+            return
+        conv = self.tuned.get(node.name) if tuned else None
+        if conv is not None:
+            inputs = [self._value(node.input[0], env), conv.quantized_weight(),
+                      conv.bias if conv.bias is not None else None]
+        else:
+            inputs = [self._value(i, env) if i else None for i in node.input]
+        result = _OPS[node.op_type](self, node, inputs)
+        results = result if isinstance(result, tuple) else (result,)
+        for name, value in zip(node.output, results, strict=False):
+            env[name] = value
+
+    def zero_point_range(self, node: onnx.NodeProto) -> tuple[int, int]:
+        """The integer range of a Q/DQ node, from its zero point's type (uint8 without one)."""
+        if len(node.input) > 2 and node.input[2] in self.arrays:
+            dtype = self.arrays[node.input[2]].dtype
+        else:
+            dtype = np.dtype(np.uint8)
+        if dtype not in _INT_RANGES:
+            raise Unsupported(f"{node.op_type} {node.name!r} of type {dtype}")
+        return _INT_RANGES[dtype]
+
+
+# -- operators (the ones EfficientNet/MobileNet-style QDQ graphs use) ---------------------------
+Op = Callable[[QdqGraph, onnx.NodeProto, list], Any]
+
+
+def _quantize(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tensor:
+    x, scale = inputs[0], inputs[1]
+    axis = int(node_attributes(node).get("axis", 1))
+    zero = inputs[2] if len(inputs) > 2 and inputs[2] is not None else torch.tensor(0.0)
+    low, high = graph.zero_point_range(node)
+    q = _ste_round(x / _axis_shape(scale, x, axis)) + _axis_shape(zero, x, axis)
+    return torch.clamp(q, low, high)
+
+
+def _dequantize(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tensor:
+    q, scale = inputs[0], inputs[1]
+    axis = int(node_attributes(node).get("axis", 1))
+    zero = inputs[2] if len(inputs) > 2 and inputs[2] is not None else torch.tensor(0.0)
+    return (q - _axis_shape(zero, q, axis)) * _axis_shape(scale, q, axis)
+
+
+def _conv(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tensor:
+    attrs = node_attributes(node)
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise Unsupported(f"Conv {node.name!r} with auto_pad")
+    x, weight = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    pads = list(attrs.get("pads", [0] * 2 * (weight.dim() - 2)))
+    half = len(pads) // 2
+    if pads[:half] != pads[half:]:
+        x = F.pad(x, [p for k in reversed(range(half)) for p in (pads[k], pads[k + half])])
+        padding: Any = 0
+    else:
+        padding = tuple(pads[:half])
+    return F.conv2d(x, weight, bias, stride=tuple(attrs.get("strides", [1, 1])),
+                    padding=padding, dilation=tuple(attrs.get("dilations", [1, 1])),
+                    groups=int(attrs.get("group", 1)))
+
+
+def _clip(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tensor:
+    low = inputs[1] if len(inputs) > 1 and inputs[1] is not None else None
+    high = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
+    attrs = node_attributes(node)  # opset < 11 keeps them as attributes
+    low = low if low is not None else attrs.get("min")
+    high = high if high is not None else attrs.get("max")
+    return torch.clamp(inputs[0], None if low is None else float(low),
+                       None if high is None else float(high))
+
+
+def _gemm(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tensor:
+    attrs = node_attributes(node)
+    a = inputs[0].transpose(-1, -2) if attrs.get("transA", 0) else inputs[0]
+    b = inputs[1].transpose(-1, -2) if attrs.get("transB", 0) else inputs[1]
+    out = attrs.get("alpha", 1.0) * (a @ b)
+    if len(inputs) > 2 and inputs[2] is not None:
+        out = out + attrs.get("beta", 1.0) * inputs[2]
+    return out
+
+
+def _axes(node: onnx.NodeProto, inputs: list, position: int) -> list[int] | None:
+    attrs = node_attributes(node)
+    if "axes" in attrs:
+        return list(attrs["axes"])
+    if len(inputs) > position and inputs[position] is not None:
+        return [int(a) for a in inputs[position].tolist()]
+    return None
+
+
+def _reduce_mean(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tensor:
+    axes = _axes(node, inputs, 1)
+    keep = bool(node_attributes(node).get("keepdims", 1))
+    x = inputs[0]
+    return x.mean(dim=tuple(axes) if axes else tuple(range(x.dim())), keepdim=keep)
+
+
+def _reshape(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tensor:
+    x = inputs[0]
+    shape = [int(s) for s in inputs[1].tolist()]
+    shape = [x.shape[k] if s == 0 else s for k, s in enumerate(shape)]
+    return x.reshape(shape)
+
+
+def _squeeze(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tensor:
+    axes = _axes(node, inputs, 1)
+    x = inputs[0]
+    if axes is None:
+        return x.squeeze()
+    for axis in sorted((a % x.dim() for a in axes), reverse=True):
+        x = x.squeeze(axis)
+    return x
+
+
+def _unsqueeze(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tensor:
+    x = inputs[0]
+    axes = _axes(node, inputs, 1) or []
+    rank = x.dim() + len(axes)
+    for axis in sorted(a % rank for a in axes):
+        x = x.unsqueeze(axis)
+    return x
+
+
+def _pad(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tensor:
+    x = inputs[0]
+    attrs = node_attributes(node)
+    pads = ([int(p) for p in inputs[1].tolist()] if len(inputs) > 1 and inputs[1] is not None
+            else list(attrs.get("pads", [])))
+    axes = _axes(node, inputs, 3) if len(inputs) > 3 else None
+    axes = [a % x.dim() for a in axes] if axes else list(range(x.dim()))
+    half = len(pads) // 2
+    begin, end = dict(zip(axes, pads[:half], strict=True)), dict(zip(axes, pads[half:],
+                                                                      strict=True))
+    widths = [w for axis in reversed(range(x.dim())) for w in (begin.get(axis, 0),
+                                                               end.get(axis, 0))]
+    while len(widths) > 2 and widths[-2:] == [0, 0]:  # unpadded leading axes
+        widths = widths[:-2]
+    mode = attrs.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode == "constant":
+        value = inputs[2] if len(inputs) > 2 and inputs[2] is not None else 0.0
+        return F.pad(x, widths, value=float(value))
+    if mode not in ("reflect", "edge"):
+        raise Unsupported(f"Pad {node.name!r} in mode {mode}")
+    return F.pad(x, widths, mode="reflect" if mode == "reflect" else "replicate")
+
+
+_OPS: dict[str, Op] = {
+    "Pad": _pad,
+    "QuantizeLinear": _quantize,
+    "DequantizeLinear": _dequantize,
+    "Conv": _conv,
+    "Clip": _clip,
+    "Relu": lambda g, n, i: F.relu(i[0]),
+    "Sigmoid": lambda g, n, i: torch.sigmoid(i[0]),
+    "HardSigmoid": lambda g, n, i: torch.clamp(
+        node_attributes(n).get("alpha", 0.2) * i[0] + node_attributes(n).get("beta", 0.5),
+        0, 1),
+    "Add": lambda g, n, i: i[0] + i[1],
+    "Sub": lambda g, n, i: i[0] - i[1],
+    "Mul": lambda g, n, i: i[0] * i[1],
+    "Div": lambda g, n, i: i[0] / i[1],
+    "GlobalAveragePool": lambda g, n, i: i[0].mean(dim=tuple(range(2, i[0].dim())),
+                                                   keepdim=True),
+    "ReduceMean": _reduce_mean,
+    "Flatten": lambda g, n, i: i[0].reshape(
+        int(np.prod(i[0].shape[:node_attributes(n).get("axis", 1)])), -1),
+    "Reshape": _reshape,
+    "Squeeze": _squeeze,
+    "Unsqueeze": _unsqueeze,
+    "Gemm": _gemm,
+    "MatMul": lambda g, n, i: i[0] @ i[1],
+    "Softmax": lambda g, n, i: torch.softmax(i[0], dim=node_attributes(n).get("axis", -1)),
+    "Identity": lambda g, n, i: i[0],
+    "Transpose": lambda g, n, i: i[0].permute(*node_attributes(n).get(
+        "perm", list(reversed(range(i[0].dim()))))),
+    "Concat": lambda g, n, i: torch.cat([t for t in i if t is not None],
+                                        dim=node_attributes(n)["axis"]),
+    "Constant": lambda g, n, i: None,
+}
+
+
+# -- the tuning ----------------------------------------------------------------------------------
+@dataclass
+class Tuning:
+    """Tuned float weights (on the int8 grid) and biases per Conv, and how the loss went."""
+
+    weights: dict[str, np.ndarray]
+    biases: dict[str, np.ndarray]
+    rows: dict[str, np.ndarray]  # node -> rows that were trained (bool)
+    losses: list[float]  # mean logit MSE per pass, before the first and after each
+    crops: int
+    epochs: int
+    learning_rate: float
+
+    def describe(self) -> dict[str, Any]:
+        return {"convs": len(self.weights), "crops": self.crops, "epochs": self.epochs,
+                "learning_rate": self.learning_rate,
+                "logit_mse_per_pass": [round(v, 6) for v in self.losses]}
+
+    def apply(self, model: onnx.ModelProto, skip: Sequence[str] = ()) -> onnx.ModelProto:
+        """A copy of the float ``model`` with the tuned weights and biases (rows that were
+        not trained keep the model's own; ``skip``: Convs mixed precision keeps float keep
+        theirs, measured better than keeping the tuned ones: benchmarks/RESULTS.md)."""
+        out = copy.deepcopy(model)
+        init = {i.name: i for i in out.graph.initializer}
+        skipped = set(skip)
+        for node in out.graph.node:
+            if node.op_type != "Conv" or node.name not in self.weights or node.name in skipped:
+                continue
+            tensor = init[node.input[1]]
+            rows = self.rows[node.name].reshape((-1,) + (1,) * (len(tensor.dims) - 1))
+            weight = np.where(rows, self.weights[node.name], numpy_helper.to_array(tensor))
+            tensor.CopyFrom(numpy_helper.from_array(weight.astype(np.float32), tensor.name))
+            if node.name in self.biases and len(node.input) > 2 and node.input[2] in init:
+                tensor = init[node.input[2]]
+                tensor.CopyFrom(numpy_helper.from_array(self.biases[node.name], tensor.name))
+        return out
+
+
+def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
+         contract: PreprocessContract, *, epochs: int, batch_size: int = BATCH_SIZE,
+         learning_rate: float = LEARNING_RATE, seed: int = 0, progress: bool = True
+         ) -> Tuning:
+    """Train ``qdq``'s int8 Convs to ``fp32``'s logits on ``crops`` (no labels needed)."""
+    from tqdm.auto import tqdm
+
+    teacher = np.concatenate([v[OUTPUT_LOGITS] for v in tensor_batches(
+        fp32, [OUTPUT_LOGITS], crops, contract, limit=len(crops), batch_size=64)])
+    inputs = torch.from_numpy(crops.inputs(contract))
+    target = torch.from_numpy(teacher.astype(np.float32))
+    graph = QdqGraph(qdq, weight_grids(qdq))
+    student = OUTPUT_LOGITS
+    params = list(graph.params)
+    if not params:
+        raise Unsupported("no int8 Conv with per-channel weights to tune")
+    optimizer = torch.optim.Adam(params, lr=learning_rate)
+    steps = epochs * math.ceil(len(crops) / batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 - k / steps)
+    generator = torch.Generator().manual_seed(seed)
+
+    def mean_loss() -> float:
+        with torch.no_grad():
+            total = sum(float(F.mse_loss(graph(inputs[k:k + 64], [student])[0],
+                                         target[k:k + 64], reduction="sum"))
+                        for k in range(0, len(inputs), 64))
+        return total / target.numel()
+
+    losses = [mean_loss()]
+    bar = tqdm(total=steps, desc="quantization-aware tuning", unit="batch",
+               disable=not progress, leave=False)
+    for _ in range(epochs):
+        order = torch.randperm(len(inputs), generator=generator)
+        for k in range(0, len(order), batch_size):
+            batch = order[k:k + batch_size]
+            loss = F.mse_loss(graph(inputs[batch], [student])[0], target[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.update(1)
+        losses.append(mean_loss())
+    bar.close()
+    weights, biases, rows = {}, {}, {}
+    with torch.no_grad():
+        for name, conv in graph.tuned.items():
+            weights[name] = conv.quantized_weight().numpy().astype(np.float32)
+            rows[name] = conv.learn.numpy()
+            if conv.bias is not None:
+                biases[name] = conv.bias.detach().numpy().astype(np.float32)
+    return Tuning(weights, biases, rows, losses, len(crops), epochs, learning_rate)
