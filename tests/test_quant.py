@@ -556,6 +556,63 @@ def test_too_few_tuning_crops_name_their_option(setup: Setup) -> None:
                           purpose="quantization-aware tuning", size_flag="--tune-crops")
 
 
+@pytest.mark.parametrize("opset", [13, 18])
+def test_tuning_interpreter_runs_each_operator_as_onnxruntime_does(opset: int) -> None:
+    """Every operator the interpreter knows, on a hand-made graph, gives onnxruntime's values:
+    the ones Lite0's graph does not have (reflect/edge Pad, HardSigmoid, Sub, Div, Concat,
+    Transpose, ReduceMean, MatMul, Squeeze, Unsqueeze, Reshape, Identity), with axes as
+    attributes (opset 13) and as inputs (opset 18)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edge_smw.export.tuning import QdqGraph
+
+    node = helper.make_node
+    rng = np.random.default_rng(0)
+    consts = {"pads": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64),
+              "two_and_half": np.array(2.5, np.float32),
+              "w": rng.normal(size=(8, 3)).astype(np.float32),
+              "axes1": np.array([1], np.int64), "shape": np.array([-1, 3], np.int64)}
+    if opset >= 18:  # Pad over the named axes only; ReduceMean's axes as an input
+        consts |= {"hw_pads": np.array([1, 2, 2, 1], np.int64),
+                   "hw": np.array([2, 3], np.int64), "axes12": np.array([1, 2], np.int64)}
+        pad_edge = node("Pad", ["input", "hw_pads", "", "hw"], ["pe"], mode="edge")
+        mean = node("ReduceMean", ["t", "axes12"], ["rm"], keepdims=0)
+    else:
+        pad_edge = node("Pad", ["input", "pads"], ["pe"], mode="edge")
+        mean = node("ReduceMean", ["t"], ["rm"], axes=[1, 2], keepdims=0)
+    nodes = [node("Pad", ["input", "pads"], ["pr"], mode="reflect"), pad_edge,
+             node("Concat", ["pr", "pe"], ["c"], axis=1),
+             node("HardSigmoid", ["c"], ["hs"], alpha=0.3, beta=0.4),
+             node("Sub", ["hs", "c"], ["sb"]),
+             node("Div", ["sb", "two_and_half"], ["dv"]),
+             node("Transpose", ["dv"], ["t"], perm=[0, 2, 3, 1]), mean,
+             node("MatMul", ["rm", "w"], ["mm"]),
+             node("Unsqueeze", ["mm", "axes1"], ["us"]),
+             node("Squeeze", ["us", "axes1"], ["sq"]),
+             node("Reshape", ["sq", "shape"], ["rs"]),
+             node("Identity", ["rs"], ["id"]),
+             node("Transpose", ["id"], ["tt"]),
+             node("Transpose", ["tt"], ["back"]),
+             node("Softmax", ["back"], ["y"], axis=1)]
+    outputs = ["c", "t", "rm", "y"]
+    graph = helper.make_graph(
+        nodes, "ops", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 4, 8, 8])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    x = rng.normal(size=(2, 4, 8, 8)).astype(np.float32)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    expected = ort.InferenceSession(model.SerializeToString(), options,
+                                    providers=["CPUExecutionProvider"]).run(outputs, {"input": x})
+    with torch.no_grad():
+        got = QdqGraph(model)(torch.from_numpy(x), outputs)
+    for name, want, value in zip(outputs, expected, got, strict=True):
+        assert value.shape == want.shape, name
+        np.testing.assert_allclose(value.numpy(), want, atol=1e-5, err_msg=name)
+
+
 def test_tuning_refuses_graphs_it_cannot_run() -> None:
     """An operator the interpreter does not know stops tuning with its name (the export then
     skips the step and says why), rather than training something else than what runs."""

@@ -35,7 +35,7 @@ import io
 import logging
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -560,26 +560,63 @@ def tensor_batches(model: onnx.ModelProto, names: Sequence[str], crops: CropSet,
 def apply_bias_correction(fp32: onnx.ModelProto, correction: BiasCorrection,
                           skip: Sequence[str] = ()) -> onnx.ModelProto:
     """A copy of the float model whose Conv biases absorb the measured shifts."""
-    model = copy.deepcopy(fp32)
-    init = {i.name: i for i in model.graph.initializer}
-    skipped = set(skip)
-    for node in model.graph.node:
-        shift = correction.shifts.get(node.name)
-        if node.op_type != "Conv" or shift is None or node.name in skipped:
-            continue
-        if len(node.input) < 3 or not node.input[2]:
-            bias_name = f"{node.name}__edge_smw_bias"
-            model.graph.initializer.append(numpy_helper.from_array(
-                np.zeros(len(shift), np.float32), bias_name))
-            if len(node.input) < 3:
-                node.input.append(bias_name)
+    def correct(conv: ConvTensors) -> None:
+        conv.set_bias(conv.bias().astype(np.float64) - correction.shifts[conv.node.name])
+
+    return edit_convs(fp32, correction.shifts, correct, skip)
+
+
+# -- editing a float model's Convs ---------------------------------------------------------------
+@dataclass
+class ConvTensors:
+    """One Conv's weight and bias initializers in a model being edited (``edit_convs``)."""
+
+    model: onnx.ModelProto
+    node: onnx.NodeProto
+    init: dict[str, onnx.TensorProto]
+
+    def weight(self) -> np.ndarray:
+        return numpy_helper.to_array(self.init[self.node.input[1]])
+
+    def set_weight(self, value: np.ndarray) -> None:
+        self._set(self.node.input[1], value)
+
+    def bias(self) -> np.ndarray:
+        """The bias; zeros for a Conv without one."""
+        if len(self.node.input) > 2 and self.node.input[2]:
+            return numpy_helper.to_array(self.init[self.node.input[2]])
+        return np.zeros(self.init[self.node.input[1]].dims[0], np.float32)
+
+    def set_bias(self, value: np.ndarray) -> None:
+        """Set the bias, giving the Conv a bias initializer where it has none."""
+        if len(self.node.input) < 3 or not self.node.input[2]:
+            name = f"{self.node.name}__edge_smw_bias"
+            self.model.graph.initializer.append(numpy_helper.from_array(
+                np.zeros(len(value), np.float32), name))
+            self.init[name] = self.model.graph.initializer[-1]
+            if len(self.node.input) < 3:
+                self.node.input.append(name)
             else:
-                node.input[2] = bias_name
-            init[bias_name] = model.graph.initializer[-1]
-        tensor = init[node.input[2]]
-        bias = numpy_helper.to_array(tensor).astype(np.float64) - shift
-        tensor.CopyFrom(numpy_helper.from_array(bias.astype(np.float32), tensor.name))
-    return model
+                self.node.input[2] = name
+        self._set(self.node.input[2], value)
+
+    def _set(self, name: str, value: np.ndarray) -> None:
+        self.init[name].CopyFrom(numpy_helper.from_array(np.asarray(value, np.float32), name))
+
+
+def edit_convs(model: onnx.ModelProto, names: Container[str],
+               edit: Callable[[ConvTensors], None], skip: Sequence[str] = ()
+               ) -> onnx.ModelProto:
+    """A copy of ``model`` with ``edit`` applied to each Conv in ``names`` but those in
+    ``skip`` (the ones mixed precision keeps float keep their own tensors): how learned
+    rounding, bias correction and tuning write their results into the float source."""
+    out = copy.deepcopy(model)
+    init = {i.name: i for i in out.graph.initializer}
+    skipped = set(skip)
+    for node in out.graph.node:
+        if node.op_type == "Conv" and node.name in names and node.name not in skipped:
+            edit(ConvTensors(out, node, init))
+    return out
 
 
 # -- checks --------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ the plain one the quantizer writes.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -36,7 +35,7 @@ from onnx import numpy_helper
 
 from edge_smw.contract import PreprocessContract
 from edge_smw.export.crops import CropSet
-from edge_smw.export.quantize import tensor_batches
+from edge_smw.export.quantize import edit_convs, tensor_batches
 
 DAMPING = 0.01  # of H's mean diagonal: keeps the inverse finite where inputs are correlated
 
@@ -47,6 +46,23 @@ class WeightGrid:
 
     scale: np.ndarray  # (out_channels,)
     limit: np.ndarray  # (out_channels,) int
+
+    @property
+    def learnable(self) -> np.ndarray:
+        """Rows whose weights may be chosen (bool): rows whose scale the quantizer raised above
+        largest-weight / limit (near-zero channels get a floor) have a smaller integer range,
+        their largest weight does not set the scale, so they keep the quantizer's rounding."""
+        return self.limit == self.limit.max()
+
+
+def held_weights(rows: torch.Tensor) -> torch.Tensor:
+    """Each row's largest-magnitude weight (bool, shaped as ``rows``): it sets the scale the
+    quantizer recomputes and is on the grid already (``limit * scale``), so it stays exactly
+    as it is whatever else is chosen."""
+    flat = rows.reshape(len(rows), -1)
+    held = torch.zeros_like(flat, dtype=torch.bool)
+    held[torch.arange(len(flat)), flat.abs().argmax(dim=1)] = True
+    return held.reshape(rows.shape)
 
 
 @dataclass
@@ -69,16 +85,8 @@ class WeightRounding:
     def apply(self, model: onnx.ModelProto, skip: Sequence[str] = ()) -> onnx.ModelProto:
         """A copy of ``model`` with the learned weights (``skip``: Convs that stay float keep
         their own)."""
-        out = copy.deepcopy(model)
-        init = {i.name: i for i in out.graph.initializer}
-        skipped = set(skip)
-        for node in out.graph.node:
-            weight = self.weights.get(node.name)
-            if node.op_type != "Conv" or weight is None or node.name in skipped:
-                continue
-            tensor = init[node.input[1]]
-            tensor.CopyFrom(numpy_helper.from_array(weight, tensor.name))
-        return out
+        return edit_convs(model, self.weights,
+                          lambda conv: conv.set_weight(self.weights[conv.node.name]), skip)
 
 
 def _int8_weights(node: onnx.NodeProto, init: dict[str, np.ndarray],
@@ -140,10 +148,7 @@ def learn_rounding(model: onnx.ModelProto, grids: dict[str, WeightGrid], crops: 
     for name, node in convs.items():
         w = init[node.input[1]]
         grid = grids[name]
-        # Rows whose scale the quantizer raised above largest-weight / limit (near-zero
-        # channels get a floor) have a smaller integer range: their largest weight does not
-        # set the scale, so they keep their float weights and the quantizer's own rounding.
-        learn = grid.limit == grid.limit.max()
+        learn = grid.learnable
         new, nearest, learned = _round_conv(w.astype(np.float64), hessians[name], grid)
         new = np.where(learn.reshape((-1,) + (1,) * (w.ndim - 1)), new.reshape(w.shape), w)
         weights[name] = new.astype(np.float32)
@@ -254,10 +259,7 @@ def _round_conv(w: np.ndarray, hessian: torch.Tensor, grid: WeightGrid
                 ) -> torch.Tensor:
         return torch.clamp(torch.round(values / row_scale), -row_limit, row_limit) * row_scale
 
-    # Each row's largest weight stays exactly as it is: it sets the scale the quantizer
-    # recomputes, and it is on the grid already (its magnitude is ``limit * scale``).
-    keep = torch.zeros_like(rows, dtype=torch.bool)
-    keep[torch.arange(len(rows)), rows.abs().argmax(dim=1)] = True
+    keep = held_weights(rows)
     work = rows.clone()
     for i in range(rows.shape[1]):
         column = work[:, i]

@@ -22,7 +22,6 @@ precision can still put blocks back in float.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,8 +35,8 @@ from onnx import numpy_helper
 
 from edge_smw.contract import PreprocessContract
 from edge_smw.export.crops import CropSet
-from edge_smw.export.quantize import tensor_batches
-from edge_smw.export.rounding import WeightGrid, node_attributes, weight_grids
+from edge_smw.export.quantize import ConvTensors, edit_convs, tensor_batches
+from edge_smw.export.rounding import WeightGrid, held_weights, node_attributes, weight_grids
 from edge_smw.metadata import INPUT_NAME, OUTPUT_LOGITS
 
 # Adam's step on float weights: 3e-5 diverged on the default model (46 -> 86 validation flips,
@@ -69,25 +68,27 @@ _INT_RANGES = {np.dtype(np.uint8): (0, 255), np.dtype(np.int8): (-128, 127),
                np.dtype(np.int32): (-2**31, 2**31 - 1)}
 
 
-@dataclass
 class TunedConv:
     """One Conv whose weights (and bias, where it has one) are trained."""
 
-    node: str
-    grid: WeightGrid
-    weight: torch.nn.Parameter  # float, shaped as the Conv's weight
-    held: torch.Tensor  # bool, each learned row's largest weight (it sets the row's scale)
-    learn: torch.Tensor  # bool per row: rows whose scale the quantizer floored stay as they are
-    bias: torch.nn.Parameter | None
+    def __init__(self, node: str, grid: WeightGrid, weight: torch.Tensor,
+                 bias: torch.Tensor | None) -> None:
+        self.node = node
+        self.grid = grid
+        self.weight = torch.nn.Parameter(weight)  # float, shaped as the Conv's weight
+        self.bias = None if bias is None else torch.nn.Parameter(bias)
+        shape = (-1,) + (1,) * (weight.dim() - 1)
+        self.scale = torch.as_tensor(grid.scale, dtype=torch.float32).reshape(shape)
+        self.limit = torch.as_tensor(grid.limit, dtype=torch.float32).reshape(shape)
+        self.learn = torch.as_tensor(grid.learnable)  # rows that are trained
+        # held weights set each row's scale; rows the quantizer floored stay as they are
+        self.frozen = held_weights(weight) | ~self.learn.reshape(shape)
 
     def quantized_weight(self) -> torch.Tensor:
         """The weight on the grid: rounded (straight through) and saturated at each row's
         integer limit; held weights and frozen rows exactly as they were."""
-        shape = (-1,) + (1,) * (self.weight.dim() - 1)
-        scale = torch.as_tensor(self.grid.scale, dtype=torch.float32).reshape(shape)
-        limit = torch.as_tensor(self.grid.limit, dtype=torch.float32).reshape(shape)
-        q = torch.clamp(_ste_round(self.weight / scale), -limit, limit) * scale
-        return torch.where(self.held | ~self.learn.reshape(shape), self.weight.detach(), q)
+        q = torch.clamp(_ste_round(self.weight / self.scale), -self.limit, self.limit)
+        return torch.where(self.frozen, self.weight.detach(), q * self.scale)
 
 
 class QdqGraph(torch.nn.Module):
@@ -103,6 +104,7 @@ class QdqGraph(torch.nn.Module):
         if unknown:
             raise Unsupported(f"operator(s) {', '.join(unknown)} not run by the tuning "
                               "interpreter")
+        self.producers = {out: n for n in self.nodes for out in n.output}
         self.arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
         self.consts = {name: torch.from_numpy(np.array(a, dtype=np.float32))
                        for name, a in self.arrays.items()}
@@ -124,30 +126,48 @@ class QdqGraph(torch.nn.Module):
             if conv.bias is not None:
                 params.append(conv.bias)
         self.params = params
+        self.schedule = self._schedule([o.name for o in model.graph.output])
+        # where each tensor is read last: forward lets it go there
+        self.last_use = {name: k for k, node in enumerate(self.schedule)
+                         for name in self._reads(node)}
+
+    def _reads(self, node: onnx.NodeProto) -> list[str]:
+        """The tensors a node reads when forward runs it: a tuned Conv reads only its input
+        (its weight and bias are parameters)."""
+        return [node.input[0]] if node.name in self.tuned else [i for i in node.input if i]
+
+    def _schedule(self, outputs: Sequence[str]) -> list[onnx.NodeProto]:
+        """The nodes forward runs, in order: all but those that only make tuned Convs'
+        weights and biases (their Q/DQ nodes), and Constants (already in ``consts``)."""
+        readers: dict[str, int] = dict.fromkeys(outputs, 1)
+        for node in self.nodes:
+            for name in self._reads(node):
+                readers[name] = readers.get(name, 0) + 1
+        dead = set()
+        for node in reversed(self.nodes):
+            if node.op_type == "Constant" or not any(readers.get(o, 0) for o in node.output):
+                dead.add(node.name or id(node))
+                for name in self._reads(node):
+                    readers[name] -= 1
+        return [n for n in self.nodes if (n.name or id(n)) not in dead]
 
     def _value(self, name: str, env: dict[str, torch.Tensor]) -> torch.Tensor:
         return env[name] if name in env else self.consts[name]
 
     def _tuned_conv(self, node: onnx.NodeProto, grid: WeightGrid) -> TunedConv:
         weight = self._constant_value(node.input[1])
-        rows = weight.reshape(len(weight), -1)
-        held = torch.zeros_like(rows, dtype=torch.bool)
-        held[torch.arange(len(rows)), rows.abs().argmax(dim=1)] = True
-        learn = torch.as_tensor(grid.limit == grid.limit.max())
         bias = None
         if len(node.input) > 2 and node.input[2]:
-            bias = torch.nn.Parameter(self._constant_value(node.input[2]))
-        return TunedConv(node.name, grid, torch.nn.Parameter(weight), held.reshape(weight.shape),
-                         learn, bias)
+            bias = self._constant_value(node.input[2])
+        return TunedConv(node.name, grid, weight, bias)
 
     def _constant_value(self, name: str) -> torch.Tensor:
         """A tensor computed from initializers only (a weight behind its Q/DQ nodes)."""
-        producer = {o: n for n in self.nodes for o in n.output}
         wanted = []
         stack = [name]
         while stack:
             tensor = stack.pop()
-            node = producer.get(tensor)
+            node = self.producers.get(tensor)
             if node is None or node.op_type == "Constant":
                 continue
             wanted.append(node)
@@ -160,12 +180,11 @@ class QdqGraph(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, outputs: Sequence[str]) -> list[torch.Tensor]:
         env: dict[str, torch.Tensor] = {INPUT_NAME: x}
-        last_use = {name: k for k, node in enumerate(self.nodes) for name in node.input}
         keep = set(outputs)
-        for k, node in enumerate(self.nodes):
+        for k, node in enumerate(self.schedule):
             self._run(node, env, tuned=True)
-            for name in node.input:  # a tensor no later node reads is let go
-                if last_use.get(name) == k and name not in keep:
+            for name in self._reads(node):  # a tensor no later node reads is let go
+                if self.last_use.get(name) == k and name not in keep:
                     env.pop(name, None)
         return [env[name] for name in outputs]
 
@@ -376,20 +395,14 @@ class Tuning:
         """A copy of the float ``model`` with the tuned weights and biases (rows that were
         not trained keep the model's own; ``skip``: Convs mixed precision keeps float keep
         theirs, measured better than keeping the tuned ones: benchmarks/RESULTS.md)."""
-        out = copy.deepcopy(model)
-        init = {i.name: i for i in out.graph.initializer}
-        skipped = set(skip)
-        for node in out.graph.node:
-            if node.op_type != "Conv" or node.name not in self.weights or node.name in skipped:
-                continue
-            tensor = init[node.input[1]]
-            rows = self.rows[node.name].reshape((-1,) + (1,) * (len(tensor.dims) - 1))
-            weight = np.where(rows, self.weights[node.name], numpy_helper.to_array(tensor))
-            tensor.CopyFrom(numpy_helper.from_array(weight.astype(np.float32), tensor.name))
-            if node.name in self.biases and len(node.input) > 2 and node.input[2] in init:
-                tensor = init[node.input[2]]
-                tensor.CopyFrom(numpy_helper.from_array(self.biases[node.name], tensor.name))
-        return out
+        def put(conv: ConvTensors) -> None:
+            name = conv.node.name
+            rows = self.rows[name].reshape((-1,) + (1,) * (self.weights[name].ndim - 1))
+            conv.set_weight(np.where(rows, self.weights[name], conv.weight()))
+            if name in self.biases:
+                conv.set_bias(self.biases[name])
+
+        return edit_convs(model, self.weights, put, skip)
 
 
 def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
@@ -404,7 +417,6 @@ def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
     inputs = torch.from_numpy(crops.inputs(contract))
     target = torch.from_numpy(teacher.astype(np.float32))
     graph = QdqGraph(qdq, weight_grids(qdq))
-    student = OUTPUT_LOGITS
     params = list(graph.params)
     if not params:
         raise Unsupported("no int8 Conv with per-channel weights to tune")
@@ -415,7 +427,7 @@ def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
 
     def mean_loss() -> float:
         with torch.no_grad():
-            total = sum(float(F.mse_loss(graph(inputs[k:k + 64], [student])[0],
+            total = sum(float(F.mse_loss(graph(inputs[k:k + 64], [OUTPUT_LOGITS])[0],
                                          target[k:k + 64], reduction="sum"))
                         for k in range(0, len(inputs), 64))
         return total / target.numel()
@@ -427,7 +439,7 @@ def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
         order = torch.randperm(len(inputs), generator=generator)
         for k in range(0, len(order), batch_size):
             batch = order[k:k + batch_size]
-            loss = F.mse_loss(graph(inputs[batch], [student])[0], target[batch])
+            loss = F.mse_loss(graph(inputs[batch], [OUTPUT_LOGITS])[0], target[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
