@@ -227,3 +227,18 @@ def test_int8_gate_passes_on_a_shown_claim_and_refuses_only_on_evidence_against(
     assert gate.outcome == outcome, gate.claim
     assert gate.refused == (outcome == "fail") and gate.passed == (outcome == "pass")
     assert "Wilson" in gate.claim or "interval" in gate.claim
+
+
+def test_step_line_says_why_a_step_has_no_figure() -> None:
+    """The console's step line names a skipped step and its reason (an asked-for --tune that
+    could not run must not vanish from the line), and marks reverted steps."""
+    from edge_smw.export.results import Figures, Parity, Step
+
+    figures = Figures(Parity(n=100, disagreements=2, max_abs_prob_diff=0.5,
+                             mean_abs_prob_diff=0.01))
+    assert Step("learned rounding", figures, True).brief() == "learned rounding 98.0%"
+    assert Step("bias correction", figures, False).brief() == "bias correction 98.0% (reverted)"
+    skipped = Step("quantization-aware tuning", None, False,
+                   "skipped: operator(s) LpNormalization not run by the tuning interpreter")
+    assert skipped.brief() == ("quantization-aware tuning (skipped: operator(s) "
+                               "LpNormalization not run by the tuning interpreter)")

@@ -560,8 +560,9 @@ def test_too_few_tuning_crops_name_their_option(setup: Setup) -> None:
 def test_tuning_interpreter_runs_each_operator_as_onnxruntime_does(opset: int) -> None:
     """Every operator the interpreter knows, on a hand-made graph, gives onnxruntime's values:
     the ones Lite0's graph does not have (reflect/edge Pad, HardSigmoid, Sub, Div, Concat,
-    Transpose, ReduceMean, MatMul, Squeeze, Unsqueeze, Reshape, Identity), with axes as
-    attributes (opset 13) and as inputs (opset 18)."""
+    Transpose, ReduceMean, MatMul, Squeeze, Unsqueeze, Reshape, Identity; AveragePool and
+    MaxPool, which the stages head uses), with axes as attributes (opset 13) and as inputs
+    (opset 18)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -594,8 +595,18 @@ def test_tuning_interpreter_runs_each_operator_as_onnxruntime_does(opset: int) -
              node("Identity", ["rs"], ["id"]),
              node("Transpose", ["id"], ["tt"]),
              node("Transpose", ["tt"], ["back"]),
-             node("Softmax", ["back"], ["y"], axis=1)]
-    outputs = ["c", "t", "rm", "y"]
+             node("Softmax", ["back"], ["y"], axis=1),
+             node("AveragePool", ["input"], ["ap"], kernel_shape=[3, 3], strides=[2, 2],
+                  pads=[1, 1, 1, 1]),
+             node("AveragePool", ["input"], ["ap_pads"], kernel_shape=[3, 3], strides=[2, 2],
+                  pads=[1, 1, 1, 1], count_include_pad=1),
+             node("AveragePool", ["input"], ["ap_uneven"], kernel_shape=[3, 3],
+                  strides=[2, 2], pads=[0, 0, 1, 1]),
+             node("AveragePool", ["input"], ["ap_plain"], kernel_shape=[2, 2], strides=[2, 2],
+                  count_include_pad=1),
+             node("MaxPool", ["input"], ["mp"], kernel_shape=[3, 3], strides=[2, 2],
+                  pads=[0, 0, 1, 1])]
+    outputs = ["c", "t", "rm", "y", "ap", "ap_pads", "ap_uneven", "ap_plain", "mp"]
     graph = helper.make_graph(
         nodes, "ops", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 4, 8, 8])],
         [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],

@@ -91,9 +91,7 @@ def _print_summary(result) -> None:  # noqa: ANN001 - ExportResult, imported laz
         if entry.gate is not None and entry.gate.what == "top1_agreement":
             print(f"{entry.file}: {entry.gate.claim}")
     for flavour, info in (summary.int8.flavours.items() if summary.int8 else []):
-        steps = " -> ".join(f"{s.name} {100 * s.figures.agreement:.1f}%"
-                            + ("" if s.kept else " (reverted)")
-                            for s in info.steps if s.figures is not None)
+        steps = " -> ".join(step.brief() for step in info.steps)
         speed = info.final.speedup
         print(f"int8 {flavour}: {steps}" + (f"; {speed:.2f}x fp32 speed at batch 1 (measured "
                                             "now, on this machine)" if speed else ""))

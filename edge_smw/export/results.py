@@ -198,6 +198,13 @@ class Step:
     note: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
 
+    def brief(self) -> str:
+        """One entry of the console's step line: the figure, or why the step has none."""
+        if self.figures is None:
+            return f"{self.name} ({self.note})"
+        return f"{self.name} {100 * self.figures.agreement:.1f}%" + (
+            "" if self.kept else " (reverted)")
+
     def to_dict(self) -> dict[str, Any]:
         f = self.figures
         return {"step": self.name, "agreement": f.agreement if f else None,

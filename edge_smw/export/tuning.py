@@ -146,10 +146,10 @@ class QdqGraph(torch.nn.Module):
         dead = set()
         for node in reversed(self.nodes):
             if node.op_type == "Constant" or not any(readers.get(o, 0) for o in node.output):
-                dead.add(node.name or id(node))
+                dead.add(id(node))
                 for name in self._reads(node):
                     readers[name] -= 1
-        return [n for n in self.nodes if (n.name or id(n)) not in dead]
+        return [n for n in self.nodes if id(n) not in dead]
 
     def _value(self, name: str, env: dict[str, torch.Tensor]) -> torch.Tensor:
         return env[name] if name in env else self.consts[name]
@@ -179,6 +179,7 @@ class QdqGraph(torch.nn.Module):
         return (env[name] if name in env else self.consts[name]).detach().clone()
 
     def forward(self, x: torch.Tensor, outputs: Sequence[str]) -> list[torch.Tensor]:
+        """The named tensors (graph outputs or any tensor a node reads) for input ``x``."""
         env: dict[str, torch.Tensor] = {INPUT_NAME: x}
         keep = set(outputs)
         for k, node in enumerate(self.schedule):
@@ -250,6 +251,31 @@ def _conv(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tensor:
     return F.conv2d(x, weight, bias, stride=tuple(attrs.get("strides", [1, 1])),
                     padding=padding, dilation=tuple(attrs.get("dilations", [1, 1])),
                     groups=int(attrs.get("group", 1)))
+
+
+def _pool(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tensor:
+    """AveragePool / MaxPool over the two spatial axes."""
+    attrs = node_attributes(node)
+    if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or len(
+            attrs["kernel_shape"]) != 2 or any(d != 1 for d in attrs.get("dilations", [1, 1])):
+        raise Unsupported(f"{node.op_type} {node.name!r} with auto_pad, dilations or not 2-d")
+    x = inputs[0]
+    kernel, strides = tuple(attrs["kernel_shape"]), tuple(attrs.get("strides", [1, 1]))
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    ceil = bool(attrs.get("ceil_mode", 0))
+    if node.op_type == "MaxPool":
+        x = F.pad(x, [pads[1], pads[3], pads[0], pads[2]], value=-math.inf)
+        return F.max_pool2d(x, kernel, strides, ceil_mode=ceil)
+    if pads[:2] == pads[2:] and not ceil:  # torch pads both sides alike
+        return F.avg_pool2d(x, kernel, strides, padding=tuple(pads[:2]),
+                            count_include_pad=bool(attrs.get("count_include_pad", 0)))
+    if ceil or attrs.get("count_include_pad", 0):
+        raise Unsupported(f"AveragePool {node.name!r} with uneven pads and ceil_mode or "
+                          "count_include_pad")
+    padded = F.pad(x, [pads[1], pads[3], pads[0], pads[2]])
+    ones = F.pad(torch.ones_like(x[:1, :1]), [pads[1], pads[3], pads[0], pads[2]])
+    return (F.avg_pool2d(padded, kernel, strides, divisor_override=1)
+            / F.avg_pool2d(ones, kernel, strides, divisor_override=1))
 
 
 def _clip(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tensor:
@@ -353,6 +379,8 @@ _OPS: dict[str, Op] = {
     "Sub": lambda g, n, i: i[0] - i[1],
     "Mul": lambda g, n, i: i[0] * i[1],
     "Div": lambda g, n, i: i[0] / i[1],
+    "AveragePool": _pool,
+    "MaxPool": _pool,
     "GlobalAveragePool": lambda g, n, i: i[0].mean(dim=tuple(range(2, i[0].dim())),
                                                    keepdim=True),
     "ReduceMean": _reduce_mean,
