@@ -249,9 +249,7 @@ class _Demo:
         cpu = summary.int8.flavours.get("cpu") if summary.int8 else None
         self.steps["export"] = {
             "dir": str(self.export_dir), "models": models, "forced": summary.forced,
-            "int8_steps": [{"step": st.name, "agreement": st.figures.agreement
-                            if st.figures else None, "kept": st.kept}
-                           for st in (cpu.steps if cpu else [])],
+            "int8_steps": [st.brief() for st in (cpu.steps if cpu else [])],
             "int8_speedup_vs_fp32": cpu.final.speedup if cpu else None,
             "settings": summary.settings,
         }
@@ -472,9 +470,8 @@ class _Demo:
             lines.append(f"| {m['file']} | {m['bytes'] / 1e6:.1f} MB | {m['n']} validation "
                          f"crops | {figure} | {rule}: {verdict} |")
         if ex["int8_steps"]:
-            trail = ", ".join(f"{s['step']} {_pct(s['agreement'])}"
-                              f"{'' if s['kept'] else ' (reverted)'}" for s in ex["int8_steps"])
-            lines += ["", f"INT8 steps (agreement with torch after each): {trail}."]
+            lines += ["", "INT8 steps (agreement with torch after each): "
+                      f"{', '.join(ex['int8_steps'])}."]
         if ex["forced"]:
             lines += ["", "**A gate failed**; the demo wrote the file anyway so the remaining "
                       "steps can run (a plain `edge-smw export` would have refused). Why:", ""]
