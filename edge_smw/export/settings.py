@@ -112,7 +112,7 @@ class ExportSettings:
                          "through the int8 rounding (minutes per pass on 2 cores; see "
                          "benchmarks/RESULTS.md)", group=GROUP_INT8, flag="--tune",
                          profile="int8.tune")
-    tune_epochs: int = setting(3, help="passes over the tuning crops", group=GROUP_INT8,
+    tune_epochs: int = setting(6, help="passes over the tuning crops", group=GROUP_INT8,
                                flag="--tune-epochs", profile="int8.tune_epochs", metavar="N")
     tune_crops: int = setting(512, help="training-split crops the tuning learns from, stratified "
                               "by level (--calib-data's photos when given; minimum 64)",
