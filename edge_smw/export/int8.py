@@ -47,6 +47,7 @@ from edge_smw.export.input_grid import InputGrid, put_input_on_grid
 from edge_smw.export.parity import INT8_MIN_AGREEMENT, latency, runtime_probabilities
 from edge_smw.export.results import Figures, FlavourResult, Gate, Parity, Step
 from edge_smw.export.rounding import (
+    GridWeights,
     WeightRounding,
     check_on_grid,
     learn_rounding,
@@ -54,7 +55,7 @@ from edge_smw.export.rounding import (
 )
 from edge_smw.export.sensitivity import node_units
 from edge_smw.export.settings import ExportSettings
-from edge_smw.export.tuning import Tuning
+from edge_smw.export.tuning import Tuning, Unsupported, tune
 from edge_smw.train.checkpoint import Checkpoint
 
 log = logging.getLogger("edge_smw.export")
@@ -301,16 +302,25 @@ def step_equalization(ctx: Int8Context, run: FlavourRun) -> None:
                  equalization=equalization.describe())
 
 
+def _build_on_grid(ctx: Int8Context, recipe: Recipe, chosen: GridWeights, step: str,
+                   remedy: str) -> onnx.ModelProto:
+    """The int8 model ``recipe`` builds, refused where the quantizer moved a scale and so
+    re-rounded weights ``step`` chose on its grid (the choice is not what would ship)."""
+    model = recipe.build(ctx)
+    off = check_on_grid(chosen, model)
+    if off:
+        raise GateFailure(f"{step}: the quantizer re-rounded {len(off)} Conv(s) "
+                          f"({', '.join(off[:3])}); {remedy}")
+    return model
+
+
 def step_learned_rounding(ctx: Int8Context, run: FlavourRun) -> None:
     assert run.model is not None
     rounding = learn_rounding(run.recipe.source(ctx).model, weight_grids(run.model), ctx.calib,
                               ctx.contract)
     recipe = replace(run.recipe, rounding=rounding)
-    model = recipe.build(ctx)
-    off = check_on_grid(rounding, model)
-    if off:  # the quantizer moved a scale: the learned choice is not what would ship
-        raise GateFailure(f"learned rounding: the quantizer re-rounded {len(off)} Conv(s) "
-                          f"({', '.join(off[:3])}); export with --no-learned-rounding")
+    model = _build_on_grid(ctx, recipe, rounding, "learned rounding",
+                           "export with --no-learned-rounding")
     run.consider("learned rounding", model, ctx.measure(model, f"{run.flavour.value} learned "
                                                         "rounding"), recipe,
                  rounding=rounding.describe())
@@ -328,8 +338,6 @@ def step_bias_correction(ctx: Int8Context, run: FlavourRun) -> None:
 
 
 def step_tuning(ctx: Int8Context, run: FlavourRun) -> None:
-    from edge_smw.export.tuning import Unsupported, tune
-
     assert run.model is not None
     try:
         tuning = tune(ctx.fp32, run.model, ctx.tuning_crops(), ctx.contract,
@@ -339,11 +347,7 @@ def step_tuning(ctx: Int8Context, run: FlavourRun) -> None:
         run.steps.append(Step(TUNING, None, False, f"skipped: {exc}"))
         return
     recipe = replace(run.recipe, tuning=tuning)
-    model = recipe.build(ctx)
-    off = check_on_grid(tuning, model)
-    if off:
-        raise GateFailure(f"quantization-aware tuning: the quantizer re-rounded {len(off)} "
-                          f"Conv(s) ({', '.join(off[:3])}); export without --tune")
+    model = _build_on_grid(ctx, recipe, tuning, TUNING, "export without --tune")
     run.consider(TUNING, model, ctx.measure(model, f"{run.flavour.value} tuned"), recipe,
                  tuning=tuning.describe())
 
