@@ -409,7 +409,7 @@ class Tuning:
     weights: dict[str, np.ndarray]
     biases: dict[str, np.ndarray]
     rows: dict[str, np.ndarray]  # node -> rows that were trained (bool)
-    losses: list[float]  # mean logit MSE per pass, before the first and after each
+    losses: list[float]  # mean logit MSE before the first pass, then over each pass
     crops: int
     epochs: int
     learning_rate: float
@@ -453,27 +453,27 @@ def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 - k / steps)
     generator = torch.Generator().manual_seed(seed)
 
-    def mean_loss() -> float:
-        with torch.no_grad():
-            total = sum(float(F.mse_loss(graph(inputs[k:k + 64], [OUTPUT_LOGITS])[0],
-                                         target[k:k + 64], reduction="sum"))
-                        for k in range(0, len(inputs), 64))
-        return total / target.numel()
-
-    losses = [mean_loss()]
+    with torch.no_grad():
+        losses = [sum(float(F.mse_loss(graph(inputs[k:k + 64], [OUTPUT_LOGITS])[0],
+                                       target[k:k + 64], reduction="sum"))
+                      for k in range(0, len(inputs), 64)) / target.numel()]
     bar = tqdm(total=steps, desc="quantization-aware tuning", unit="batch",
                disable=not progress, leave=False)
     for _ in range(epochs):
         order = torch.randperm(len(inputs), generator=generator)
+        total = 0.0
         for k in range(0, len(order), batch_size):
             batch = order[k:k + batch_size]
-            loss = F.mse_loss(graph(inputs[batch], [OUTPUT_LOGITS])[0], target[batch])
+            loss = F.mse_loss(graph(inputs[batch], [OUTPUT_LOGITS])[0], target[batch],
+                              reduction="sum")
             optimizer.zero_grad()
-            loss.backward()
+            (loss / target[batch].numel()).backward()
             optimizer.step()
             schedule.step()
+            total += float(loss.detach())
             bar.update(1)
-        losses.append(mean_loss())
+        # the pass's own batches (no second forward pass over every crop to record it)
+        losses.append(total / target.numel())
     bar.close()
     weights, biases, rows = {}, {}, {}
     with torch.no_grad():
