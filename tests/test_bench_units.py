@@ -173,6 +173,10 @@ def test_default_gates_and_suites_load() -> None:
     repo = Path(__file__).resolve().parents[1]
     assert load_gates(repo / "benchmarks" / "gates.toml").to_dict()["tolerances"] == \
         gates.to_dict()["tolerances"]
+    for extra in (repo / "benchmarks" / "suites").glob("*.toml"):  # every shipped suite loads
+        assert load_suite(extra).name == extra.stem
+    parity = load_suite(repo / "benchmarks" / "suites" / "parity.toml")
+    assert parity.parity_max == 0 and parity.robust_n == 0 and parity.e2e_frames == 0
 
 
 def test_bad_gate_and_suite_files_name_the_problem(tmp_path: Path) -> None:

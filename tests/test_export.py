@@ -344,11 +344,15 @@ def test_gate_failure_and_force(smiles_run: Path, tmp_path: Path,
 # -- profiles --------------------------------------------------------------------------------------
 def test_shipped_profiles_load() -> None:
     from edge_smw.export.profiles import list_profiles
+    from edge_smw.export.settings import resolve_settings
 
     profiles = {p.name: p for p in list_profiles()}
     assert profiles["cpu-int8"].flavours == ("cpu",) and not profiles["cpu-int8"].engine
     assert profiles["desktop-gpu-int8"].flavours == ("tensorrt",)
     assert profiles["jetson-orin-int8"].engine and profiles["jetson-nano-fp16"].precision == "fp16"
+    vnni = resolve_settings("cpu-vnni-int8")  # the all-integer profile measured in RESULTS.md
+    assert vnni.flavours == ("cpu",) and vnni.tune and vnni.target_cpu == "x86-vnni"
+    assert not resolve_settings("cpu-int8").tune
     for profile in profiles.values():
         assert profile.description
         if profile.engine:
