@@ -561,8 +561,8 @@ def test_tuning_interpreter_runs_each_operator_as_onnxruntime_does(opset: int) -
     """Every operator the interpreter knows, on a hand-made graph, gives onnxruntime's values:
     the ones Lite0's graph does not have (reflect/edge Pad, HardSigmoid, Sub, Div, Concat,
     Transpose, ReduceMean, MatMul, Squeeze, Unsqueeze, Reshape, Identity; AveragePool and
-    MaxPool, which the stages head uses), with axes as attributes (opset 13) and as inputs
-    (opset 18)."""
+    MaxPool, which the stages head uses, with pads and ceil_mode), with axes as attributes
+    (opset 13) and as inputs (opset 18)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -605,8 +605,22 @@ def test_tuning_interpreter_runs_each_operator_as_onnxruntime_does(opset: int) -
              node("AveragePool", ["input"], ["ap_plain"], kernel_shape=[2, 2], strides=[2, 2],
                   count_include_pad=1),
              node("MaxPool", ["input"], ["mp"], kernel_shape=[3, 3], strides=[2, 2],
-                  pads=[0, 0, 1, 1])]
-    outputs = ["c", "t", "rm", "y", "ap", "ap_pads", "ap_uneven", "ap_plain", "mp"]
+                  pads=[0, 0, 1, 1]),
+             # ceil_mode: a last partial window, dropped when it would start in the padding
+             node("MaxPool", ["input"], ["mp_ceil"], kernel_shape=[3, 3], strides=[2, 2],
+                  ceil_mode=1),
+             node("MaxPool", ["input"], ["mp_ceil_pads"], kernel_shape=[3, 3], strides=[2, 2],
+                  pads=[1, 1, 1, 1], ceil_mode=1),
+             node("MaxPool", ["input"], ["mp_ceil_dropped"], kernel_shape=[2, 2],
+                  strides=[2, 2], pads=[0, 0, 1, 1], ceil_mode=1),
+             node("AveragePool", ["input"], ["ap_ceil"], kernel_shape=[3, 3], strides=[2, 2],
+                  ceil_mode=1),
+             node("AveragePool", ["input"], ["ap_ceil_pads"], kernel_shape=[3, 3],
+                  strides=[2, 2], pads=[1, 0, 0, 1], ceil_mode=1),
+             node("AveragePool", ["input"], ["ap_ceil_dropped"], kernel_shape=[2, 2],
+                  strides=[2, 2], pads=[0, 0, 1, 1], ceil_mode=1)]
+    outputs = ["c", "t", "rm", "y", "ap", "ap_pads", "ap_uneven", "ap_plain", "mp", "mp_ceil",
+               "mp_ceil_pads", "mp_ceil_dropped", "ap_ceil", "ap_ceil_pads", "ap_ceil_dropped"]
     graph = helper.make_graph(
         nodes, "ops", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [2, 4, 8, 8])],
         [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
@@ -636,6 +650,11 @@ def test_tuning_refuses_graphs_it_cannot_run() -> None:
     model = _graph(nodes, {"w0": np.ones((4, 4, 1, 1))})
     with pytest.raises(Unsupported, match="LpNormalization"):
         QdqGraph(model)
+    # counted pads with a ceil_mode overhang: no torch pool divides as onnxruntime would
+    pool = helper.make_node("AveragePool", ["input"], ["y"], name="pool", kernel_shape=[3, 3],
+                            strides=[2, 2], ceil_mode=1, count_include_pad=1)
+    with pytest.raises(Unsupported, match="'pool' with ceil_mode and count_include_pad"):
+        QdqGraph(_graph([pool], {}))(torch.zeros(1, 4, 8, 8), ["y"])
 
 
 # -- where float islands can be -----------------------------------------------------------------

@@ -253,28 +253,37 @@ def _conv(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tensor:
                     groups=int(attrs.get("group", 1)))
 
 
+def _end_padding(size: int, kernel: int, stride: int, begin: int, end: int, ceil: bool) -> int:
+    """End padding that makes a floor-mode torch pool give onnxruntime's window count: with
+    ``ceil_mode`` a last partial window is kept unless it would start in the end padding."""
+    span = size + begin + end - kernel
+    count = (-(-span // stride) if ceil else span // stride) + 1
+    if ceil and (count - 1) * stride >= size + begin:
+        count -= 1
+    return end + max(0, (count - 1) * stride + kernel - (size + begin + end))
+
+
 def _pool(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tensor:
-    """AveragePool / MaxPool over the two spatial axes."""
+    """AveragePool / MaxPool over the two spatial axes (pads and ceil_mode as onnxruntime)."""
     attrs = node_attributes(node)
     if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or len(
             attrs["kernel_shape"]) != 2 or any(d != 1 for d in attrs.get("dilations", [1, 1])):
         raise Unsupported(f"{node.op_type} {node.name!r} with auto_pad, dilations or not 2-d")
     x = inputs[0]
     kernel, strides = tuple(attrs["kernel_shape"]), tuple(attrs.get("strides", [1, 1]))
-    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    top, left, bottom, right = attrs.get("pads", [0, 0, 0, 0])
     ceil = bool(attrs.get("ceil_mode", 0))
+    bottom_all = _end_padding(x.shape[2], kernel[0], strides[0], top, bottom, ceil)
+    right_all = _end_padding(x.shape[3], kernel[1], strides[1], left, right, ceil)
+    pad = [left, right_all, top, bottom_all]
     if node.op_type == "MaxPool":
-        x = F.pad(x, [pads[1], pads[3], pads[0], pads[2]], value=-math.inf)
-        return F.max_pool2d(x, kernel, strides, ceil_mode=ceil)
-    if pads[:2] == pads[2:] and not ceil:  # torch pads both sides alike
-        return F.avg_pool2d(x, kernel, strides, padding=tuple(pads[:2]),
-                            count_include_pad=bool(attrs.get("count_include_pad", 0)))
-    if ceil or attrs.get("count_include_pad", 0):
-        raise Unsupported(f"AveragePool {node.name!r} with uneven pads and ceil_mode or "
-                          "count_include_pad")
-    padded = F.pad(x, [pads[1], pads[3], pads[0], pads[2]])
-    ones = F.pad(torch.ones_like(x[:1, :1]), [pads[1], pads[3], pads[0], pads[2]])
-    return (F.avg_pool2d(padded, kernel, strides, divisor_override=1)
+        return F.max_pool2d(F.pad(x, pad, value=-math.inf), kernel, strides)
+    if attrs.get("count_include_pad", 0):  # the pads count, a ceil_mode overhang would not
+        if (bottom_all, right_all) != (bottom, right):
+            raise Unsupported(f"AveragePool {node.name!r} with ceil_mode and count_include_pad")
+        return F.avg_pool2d(F.pad(x, pad), kernel, strides)
+    ones = F.pad(torch.ones_like(x[:1, :1]), pad)
+    return (F.avg_pool2d(F.pad(x, pad), kernel, strides, divisor_override=1)
             / F.avg_pool2d(ones, kernel, strides, divisor_override=1))
 
 
