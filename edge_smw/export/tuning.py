@@ -451,8 +451,12 @@ def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
 
     teacher = np.concatenate([v[OUTPUT_LOGITS] for v in tensor_batches(
         fp32, [OUTPUT_LOGITS], crops, contract, limit=len(crops), batch_size=64)])
-    inputs = torch.from_numpy(crops.inputs(contract))
     target = torch.from_numpy(teacher.astype(np.float32))
+
+    def batch_inputs(indices: np.ndarray | slice) -> torch.Tensor:
+        """Normalised per batch: the crops stay uint8 pixels (a quarter of float inputs)."""
+        return torch.from_numpy(contract.normalize(crops.pixels[indices]))
+
     graph = QdqGraph(qdq, weight_grids(qdq))
     params = list(graph.params)
     if not params:
@@ -463,18 +467,18 @@ def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
     generator = torch.Generator().manual_seed(seed)
 
     with torch.no_grad():
-        losses = [sum(float(F.mse_loss(graph(inputs[k:k + 64], [OUTPUT_LOGITS])[0],
+        losses = [sum(float(F.mse_loss(graph(batch_inputs(slice(k, k + 64)), [OUTPUT_LOGITS])[0],
                                        target[k:k + 64], reduction="sum"))
-                      for k in range(0, len(inputs), 64)) / target.numel()]
+                      for k in range(0, len(crops), 64)) / target.numel()]
     bar = tqdm(total=steps, desc="quantization-aware tuning", unit="batch",
                disable=not progress, leave=False)
     for _ in range(epochs):
-        order = torch.randperm(len(inputs), generator=generator)
+        order = torch.randperm(len(crops), generator=generator)
         total = 0.0
         for k in range(0, len(order), batch_size):
             batch = order[k:k + batch_size]
-            loss = F.mse_loss(graph(inputs[batch], [OUTPUT_LOGITS])[0], target[batch],
-                              reduction="sum")
+            loss = F.mse_loss(graph(batch_inputs(batch.numpy()), [OUTPUT_LOGITS])[0],
+                              target[batch], reduction="sum")
             optimizer.zero_grad()
             (loss / target[batch].numel()).backward()
             optimizer.step()
