@@ -453,10 +453,6 @@ def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
         fp32, [OUTPUT_LOGITS], crops, contract, limit=len(crops), batch_size=64)])
     target = torch.from_numpy(teacher.astype(np.float32))
 
-    def batch_inputs(indices: np.ndarray | slice) -> torch.Tensor:
-        """Normalised per batch: the crops stay uint8 pixels (a quarter of float inputs)."""
-        return torch.from_numpy(contract.normalize(crops.pixels[indices]))
-
     graph = QdqGraph(qdq, weight_grids(qdq))
     params = list(graph.params)
     if not params:
@@ -466,10 +462,16 @@ def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 - k / steps)
     generator = torch.Generator().manual_seed(seed)
 
+    def summed_error(inputs: np.ndarray, rows: torch.Tensor | slice) -> torch.Tensor:
+        """Squared logit error summed over a batch (inputs normalised per batch: the crops
+        stay uint8 pixels, a quarter of the memory of float inputs)."""
+        return F.mse_loss(graph(torch.from_numpy(inputs), [OUTPUT_LOGITS])[0], target[rows],
+                          reduction="sum")
+
     with torch.no_grad():
-        losses = [sum(float(F.mse_loss(graph(batch_inputs(slice(k, k + 64)), [OUTPUT_LOGITS])[0],
-                                       target[k:k + 64], reduction="sum"))
-                      for k in range(0, len(crops), 64)) / target.numel()]
+        before = sum(float(summed_error(crops.inputs(contract, k, k + 64), slice(k, k + 64)))
+                     for k in range(0, len(crops), 64))
+    losses = [before / target.numel()]
     bar = tqdm(total=steps, desc="quantization-aware tuning", unit="batch",
                disable=not progress, leave=False)
     for _ in range(epochs):
@@ -477,8 +479,7 @@ def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
         total = 0.0
         for k in range(0, len(order), batch_size):
             batch = order[k:k + batch_size]
-            loss = F.mse_loss(graph(batch_inputs(batch.numpy()), [OUTPUT_LOGITS])[0],
-                              target[batch], reduction="sum")
+            loss = summed_error(contract.normalize(crops.pixels[batch.numpy()]), batch)
             optimizer.zero_grad()
             (loss / target[batch].numel()).backward()
             optimizer.step()
