@@ -76,6 +76,7 @@ def int8_mismatch(int8: dict[str, Any], features: dict[str, Any] | None = None) 
         return None
     target = int8.get("target_cpu") or "a CPU with VNNI"
     return (f"this INT8 model has 8-bit weights (built for {target}), but this CPU has no VNNI "
-            "(x86 AVX2): onnxruntime's U8S8 kernels can saturate their 16-bit sums here and "
+            "(x86 AVX2): U8S8 kernels without VNNI (onnxruntime's, oneDNN's under OpenVINO) can "
+            "saturate their 16-bit sums here and "
             "change scores; re-export it with `edge-smw export --int8 --target-cpu x86-avx2` "
             "(7-bit weights), or use model.onnx (fp32)")

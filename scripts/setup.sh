@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install edge-smw with its extras, pinned by constraints.txt.
-# Idempotent: a second run only checks. Usage: scripts/setup.sh [extras, default train,serve,ray,dev]
+# Idempotent: a second run only checks. Usage: scripts/setup.sh [extras, default train,serve,ray,openvino,dev]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-train,serve,ray,dev}"
+extras="${1:-train,serve,ray,openvino,dev}"
 python="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \

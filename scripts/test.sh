@@ -4,7 +4,7 @@
 # (no real face crops, no browser) unless EDGE_SMW_ALLOW_SKIPS=1 says that is meant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh train,serve,ray,dev
+scripts/setup.sh train,serve,ray,openvino,dev
 scripts/install-test-deps.sh || echo "warning: Chromium could not be installed; browser tests will skip" >&2
 # Real face crops: $EDGE_SMW_SMILES_DIR, ../shared/data/smilesmiled, the user cache, or a
 # checksum-verified download of the pinned SMILEsmileD archive when online.

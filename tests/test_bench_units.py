@@ -350,6 +350,25 @@ def test_comparisons_give_speedups_on_the_same_backend() -> None:
     assert "fp32" not in fp32  # fp32 is not compared with itself
 
 
+def test_another_cpu_runtime_is_also_judged_against_onnxruntime_fp32() -> None:
+    def row(model: str, backend: str, precision: str, p50: float) -> LatencyRow:
+        return LatencyRow(model=model, backend=backend, precision=precision, batch=1,
+                          kind="ours", p50_ms=p50)
+
+    rows = [row("m.onnx", "onnxruntime-cpu", "fp32", 16.0),
+            row("m.int8.onnx", "onnxruntime-cpu", "int8", 10.0),
+            row("m.onnx", "openvino-cpu", "fp32", 12.0),
+            row("m.int8.onnx", "openvino-cpu", "int8", 8.0)]
+    comps = {(c.model, c.backend, c.versus): c for c in lat.comparisons(rows)}
+    assert comps[("m.int8.onnx", "openvino-cpu", "fp32")].speedup == pytest.approx(1.5)
+    cross = comps[("m.int8.onnx", "openvino-cpu", "onnxruntime-cpu fp32")]
+    assert cross.speedup == pytest.approx(2.0) and cross.versus_backend == "onnxruntime-cpu"
+    assert comps[("m.onnx", "openvino-cpu", "onnxruntime-cpu fp32")].speedup == \
+        pytest.approx(16 / 12, rel=1e-3)
+    # onnxruntime's own rows are not compared with themselves under the cross-runtime name
+    assert not [k for k in comps if k[1] == "onnxruntime-cpu" and k[2].startswith("onnxrun")]
+
+
 # -- golden files ---------------------------------------------------------------------------------
 
 def test_golden_round_trip_and_mismatches(tmp_path: Path) -> None:

@@ -9,7 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Backend names (``Runtime`` decides which of them it tries first).
-ONNX_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt")
+ONNXRUNTIME_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt")
+# OpenVINO is an optional extra: named, never picked by ``auto`` (onnxruntime-cpu is what
+# every install has, and the two give the same files different kernels).
+ONNX_BACKENDS = (*ONNXRUNTIME_BACKENDS, "openvino-cpu")
+CPU_BACKENDS = ("onnxruntime-cpu", "openvino-cpu")
 ENGINE_BACKENDS = ("tensorrt",)
 BACKENDS = (*ONNX_BACKENDS, *ENGINE_BACKENDS)
 GPU_BACKENDS = ("onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
@@ -52,11 +56,11 @@ class ArtifactFormat:
 
 CHECKPOINT = ArtifactFormat("checkpoint", "PyTorch checkpoint", "checkpoint.pt", None, None,
                             ("torch-eager",), None)
-# fp32 runs well everywhere; int8 cpu (U8S8) is for onnxruntime's CPU kernels, int8 tensorrt
+# fp32 runs well everywhere; int8 cpu (U8S8) is for the CPU backends' kernels, int8 tensorrt
 # (symmetric Q/DQ) for TensorRT; fp16 only pays off on a GPU.
 FP32 = ArtifactFormat("fp32", "ONNX fp32", "model.onnx", "fp32", None, ONNX_BACKENDS, 1)
 INT8_CPU = ArtifactFormat("int8-cpu", "ONNX int8 (cpu)", "model.int8.onnx", "int8", "cpu",
-                          ("onnxruntime-cpu",), 0)
+                          CPU_BACKENDS, 0)
 # Not offered by an export folder: on onnxruntime's CPU kernels it is slower than fp32.
 INT8_TENSORRT = ArtifactFormat("int8-tensorrt", "ONNX int8 (tensorrt)", "model.int8-trt.onnx",
                                "int8", "tensorrt", ("onnxruntime-tensorrt", "tensorrt"), None)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_smw.artifacts.formats import CPU_BACKENDS
 from edge_smw.bench.results import ComparisonRow, LatencyRow
 
 log = logging.getLogger("edge_smw.bench")
@@ -124,8 +125,9 @@ def skipped_row(model: str, backend: str, precision: str, batch: int | None, rea
 
 
 def comparisons(rows: list[LatencyRow]) -> list[ComparisonRow]:
-    """Speed-ups from the network-scope rows: each model vs fp32 ONNX on the same backend,
-    vs torch eager, vs a plain onnxruntime session; and crop-scope ours vs theirs."""
+    """Speed-ups from the network-scope rows: each model vs fp32 ONNX on the same backend
+    (and, on another CPU runtime, vs fp32 on onnxruntime-cpu), vs torch eager, vs a plain
+    onnxruntime session; and crop-scope ours vs theirs."""
     ok = [r for r in rows if r.measured]
     out: list[ComparisonRow] = []
     by_batch: dict[tuple[str, int], list[LatencyRow]] = {}
@@ -142,6 +144,10 @@ def comparisons(rows: list[LatencyRow]) -> list[ComparisonRow]:
                         and f.precision == "fp32" and f is not r]
                 if fp32 and r.precision != "fp32":
                     refs.append(("fp32", fp32[0]))
+                if r.backend in CPU_BACKENDS and r.backend != "onnxruntime-cpu":
+                    # another CPU runtime is judged against the one every install has
+                    refs += [("onnxruntime-cpu fp32", f) for f in ours
+                             if f.backend == "onnxruntime-cpu" and f.precision == "fp32"]
                 refs += [("torch-eager", t) for t in torch_rows]
                 refs += [("onnxruntime-default", p) for p in plain
                          if p.model == r.model and r.backend == "onnxruntime-cpu"]

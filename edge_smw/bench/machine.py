@@ -35,7 +35,8 @@ def cpu_model() -> str:
 
 
 def cpu_flags() -> dict[str, bool]:
-    """The instruction sets that decide int8 speed on x86 (VNNI) and whether fp16 is native."""
+    """The instruction sets that decide int8 speed on x86 (VNNI; AMX, which OpenVINO's oneDNN
+    kernels use where present) and whether fp16 is native."""
     flags: set[str] = set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
@@ -50,6 +51,8 @@ def cpu_flags() -> dict[str, bool]:
         "avx512f": "avx512f" in flags,
         "avx512_vnni": "avx512_vnni" in flags,
         "avx_vnni": "avx_vnni" in flags,
+        "amx_int8": "amx_int8" in flags,
+        "amx_bf16": "amx_bf16" in flags,
         "f16c": "f16c" in flags,
         "neon": "asimd" in flags or "neon" in flags,
     }
@@ -106,7 +109,7 @@ def memory_total_mb() -> float | None:
 def describe_machine() -> Machine:
     """Everything a reader needs to judge whether figures carry over to their machine."""
     packages = ("edge-smw", "numpy", "onnxruntime", "onnxruntime-gpu", "onnx",
-                "opencv-python-headless", "torch", "torchvision", "timm")
+                "opencv-python-headless", "torch", "torchvision", "timm", "openvino")
     return Machine(
         hostname=platform.node(),
         platform=platform.platform(),

@@ -267,7 +267,8 @@ class ComparisonRow(Record):
     intended: bool
     batch: int
     scope: str
-    versus: str  # "fp32", "torch-eager", "onnxruntime-default", or the other backend
+    versus: str  # "fp32", "onnxruntime-cpu fp32", "torch-eager", "onnxruntime-default", or
+    # the other backend
     versus_model: str
     versus_backend: str
     p50_ms: float

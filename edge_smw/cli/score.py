@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from edge_smw.artifacts.formats import BACKENDS
 from edge_smw.cli.common import add_detect, add_engine_arguments, ray_options
 from edge_smw.tables import text_table
 
@@ -21,8 +22,7 @@ EXAMPLES = """
   edge-smw score exports/me s3://bucket/photos/ --engine ray --ray-address auto --out scores/
 """
 
-BACKEND_CHOICES = ("auto", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt",
-                   "tensorrt")
+BACKEND_CHOICES = ("auto", *BACKENDS)
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +33,8 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     add_detect(p)
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="inference backend (default: the fastest available)")
-    p.add_argument("--threads", type=int, help="CPU threads for onnxruntime (default: all)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads for onnxruntime or OpenVINO (default: all)")
     p.add_argument("--device", type=int, default=0, help="GPU index for CUDA/TensorRT")
 
 

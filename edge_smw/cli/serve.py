@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from edge_smw.cli.common import add_detector
+from edge_smw.cli.score import BACKEND_CHOICES
 
 HELP = "run a camera service: live scoring, web view, auto-capture of best shots, metrics"
 EXAMPLES = """
@@ -36,9 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--wait-for-camera", action="store_true",
                      help="start even if the camera is absent and keep trying to open it")
     run = p.add_argument_group("scoring")
-    run.add_argument("--backend", default="auto",
-                     help="auto, onnxruntime-cpu, onnxruntime-cuda, onnxruntime-tensorrt, "
-                          "tensorrt")
+    run.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                     help="inference backend (default: the fastest available)")
     run.add_argument("--threads", type=int, help="CPU threads for inference")
     run.add_argument("--detect", action=argparse.BooleanOptionalAction, default=True,
                      help="find faces in each frame (default), or score each frame whole as "

@@ -122,10 +122,13 @@ def _candidates(backend: str) -> tuple[str, ...]:
     """The detector's backends to try, most preferred first.
 
     Native TensorRT runs engines, not ONNX files: next to a ``tensorrt`` scorer the detector
-    runs on onnxruntime's TensorRT provider (the same GPU), or the next one available.
+    runs on onnxruntime's TensorRT provider (the same GPU), or the next one available. Next
+    to an OpenVINO scorer it runs on onnxruntime's CPU provider.
     """
     if backend in (AUTO, "tensorrt"):
         return _BACKEND_ORDER
+    if backend == "openvino-cpu":  # a small network: onnxruntime's CPU kernels serve it
+        return ("onnxruntime-cpu",)
     if backend not in _BACKEND_ORDER:
         raise InputError(f"unknown backend {backend!r} for the face detector; choose one of "
                          f"{list(_BACKEND_ORDER)} or 'auto'")

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from edge_smw.artifacts.folders import is_onnx, resolve_model_path  # noqa: E402
-from edge_smw.artifacts.formats import GPU_BACKENDS, ONNX_BACKENDS  # noqa: E402
+from edge_smw.artifacts.formats import GPU_BACKENDS, ONNXRUNTIME_BACKENDS  # noqa: E402
 from edge_smw.artifacts.sessions import SessionSettings, load_session  # noqa: E402
 from edge_smw.atomic import write_json  # noqa: E402
 from edge_smw.cache import file_sha256  # noqa: E402
@@ -228,7 +228,7 @@ class FaceScorer:
         path = model.materialise(Path(self._folder.name))
         # idle onnxruntime threads must not spin: decode tasks share the node's cores
         quiet = ({"allow_spinning": False}
-                 if is_onnx(path) and backend in ("auto", *ONNX_BACKENDS) else {})
+                 if is_onnx(path) and backend in ("auto", *ONNXRUNTIME_BACKENDS) else {})
         self.runtime = Runtime(path, backend=backend, threads=threads, detect_faces=False,
                                backend_options=quiet)
         self.size = self.runtime.contract.input_size

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edge_smw.artifacts.folders import is_onnx, resolve_model_path
-from edge_smw.artifacts.formats import ENGINE_BACKENDS
+from edge_smw.artifacts.formats import CPU_BACKENDS, ENGINE_BACKENDS
 from edge_smw.artifacts.sessions import check_threads
 from edge_smw.contract import Box, DetectorSpec, Point
 from edge_smw.detect import FaceDetector, open_detector, resolve_spec
@@ -113,7 +113,8 @@ class Runtime:
     """Score frames with an exported edge-smw model.
 
     ``backend``: ``onnxruntime-cpu``, ``onnxruntime-cuda``, ``onnxruntime-tensorrt``,
-    ``tensorrt`` or ``auto`` (fastest available; the choice and why is logged).
+    ``tensorrt``, ``openvino-cpu`` (the ``openvino`` extra; never chosen by ``auto``) or
+    ``auto`` (fastest available of the others; the choice and why is logged).
     ``detect_faces``: find faces in each frame (True, the default: camera frames hold faces
     to find) or score the whole frame as one face crop (False); None does what the model was
     trained on (files that may be face crops already: ``score``, ``evaluate``).
@@ -247,7 +248,7 @@ class Runtime:
 
     def _check_cpu(self) -> None:
         """Warn (once per model) when an INT8 model's weight width does not suit this CPU."""
-        if self.info.precision != "int8" or self.runner.name != "onnxruntime-cpu":
+        if self.info.precision != "int8" or self.runner.name not in CPU_BACKENDS:
             return
         from edge_smw.cpu import int8_mismatch
 

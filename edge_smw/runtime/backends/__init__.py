@@ -75,6 +75,11 @@ def open_runner(backend: str, path: str | Path, *, device: int = 0,
         _check_options(OnnxRuntimeRunner, backend, options)
         return OnnxRuntimeRunner(path, provider=backend.split("-", 1)[1], device=device,
                                  threads=threads, **options)
+    if backend == "openvino-cpu":
+        from edge_smw.runtime.backends.openvino import OpenVinoRunner
+
+        _check_options(OpenVinoRunner, backend, options)
+        return OpenVinoRunner(path, threads=threads, **options)
     if backend == "tensorrt":
         from edge_smw.runtime.backends.tensorrt import TensorRTRunner
 
