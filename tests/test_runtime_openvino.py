@@ -84,17 +84,23 @@ def test_threads_share_one_runner(fp32_pair, smiles_test_items) -> None:
         np.testing.assert_allclose(g, want, atol=1e-6)
 
 
-def test_int8_picks_onnxruntimes_levels(smiles_int8: Path, smiles_test_items) -> None:
-    with Runtime(smiles_int8, backend="onnxruntime-cpu", detect_faces=False) as ort_rt, \
+def test_int8_agrees_with_fp32_as_on_onnxruntime(smiles_int8: Path, smiles_onnx: Path,
+                                                 smiles_test_items) -> None:
+    """Two integer implementations of one Q/DQ graph round differently (about 2% of decisions
+    differ between them on a 7-bit model's test crops); each must agree with fp32 about as
+    well as the other."""
+    with Runtime(smiles_onnx, backend="onnxruntime-cpu", detect_faces=False) as fp32_rt, \
+            Runtime(smiles_int8, backend="onnxruntime-cpu", detect_faces=False) as ort_rt, \
             Runtime(smiles_int8, backend="openvino-cpu", detect_faces=False) as ov_rt:
         assert ov_rt.info.precision == "int8"
-        x = _inputs(ort_rt, smiles_test_items, 100)
-        want = ort_rt.infer(x)["probabilities"]
-        got = ov_rt.infer(x)["probabilities"]
-    agreement = float(np.mean(got.argmax(1) == want.argmax(1)))
-    # two integer implementations of one Q/DQ graph: the same levels, up to rounding
-    assert agreement >= 0.97, agreement
-    assert np.abs(got - want).max() < 0.5
+        x = _inputs(fp32_rt, smiles_test_items, 150)
+        levels = fp32_rt.infer(x)["probabilities"].argmax(1)
+        ort = ort_rt.infer(x)["probabilities"]
+        ov = ov_rt.infer(x)["probabilities"]
+    ort_agreement = float(np.mean(ort.argmax(1) == levels))
+    ov_agreement = float(np.mean(ov.argmax(1) == levels))
+    assert ov_agreement >= ort_agreement - 0.03, (ov_agreement, ort_agreement)
+    assert float(np.abs(ov - ort).mean()) < 0.02
 
 
 def test_frames_are_scored_with_the_detector_on_onnxruntime(smiles_onnx: Path,

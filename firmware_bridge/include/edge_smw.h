@@ -93,7 +93,8 @@ typedef struct esmw_options {
     uint32_t struct_size;    /* sizeof(esmw_options); set by esmw_options_init() */
     const char *model_path;  /* required: an exported .onnx / .engine, or an export folder */
     const char *backend;     /* NULL or "auto" (fastest available), "onnxruntime-cpu",
-                                "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt" */
+                                "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt",
+                                "openvino-cpu" (with edge-smw's [openvino] extra) */
     int32_t threads;         /* inference threads; 0 = the runtime's default (one per usable
                                 core); more than EDGE_SMW_MAX_THREADS_PER_CORE x the cores
                                 this process may run on is ESMW_ERR_ARGUMENT */
