@@ -34,7 +34,8 @@ def exported(smiles_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     export_model(smiles_run, out, ExportSettings(int8=True, fp16=True, report=True, calib_size=64,
                                                  max_mixed_steps=2, equalize=True,
                                                  tune=True, tune_crops=64, tune_epochs=1,
-                                                 target_agreement=1.0, force=True, **FAST),
+                                                 tune_ranges=True, target_agreement=1.0,
+                                                 force=True, **FAST),
                  progress=False)
     return out
 
@@ -124,6 +125,7 @@ def test_int8_figures_and_steps_recorded(summary: dict) -> None:
         tuning = steps[5]["tuning"]  # every int8 Conv, one pass over 64 training crops
         assert tuning["convs"] == rounding_convs(info) and tuning["crops"] == 64
         assert len(tuning["logit_mse_per_pass"]) == 2
+        assert tuning["activation_scales"]["learned"] > 10  # --tune-ranges
         equalization = steps[2]["equalization"]  # Lite0: one stream per stage, 25 tensors
         assert equalization["streams"] == 7 and equalization["tensors"] == 25
         assert (equalization["range_spread_after_median"]

@@ -85,6 +85,7 @@ def test_command_line_is_generated_from_the_settings() -> None:
     ({"int8": True, "flavours": ()}, "no flavour"),
     ({"batch_min": 4, "batch_opt": 2}, "batch_min <= batch_opt"),
     ({"aware_head": True}, "needs --int8"),
+    ({"int8": True, "tune_ranges": True}, "give --tune too"),
 ])
 def test_bad_settings_say_what_to_do(changes: dict, match: str) -> None:
     with pytest.raises(InputError, match=match):

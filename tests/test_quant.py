@@ -546,6 +546,45 @@ def test_tuning_lowers_the_logit_error_on_the_quantizers_grid(setup: Setup,
     assert all(np.array_equal(kept[k], before[k]) for k in first.input[1:])
 
 
+@pytest.mark.parametrize("flavour", [Q.Flavour.CPU, Q.Flavour.TENSORRT])
+def test_learned_activation_scales_are_the_rebuilt_graphs(setup: Setup,
+                                                          flavour: Q.Flavour) -> None:
+    """With ``learn_ranges`` the activation scales move too, the input's exact grid does not;
+    the quantizer rebuilds the graph with exactly the learned scales and the calibrated zero
+    points, and that graph is the one the interpreter trained (its logits, run the same way)."""
+    from edge_smw.export.tuning import QdqGraph, tune
+
+    spec = Q.flavour_spec(flavour, reduce_range=flavour is Q.Flavour.CPU)
+    qdq = Q.quantize(setup.fp32, setup.calibration, spec)
+    crops = setup.calib.subset(range(32))
+    tuning = tune(setup.fp32, qdq, crops, setup.contract, epochs=3, batch_size=4,
+                  learn_ranges=True, progress=False)
+    assert "input" not in tuning.overrides
+    assert tuning.describe()["activation_scales"]["learned"] == len(tuning.scale_factors) > 10
+    assert any(abs(f - 1) > 1e-3 for f in tuning.scale_factors)
+    assert tuning.losses[-1] < tuning.losses[0]
+
+    rebuilt = Q.quantize(tuning.apply(setup.fp32), setup.calibration, spec,
+                         overrides=tuning.overrides)
+    inits = {i.name: numpy_helper.to_array(i) for i in rebuilt.graph.initializer}
+    calibrated = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    quantizers = {n.input[0]: n for n in rebuilt.graph.node if n.op_type == "QuantizeLinear"}
+    before = {n.input[0]: n for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
+    for tensor, (override,) in tuning.overrides.items():
+        node = quantizers[tensor]
+        assert np.float32(inits[node.input[1]]) == np.float32(override["scale"])
+        assert inits[node.input[2]] == calibrated[before[tensor].input[2]]
+    moved = [t for t, (o,) in tuning.overrides.items()
+             if not np.isclose(o["scale"], calibrated[before[t].input[1]], rtol=1e-4)]
+    assert moved
+
+    crop_inputs = torch.from_numpy(crops.inputs(setup.contract))
+    with torch.no_grad():
+        fp32, untuned, tuned = (QdqGraph(m)(crop_inputs, ["logits"])[0].numpy()
+                                for m in (setup.fp32, qdq, rebuilt))
+    assert np.mean((tuned - fp32) ** 2) < np.mean((untuned - fp32) ** 2)
+
+
 def test_too_few_tuning_crops_name_their_option(setup: Setup) -> None:
     """Tuning crops are drawn like calibration crops; a too-small request names --tune-crops,
     not the calibration's option."""

@@ -200,12 +200,15 @@ class Recipe:
         """Static QDQ of ``source`` with this recipe's ranges and exact input grid."""
         src = self.source(ctx)
         exclude = list(float_nodes)
-        overrides = None
+        overrides = {}
+        if self.tuning is not None:
+            overrides.update(self.tuning.overrides)
         if src.grid is not None:
             exclude += list(src.grid.float_nodes)
-            overrides = src.grid.overrides(signed=self.spec.activation_type.name == "QInt8")
+            overrides.update(src.grid.overrides(
+                signed=self.spec.activation_type.name == "QInt8"))
         return Q.quantize(source, src.calibration, self.spec, nodes_to_exclude=exclude,
-                          overrides=overrides)
+                          overrides=overrides or None)
 
     def build(self, ctx: Int8Context, float_nodes: Sequence[str] = ()) -> onnx.ModelProto:
         source = self.corrected_source(ctx, float_nodes)
@@ -341,8 +344,8 @@ def step_tuning(ctx: Int8Context, run: FlavourRun) -> None:
     assert run.model is not None
     try:
         tuning = tune(ctx.fp32, run.model, ctx.tuning_crops(), ctx.contract,
-                      epochs=ctx.settings.tune_epochs, seed=ctx.settings.seed,
-                      progress=ctx.progress)
+                      epochs=ctx.settings.tune_epochs, learn_ranges=ctx.settings.tune_ranges,
+                      seed=ctx.settings.seed, progress=ctx.progress)
     except Unsupported as exc:
         run.steps.append(Step(TUNING, None, False, f"skipped: {exc}"))
         return

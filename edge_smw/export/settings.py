@@ -118,6 +118,10 @@ class ExportSettings:
                               "by level (--calib-data's photos when given; minimum 64)",
                               group=GROUP_INT8, flag="--tune-crops", profile="int8.tune_crops",
                               metavar="N")
+    tune_ranges: bool = setting(False, help="with --tune, learn each activation's quantization "
+                                "scale too (LSQ-style; see benchmarks/RESULTS.md)",
+                                group=GROUP_INT8, flag="--tune-ranges",
+                                profile="int8.tune_ranges")
     target_agreement: float = setting(0.97, help="mixed precision keeps blocks in float until "
                                       "the lower end of the 95%% Wilson interval of top-1 "
                                       "agreement with torch on the validation split reaches X",
@@ -183,6 +187,9 @@ class ExportSettings:
             raise InputError("--int8 with no flavour: choose cpu and/or tensorrt")
         if self.tune_epochs < 1:
             raise InputError(f"--tune-epochs {self.tune_epochs}: give at least 1 pass")
+        if self.tune_ranges and not self.tune:
+            raise InputError("--tune-ranges learns the activation scales during tuning: give "
+                             "--tune too")
         if self.aware_head and not self.int8:
             raise InputError("--int8-aware-head needs --int8 (it retrains the head for the int8 "
                              "backbone)")

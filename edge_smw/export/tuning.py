@@ -9,7 +9,9 @@ rounding of the activations before it.
 
 How: the QDQ graph the quantizer wrote is run in torch as the ONNX operators define it
 (``QdqGraph``): every ``QuantizeLinear`` rounds half to even and saturates at its scale and
-zero point, with a straight-through gradient; the activation scales stay the calibrated ones.
+zero point, with a straight-through gradient; the activation scales stay the calibrated ones,
+or (``learn_ranges``, ``--tune-ranges``) are learned too, as LSQ learns its step sizes: the
+quantizer then rebuilds the graph with them (``TensorQuantOverrides``).
 Each int8 Conv's weights are float parameters rounded onto the quantizer's own grid (per-row
 scale and integer limit, read from the graph; each row's largest weight is held, so the
 quantizer recomputes the same scale: the same contract as learned rounding), and its bias a
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +45,9 @@ from edge_smw.metadata import INPUT_NAME, OUTPUT_LOGITS
 # qat prototype), 1e-5 helped (46 -> 27); the decay to zero keeps the last passes from undoing
 # the first.
 LEARNING_RATE = 1e-5
+# Adam's step on each learned activation scale's logarithm (--tune-ranges): a scale moves by
+# at most about this fraction per batch, tens of percent over a run.
+SCALE_LEARNING_RATE = 1e-3
 BATCH_SIZE = 16
 
 
@@ -96,9 +101,10 @@ class QdqGraph(torch.nn.Module):
     what onnxruntime's plain Q/DQ kernels compute; its fused integer kernels agree up to the
     few activations that sit on a rounding tie (tests/test_quant.py measures both)."""
 
-    def __init__(self, model: onnx.ModelProto, grids: dict[str, WeightGrid] | None = None
-                 ) -> None:
+    def __init__(self, model: onnx.ModelProto, grids: dict[str, WeightGrid] | None = None,
+                 *, learn_scales: bool = False) -> None:
         super().__init__()
+        self.scale_logs: dict[str, torch.nn.Parameter] = {}
         self.nodes = list(model.graph.node)
         unknown = sorted({n.op_type for n in self.nodes} - set(_OPS))
         if unknown:
@@ -130,6 +136,38 @@ class QdqGraph(torch.nn.Module):
         # where each tensor is read last: forward lets it go there
         self.last_use = {name: k for k, node in enumerate(self.schedule)
                          for name in self._reads(node)}
+        # learned activation scales: a factor exp(p) on each per-tensor scale an activation's
+        # QuantizeLinear (and its DequantizeLinear) reads; the input's exact grid stays
+        if learn_scales:
+            fixed = {n.input[1] for n in self.schedule
+                     if n.op_type == "QuantizeLinear" and n.input[0] == INPUT_NAME}
+            for node in self.activation_quantizers():
+                if node.input[1] not in fixed and self.arrays[node.input[1]].size == 1:
+                    self.scale_logs.setdefault(node.input[1],
+                                               torch.nn.Parameter(torch.zeros(())))
+        self.scale_params = torch.nn.ParameterList(self.scale_logs.values())
+
+    def activation_quantizers(self) -> list[onnx.NodeProto]:
+        """The QuantizeLinear nodes forward runs (activations: weights' are tuned instead) whose
+        scale is a constant."""
+        return [n for n in self.schedule
+                if n.op_type == "QuantizeLinear" and n.input[1] in self.arrays]
+
+    def activation_overrides(self) -> dict[str, list[dict[str, Any]]]:
+        """onnxruntime ``TensorQuantOverrides`` for every activation whose scale was learned:
+        the learned scale, the calibrated zero point (the quantizer rebuilds the graph with
+        them, as the interpreter ran it)."""
+        overrides = {}
+        for node in self.activation_quantizers():
+            if node.input[1] not in self.scale_logs:
+                continue
+            if len(node.input) > 2 and node.input[2] in self.arrays:
+                zero = np.array(self.arrays[node.input[2]]).reshape(())
+            else:
+                zero = np.array(0, np.uint8)
+            scale = self._value(node.input[1], {}).detach().numpy().astype(np.float32)
+            overrides[node.input[0]] = [{"scale": scale.reshape(()), "zero_point": zero}]
+        return overrides
 
     def _reads(self, node: onnx.NodeProto) -> list[str]:
         """The tensors a node reads when forward runs it: a tuned Conv reads only its input
@@ -152,7 +190,11 @@ class QdqGraph(torch.nn.Module):
         return [n for n in self.nodes if id(n) not in dead]
 
     def _value(self, name: str, env: dict[str, torch.Tensor]) -> torch.Tensor:
-        return env[name] if name in env else self.consts[name]
+        if name in env:
+            return env[name]
+        if name in self.scale_logs:
+            return self.consts[name] * torch.exp(self.scale_logs[name])
+        return self.consts[name]
 
     def _tuned_conv(self, node: onnx.NodeProto, grid: WeightGrid) -> TunedConv:
         weight = self._constant_value(node.input[1])
@@ -422,11 +464,22 @@ class Tuning:
     crops: int
     epochs: int
     learning_rate: float
+    # learned activation scales (--tune-ranges), as onnxruntime TensorQuantOverrides
+    overrides: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    scale_factors: list[float] = field(default_factory=list)  # learned / calibrated
 
     def describe(self) -> dict[str, Any]:
-        return {"convs": len(self.weights), "crops": self.crops, "epochs": self.epochs,
-                "learning_rate": self.learning_rate,
-                "logit_mse_per_pass": [round(v, 6) for v in self.losses]}
+        described = {"convs": len(self.weights), "crops": self.crops, "epochs": self.epochs,
+                     "learning_rate": self.learning_rate,
+                     "logit_mse_per_pass": [round(v, 6) for v in self.losses]}
+        if self.scale_factors:
+            factors = np.array(self.scale_factors)
+            described["activation_scales"] = {
+                "learned": len(factors), "learning_rate": SCALE_LEARNING_RATE,
+                "factor_min": round(float(factors.min()), 4),
+                "factor_median": round(float(np.median(factors)), 4),
+                "factor_max": round(float(factors.max()), 4)}
+        return described
 
     def apply(self, model: onnx.ModelProto, skip: Sequence[str] = ()) -> onnx.ModelProto:
         """A copy of the float ``model`` with the tuned weights and biases (rows that were
@@ -444,20 +497,25 @@ class Tuning:
 
 def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
          contract: PreprocessContract, *, epochs: int, batch_size: int = BATCH_SIZE,
-         learning_rate: float = LEARNING_RATE, seed: int = 0, progress: bool = True
-         ) -> Tuning:
-    """Train ``qdq``'s int8 Convs to ``fp32``'s logits on ``crops`` (no labels needed)."""
+         learning_rate: float = LEARNING_RATE, learn_ranges: bool = False, seed: int = 0,
+         progress: bool = True) -> Tuning:
+    """Train ``qdq``'s int8 Convs to ``fp32``'s logits on ``crops`` (no labels needed);
+    ``learn_ranges``: each activation's quantization scale too (as LSQ does: the gradient of
+    the rounding with respect to its step, straight through), kept in the rebuilt graph."""
     from tqdm.auto import tqdm
 
     teacher = np.concatenate([v[OUTPUT_LOGITS] for v in tensor_batches(
         fp32, [OUTPUT_LOGITS], crops, contract, limit=len(crops), batch_size=64)])
     target = torch.from_numpy(teacher.astype(np.float32))
 
-    graph = QdqGraph(qdq, weight_grids(qdq))
+    graph = QdqGraph(qdq, weight_grids(qdq), learn_scales=learn_ranges)
     params = list(graph.params)
     if not params:
         raise Unsupported("no int8 Conv with per-channel weights to tune")
-    optimizer = torch.optim.Adam(params, lr=learning_rate)
+    groups = [{"params": params, "lr": learning_rate}]
+    if graph.scale_logs:
+        groups.append({"params": list(graph.scale_params), "lr": SCALE_LEARNING_RATE})
+    optimizer = torch.optim.Adam(groups)
     steps = epochs * math.ceil(len(crops) / batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 - k / steps)
     generator = torch.Generator().manual_seed(seed)
@@ -496,4 +554,6 @@ def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
             rows[name] = conv.learn.numpy()
             if conv.bias is not None:
                 biases[name] = conv.bias.detach().numpy().astype(np.float32)
-    return Tuning(weights, biases, rows, losses, len(crops), epochs, learning_rate)
+        factors = [float(torch.exp(p)) for p in graph.scale_logs.values()]
+    return Tuning(weights, biases, rows, losses, len(crops), epochs, learning_rate,
+                  graph.activation_overrides(), factors)
