@@ -161,12 +161,9 @@ class QdqGraph(torch.nn.Module):
         for node in self.activation_quantizers():
             if node.input[1] not in self.scale_logs:
                 continue
-            if len(node.input) > 2 and node.input[2] in self.arrays:
-                zero = np.array(self.arrays[node.input[2]]).reshape(())
-            else:
-                zero = np.array(0, np.uint8)
             scale = self._value(node.input[1], {}).detach().numpy().astype(np.float32)
-            overrides[node.input[0]] = [{"scale": scale.reshape(()), "zero_point": zero}]
+            overrides[node.input[0]] = [{"scale": scale.reshape(()),
+                                         "zero_point": self.zero_point(node).reshape(())}]
         return overrides
 
     def _reads(self, node: onnx.NodeProto) -> list[str]:
@@ -246,12 +243,15 @@ class QdqGraph(torch.nn.Module):
         for name, value in zip(node.output, results, strict=False):
             env[name] = value
 
-    def zero_point_range(self, node: onnx.NodeProto) -> tuple[int, int]:
-        """The integer range of a Q/DQ node, from its zero point's type (uint8 without one)."""
+    def zero_point(self, node: onnx.NodeProto) -> np.ndarray:
+        """A Q/DQ node's constant zero point (uint8 0 without one, as ONNX defines)."""
         if len(node.input) > 2 and node.input[2] in self.arrays:
-            dtype = self.arrays[node.input[2]].dtype
-        else:
-            dtype = np.dtype(np.uint8)
+            return np.asarray(self.arrays[node.input[2]])
+        return np.array(0, np.uint8)
+
+    def zero_point_range(self, node: onnx.NodeProto) -> tuple[int, int]:
+        """The integer range of a Q/DQ node, from its zero point's type."""
+        dtype = self.zero_point(node).dtype
         if dtype not in _INT_RANGES:
             raise Unsupported(f"{node.op_type} {node.name!r} of type {dtype}")
         return _INT_RANGES[dtype]
@@ -514,7 +514,7 @@ def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
         raise Unsupported("no int8 Conv with per-channel weights to tune")
     groups = [{"params": params, "lr": learning_rate}]
     if graph.scale_logs:
-        groups.append({"params": list(graph.scale_params), "lr": SCALE_LEARNING_RATE})
+        groups.append({"params": list(graph.scale_logs.values()), "lr": SCALE_LEARNING_RATE})
     optimizer = torch.optim.Adam(groups)
     steps = epochs * math.ceil(len(crops) / batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 - k / steps)
