@@ -1,0 +1,143 @@
+"""How far an int8 model's decisions are from fp32's, as a paired error rather than a count.
+
+    .venv/bin/python benchmarks/int8_margin_error.py EXPORT [--split test] [--sensitivity N]
+
+Why: top-1 agreement counts flips, and at 98-99% on 1,490 crops a count moves by several
+crops between two tunings that are equally good. Each crop's decision margin (the logit of
+fp32's chosen level minus the largest other logit) is a continuous, paired measure: a crop
+flips when the int8 model's error on its margin exceeds the margin. The script prints, for
+each int8 model of an export, the spread (standard deviation) of that error over the split's
+crops, the error by margin band, and the fp32 margins of the crops that flipped.
+``--sensitivity N``: on N of those crops, how much the spread falls when one activation
+quantizer at a time is removed (its tensor left in float): which tensors carry the error.
+
+The reference is the export's fp32 ONNX (held to torch within 1e-4 by the export's own
+gate); every model runs on onnxruntime CPU through the project's one session loader; the
+crops are the training run's split, read as the bench reads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edge_smw.artifacts.sessions import load_session
+from edge_smw.export.crops import find_split, load_crops, split_items
+from edge_smw.metadata import INPUT_NAME, OUTPUT_LOGITS, ModelInfo
+
+BANDS = ((0.0, 0.5), (0.5, 2.0), (2.0, 5.0), (5.0, float("inf")))
+
+
+def logits(model: Path | bytes, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
+    session = load_session(model)
+    return np.concatenate([session.run([OUTPUT_LOGITS], {INPUT_NAME: inputs[k:k + batch]})[0]
+                           for k in range(0, len(inputs), batch)])
+
+
+def margins(values: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Logit of ``chosen`` minus the largest other logit, per crop (negative: a flip)."""
+    rows = np.arange(len(values))
+    others = values.copy()
+    others[rows, chosen] = -np.inf
+    return values[rows, chosen] - others.max(axis=1)
+
+
+def without_quantizer(model: onnx.ModelProto, quantizer: onnx.NodeProto) -> onnx.ModelProto:
+    """A copy whose ``quantizer`` and its DequantizeLinear nodes are gone: readers of the
+    dequantized tensor read the float tensor instead."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    source, quantized = quantizer.input[0], quantizer.output[0]
+    dropped = {n.output[0] for n in out.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] == quantized}
+    kept = [n for n in out.graph.node
+            if n.name != quantizer.name and not (n.op_type == "DequantizeLinear"
+                                                 and n.input[0] == quantized)]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in dropped:
+                node.input[i] = source
+    for output in out.graph.output:
+        if output.name in dropped:
+            output.name = source
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/int8_margin_error.py")
+    parser.add_argument("export", type=Path, help="an export folder (model.onnx, export.json)")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--sensitivity", type=int, default=0, metavar="N",
+                        help="crops for the one-quantizer-removed table (0: skip it)")
+    args = parser.parse_args()
+
+    fp32_path = args.export / "model.onnx"
+    models = sorted(args.export.glob("model.int8*.onnx"))
+    if not fp32_path.is_file() or not models:
+        print(f"{args.export}: no model.onnx with model.int8*.onnx beside it; give an export "
+              "folder made with --int8", file=sys.stderr)
+        return 2
+    info = ModelInfo.from_file(fp32_path)
+    source = json.loads((args.export / "export.json").read_text())["source"]["path"]
+    split = find_split(source)
+    if split is None:
+        print(f"{source}: no split.json; the training run is needed for its split",
+              file=sys.stderr)
+        return 2
+    items = split_items(split, args.split, info.levels)
+    crops = load_crops(items, info.contract, detect=info.detect, source=args.split,
+                       progress=False)
+    inputs = crops.inputs(info.contract)
+    reference = logits(fp32_path, inputs)
+    chosen = reference.argmax(axis=1)
+    base = margins(reference, chosen)
+    print(f"{args.export}, {args.split} split: {len(crops)} crops; fp32 |margin| median "
+          f"{np.median(np.abs(base)):.2f}, {int((np.abs(base) < 0.1).sum())} below 0.1, "
+          f"{int((np.abs(base) < 0.5).sum())} below 0.5")
+    for path in models:
+        error = margins(logits(path, inputs), chosen) - base
+        flipped = base + error < 0
+        print(f"\n{path.name}: {int(flipped.sum())} flips, margin error sd {error.std():.3f} "
+              f"(mean {error.mean():+.3f})")
+        print("| fp32 margin | crops | error sd |\n|---|---|---|")
+        for low, high in BANDS:
+            band = (base >= low) & (base < high)
+            if band.any():
+                print(f"| {low:g}-{high:g} | {int(band.sum())} | {error[band].std():.3f} |")
+        print("flipped crops' fp32 margins:", " ".join(f"{m:.2f}" for m in np.sort(base[flipped])))
+        if args.sensitivity:
+            sensitivity(path, inputs, base, chosen, args.sensitivity)
+    return 0
+
+
+def sensitivity(path: Path, inputs: np.ndarray, base: np.ndarray, chosen: np.ndarray,
+                n: int) -> None:
+    pick = np.random.default_rng(0).choice(len(inputs), min(n, len(inputs)), replace=False)
+    model = onnx.load(str(path))
+    constants = {i.name for i in model.graph.initializer}
+
+    def spread(candidate: onnx.ModelProto) -> float:
+        out = logits(candidate.SerializeToString(), inputs[pick])
+        return float(np.std(margins(out, chosen[pick]) - base[pick]))
+
+    whole = spread(model)
+    rows = []
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in constants:
+            rows.append((spread(without_quantizer(model, node)), node.input[0]))
+    print(f"\none activation quantizer removed, {len(pick)} crops (error sd {whole:.3f} with "
+          "all of them): the ten that matter most\n| tensor left float | error sd | change |"
+          "\n|---|---|---|")
+    for value, tensor in sorted(rows)[:10]:
+        print(f"| {tensor} | {value:.3f} | {100 * (value / whole - 1):+.0f}% |")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

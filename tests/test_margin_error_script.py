@@ -1,0 +1,56 @@
+"""benchmarks/int8_margin_error.py: the decision margin and the one-quantizer-removed graph
+it reports are what they say (the script itself needs an export and real crops)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_smw.artifacts.sessions import load_session
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_margin_error.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("int8_margin_error", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_margin_is_the_chosen_logit_minus_the_best_other() -> None:
+    script = _script()
+    values = np.array([[2.0, 0.5, 1.0], [0.0, 3.0, 2.5], [1.0, 1.5, 0.0]])
+    chosen = np.array([0, 1, 0])  # the third crop: the chosen level is no longer the top
+    assert np.allclose(script.margins(values, chosen), [1.0, 0.5, -0.5])
+
+
+def test_removing_a_quantizer_leaves_its_tensor_float() -> None:
+    """input -> Q -> DQ -> Relu: without the quantizer the output is Relu(input) exactly,
+    with it the output is on the 8-bit grid."""
+    script = _script()
+    nodes = [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["q"], name="quant"),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], name="dequant"),
+             helper.make_node("Relu", ["dq"], ["output"], name="relu")]
+    graph = helper.make_graph(
+        nodes, "qdq", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8])],
+        [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+         numpy_helper.from_array(np.array(0, np.int8), "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.linspace(-1.0, 1.0, 8, dtype=np.float32).reshape(1, 8) + 0.013
+
+    def run(m: onnx.ModelProto) -> np.ndarray:
+        return load_session(m.SerializeToString()).run(["output"], {"input": x})[0]
+
+    quantizer = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
+    removed = script.without_quantizer(model, quantizer)
+    assert [n.op_type for n in removed.graph.node] == ["Relu"]
+    assert np.array_equal(run(removed), np.maximum(x, 0))
+    assert not np.allclose(run(model), np.maximum(x, 0), atol=1e-3)
+    assert [n.op_type for n in model.graph.node] == ["QuantizeLinear", "DequantizeLinear",
+                                                     "Relu"]  # the original is untouched
