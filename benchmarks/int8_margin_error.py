@@ -26,8 +26,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edge_smw.artifacts.folders import ExportDir
+from edge_smw.artifacts.formats import FP32
 from edge_smw.artifacts.sessions import load_session
 from edge_smw.export.crops import find_split, load_crops, split_items
+from edge_smw.export.quantize import Flavour
 from edge_smw.metadata import INPUT_NAME, OUTPUT_LOGITS, ModelInfo
 
 BANDS = ((0.0, 0.5), (0.5, 2.0), (2.0, 5.0), (5.0, float("inf")))
@@ -72,20 +75,22 @@ def without_quantizer(model: onnx.ModelProto, quantizer: onnx.NodeProto) -> onnx
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/int8_margin_error.py")
-    parser.add_argument("export", type=Path, help="an export folder (model.onnx, export.json)")
+    parser.add_argument("export", type=Path, help="an export folder made with --int8")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--sensitivity", type=int, default=0, metavar="N",
                         help="crops for the one-quantizer-removed table (0: skip it)")
     args = parser.parse_args()
 
-    fp32_path = args.export / "model.onnx"
-    models = sorted(args.export.glob("model.int8*.onnx"))
+    folder = ExportDir(args.export)
+    fp32_path = folder.path / FP32.file_name
+    models = [folder.path / f.file_name for f in Flavour if (folder.path / f.file_name).is_file()]
     if not fp32_path.is_file() or not models:
-        print(f"{args.export}: no model.onnx with model.int8*.onnx beside it; give an export "
-              "folder made with --int8", file=sys.stderr)
+        names = " / ".join(f.file_name for f in Flavour)
+        print(f"{args.export}: no {FP32.file_name} with an INT8 model ({names}) beside it; give "
+              "an export folder made with --int8", file=sys.stderr)
         return 2
     info = ModelInfo.from_file(fp32_path)
-    source = json.loads((args.export / "export.json").read_text())["source"]["path"]
+    source = json.loads(folder.export_json.read_text())["source"]["path"]
     split = find_split(source)
     if split is None:
         print(f"{source}: no split.json; the training run is needed for its split",
