@@ -7,6 +7,11 @@ and saturate on CPUs without VNNI (AVX2, AVX-512 without VNNI); 7-bit weights
 So an INT8 model's weight width is decided by the CPU it is *built for*, and a model is only
 right on a CPU kind it suits. The export decides from a named target; the runtime checks the
 CPU it actually runs on and warns when the model does not suit it.
+
+The tensorrt flavour's activations are signed int8, which onnxruntime rewrites to uint8 on x86
+so that the same U8S8 kernels run them, with that flavour's 8-bit weights. On x86 without VNNI
+every session therefore turns that rewrite off (``disabled_rewrites``): the model then runs
+onnxruntime's S8S8 kernels and computes what its Q/DQ graph says.
 """
 
 from __future__ import annotations
@@ -63,16 +68,39 @@ def needs_reduce_range(kind: str) -> bool:
     return kind == "x86-avx2"
 
 
-def int8_mismatch(int8: dict[str, Any], features: dict[str, Any] | None = None) -> str | None:
+# onnxruntime's graph rewrite that turns signed int8 activations (QDQ int8, the tensorrt
+# flavour) into uint8 ones so its U8S8 kernels run them: with that flavour's 8-bit weights
+# those kernels saturate on x86 without VNNI. Measured on an AMD EPYC with AVX2 only
+# (benchmarks/RESULTS.md): naive tensorrt-flavour logits 2.56 from fp32 with the rewrite,
+# 0.47 without it (0.45 running the Q/DQ operators as defined); with 7-bit weights 0.41.
+S8_TO_U8_REWRITE = "QDQS8ToU8Transformer"
+
+
+def disabled_rewrites(features: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """onnxruntime graph rewrites to turn off on this CPU so every INT8 model computes what
+    its Q/DQ graph says: on x86 without VNNI, the signed-to-unsigned activation rewrite
+    (signed int8 models then run onnxruntime's S8S8 kernels, which do not saturate)."""
+    return (S8_TO_U8_REWRITE,) if needs_reduce_range(cpu_kind(features)) else ()
+
+
+def int8_mismatch(int8: dict[str, Any], features: dict[str, Any] | None = None,
+                  backend: str = "onnxruntime-cpu") -> str | None:
     """Why an INT8 model's settings (its ``int8`` metadata) do not suit this CPU, or None.
 
-    Only the case that gives wrong numbers is reported: a cpu-flavour model with 8-bit
-    weights on an x86 CPU without VNNI, where U8S8 sums can saturate.
+    Only the cases that give wrong numbers are reported, on an x86 CPU without VNNI where
+    U8S8 sums can saturate: a cpu-flavour model with 8-bit weights on any backend, and a
+    tensorrt-flavour model (8-bit weights, signed activations) on OpenVINO (onnxruntime
+    runs it on S8S8 kernels there: ``disabled_rewrites``).
     """
-    if int8.get("flavour", "cpu") != "cpu" or int8.get("reduce_range") is not False:
+    flavour = int8.get("flavour", "cpu")
+    if int8.get("reduce_range") is not False or not needs_reduce_range(cpu_kind(features)):
         return None
-    kind = cpu_kind(features)
-    if not needs_reduce_range(kind):
+    if flavour == "tensorrt" and backend.startswith("openvino"):
+        return ("this tensorrt-flavour INT8 model has 8-bit weights, and on this CPU without "
+                "VNNI (x86 AVX2) OpenVINO runs it on U8S8 kernels (oneDNN's) that can saturate "
+                "their 16-bit sums and change scores; run it with --backend onnxruntime-cpu, "
+                "or use the cpu flavour (model.int8.onnx) or model.onnx (fp32)")
+    if flavour != "cpu":
         return None
     target = int8.get("target_cpu") or "a CPU with VNNI"
     return (f"this INT8 model has 8-bit weights (built for {target}), but this CPU has no VNNI "

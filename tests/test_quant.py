@@ -23,6 +23,14 @@ from edge_smw.errors import InputError  # noqa: E402
 from edge_smw.export import quantize as Q  # noqa: E402
 
 
+def this_cpus_spec(flavour: Q.Flavour) -> Q.FlavourSpec:
+    """The flavour as this CPU computes it right: the cpu flavour with 7-bit weights on x86
+    without VNNI (8-bit U8S8 sums saturate there), as ``--target-cpu build-machine`` builds it;
+    figures compared across models mean nothing on saturated kernels."""
+    return Q.flavour_spec(flavour, reduce_range=Q.decide_reduce_range(
+        flavour, "auto", "build-machine")[0])
+
+
 class Setup:
     def __init__(self, run: Path, folder: Path) -> None:
         from edge_smw.export.crops import calibration_crops, validation_crops
@@ -55,7 +63,7 @@ class Setup:
     def int8(self, flavour: Q.Flavour) -> onnx.ModelProto:
         if flavour.value not in self._cache:
             self._cache[flavour.value] = Q.quantize(self.fp32, self.calibration,
-                                                    Q.flavour_spec(flavour))
+                                                    this_cpus_spec(flavour))
         return self._cache[flavour.value]
 
     def logits(self, path: Path, limit: int | None = None) -> np.ndarray:
@@ -115,8 +123,26 @@ def test_mismatch_is_only_8bit_weights_on_x86_without_vnni(
         int8_mismatch(eight, avx2)
     assert int8_mismatch(eight, vnni) is None
     assert int8_mismatch(seven, avx2) is None
-    assert int8_mismatch({"flavour": "tensorrt", "reduce_range": False}, avx2) is None
+    trt = {"flavour": "tensorrt", "reduce_range": False}
+    assert int8_mismatch(trt, avx2) is None  # onnxruntime: S8S8 kernels there
+    assert "OpenVINO" in int8_mismatch(trt, avx2, backend="openvino-cpu")
+    assert int8_mismatch(trt, vnni, backend="openvino-cpu") is None
     assert int8_mismatch({}, avx2) is None  # older models: nothing recorded, nothing claimed
+
+
+def test_signed_int8_rewrite_is_off_only_on_x86_without_vnni(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge_smw.cpu as cpu
+    from edge_smw.artifacts.sessions import this_cpus_disabled_rewrites
+
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    assert cpu.disabled_rewrites(cpu_features(_cpuinfo(tmp_path, "avx2 fma"))) == (
+        cpu.S8_TO_U8_REWRITE,)
+    assert cpu.disabled_rewrites(cpu_features(_cpuinfo(tmp_path, "avx2 avx_vnni"))) == ()
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "aarch64")
+    assert cpu.disabled_rewrites(cpu_features(_cpuinfo(tmp_path, "fp asimd asimddp"))) == ()
+    monkeypatch.undo()
+    assert this_cpus_disabled_rewrites() == cpu.disabled_rewrites()  # what sessions use
 
 
 def test_this_machine_is_recorded() -> None:
@@ -193,7 +219,7 @@ def test_input_grid_keeps_the_float_function_and_is_exact(setup: Setup) -> None:
     calibration = replace(setup.calibration, ranges={
         **setup.calibration.ranges, grid.tensor: (-128 * grid.scale, 127 * grid.scale)})
     int8_nodes = {n.name for n in Q.quantize(model, calibration,
-                                             Q.flavour_spec(Q.Flavour.CPU),
+                                             this_cpus_spec(Q.Flavour.CPU),
                                              nodes_to_exclude=list(grid.float_nodes),
                                              overrides=grid.overrides(signed=False)).graph.node}
     assert set(grid.float_nodes) <= int8_nodes  # the shift and pad stay as they are
@@ -254,6 +280,116 @@ def test_tensorrt_flavour_is_explicit_symmetric_int8(setup: Setup) -> None:
     assert logits.shape == (8, setup.contract.num_levels) and np.isfinite(logits).all()
 
 
+def test_one_quantizer_per_activation_leaves_the_conv_outputs_float(setup: Setup) -> None:
+    """tensorrt flavour: by default onnxruntime keeps a symmetric ReLU and quantizes its
+    input too; with one quantizer only the ReLU's output (a Conv's input) is, as TensorRT
+    fuses Conv + ReLU, and the model is still valid explicit quantization."""
+    spec = Q.flavour_spec(Q.Flavour.TENSORRT)
+    plain = Q.quantize(setup.fp32, setup.calibration, spec)
+    once = Q.quantize(setup.fp32, setup.calibration, Q.one_quantizer_per_activation(spec))
+
+    def quantized_relu_inputs(model: onnx.ModelProto) -> int:
+        producers = {o: n for n in model.graph.node for o in n.output}
+        return sum(1 for n in model.graph.node if n.op_type in ("Clip", "Relu")
+                   and n.input[0] in producers
+                   and producers[n.input[0]].op_type == "DequantizeLinear")
+
+    relus = sum(1 for n in setup.fp32.graph.node if n.op_type in ("Clip", "Relu"))
+    assert quantized_relu_inputs(plain) == relus > 0  # the double rounding it removes
+    assert quantized_relu_inputs(once) == 0
+    assert Q.tensorrt_problems(once) == []
+    assert Q.qdq_summary(once)["float_convs"] == Q.qdq_summary(plain)["float_convs"]
+
+
+def test_centred_activations_keep_the_float_function_and_fill_the_grid(setup: Setup) -> None:
+    """Each ReLU output moved by the middle of its range: the same logits, a range symmetric
+    about zero (all 8 bits of a symmetric quantizer), exact borders through the explicit
+    Pads, and a tensorrt-flavour model TensorRT takes; the tuning interpreter runs it as
+    onnxruntime does."""
+    from edge_smw.export.centring import candidates, centre_activations
+    from edge_smw.export.tuning import QdqGraph
+
+    model, centring = centre_activations(setup.fp32, setup.calibration.ranges)
+    assert len(centring.tensors) == len(candidates(setup.fp32)) > 0
+    assert centring.pads  # the depthwise Convs read a Pad of the shifted zero
+    assert candidates(model) == []  # centred outputs go below zero: nothing left to move
+    def unread(m: onnx.ModelProto) -> list[str]:
+        read = {name for node in m.graph.node for name in node.input}
+        return [i.name for i in m.graph.initializer if i.name not in read]
+
+    assert unread(model) == unread(setup.fp32)  # the replaced biases and bounds are gone
+    before = setup.logits(setup.fp32_path, limit=16)
+    path = setup.save(model, "centred.onnx")
+    np.testing.assert_allclose(setup.logits(path, limit=16), before, atol=1e-3)
+    fresh = Q.calibrate(path, setup.calib, setup.contract, progress=False)
+    for moved in centring.tensors:
+        low, high = fresh.ranges[moved.tensor]
+        assert low < 0 < high and abs(low + high) <= 0.05 * (high - low) + 1e-6, moved
+    from dataclasses import replace
+
+    calibration = replace(setup.calibration, ranges={**setup.calibration.ranges,
+                                                     **{t: fresh.ranges[t]
+                                                        for t in centring.changed}})
+    spec = Q.one_quantizer_per_activation(Q.flavour_spec(Q.Flavour.TENSORRT))
+    qdq = Q.quantize(model, calibration, spec)
+    assert Q.tensorrt_problems(qdq) == []
+    assert Q.qdq_summary(qdq)["float_convs"] == []
+    inputs = setup.val.inputs(setup.contract, 0, 16)
+    with torch.no_grad():
+        interpreted = QdqGraph(qdq)(torch.from_numpy(inputs), ["logits"])[0].numpy()
+    onnxruntime = setup.logits(setup.save(qdq, "centred-trt.onnx"), limit=16)
+    assert float(np.abs(interpreted - onnxruntime).mean()) < 0.5 * float(
+        np.abs(onnxruntime - before).mean())
+
+
+def test_centred_readers_follow_the_weights_chosen_later(setup: Setup) -> None:
+    """Weights replaced after centring (as learned rounding's are) with the readers' biases
+    following them compute what the uncentred model with those weights computes; left with
+    the float weights' biases, every zero of a ReLU adds ``(W_q - W) c`` to a reader."""
+    from edge_smw.export.centring import centre_activations
+
+    centred, centring = centre_activations(setup.fp32, setup.calibration.ranges)
+    readers = {r for t in centring.tensors for r in t.readers}
+    assert readers
+
+    def coarse(conv: Q.ConvTensors) -> None:  # rounded to a 16-level grid: a large change
+        w = conv.weight()
+        step = np.abs(w).max() / 8
+        conv.set_weight(np.round(w / step) * step)
+
+    limit = 16
+    uncentred = setup.logits(setup.save(Q.edit_convs(setup.fp32, readers, coarse),
+                                        "coarse.onnx"), limit)
+    stale = setup.logits(setup.save(Q.edit_convs(centred, readers, coarse),
+                                    "coarse-stale.onnx"), limit)
+    followed = centring.follow_weights(Q.edit_convs(centred, readers, coarse), centred)
+    exact = setup.logits(setup.save(followed, "coarse-followed.onnx"), limit)
+    np.testing.assert_allclose(exact, uncentred, atol=1e-3)
+    assert float(np.abs(stale - uncentred).max()) > 0.1
+    # weights left as they were: nothing to follow, the model unchanged
+    same = centring.follow_weights(centred, centred)
+    assert [i.SerializeToString() for i in same.graph.initializer] == [
+        i.SerializeToString() for i in centred.graph.initializer]
+
+
+def test_tensorrt_flavour_computes_its_graph_on_this_cpu(setup: Setup) -> None:
+    """The tensorrt flavour's 8-bit weights through onnxruntime's fused kernels give what its
+    Q/DQ operators define (the plain, unoptimized run) on every CPU: on x86 without VNNI the
+    sessions turn off the rewrite that would run them on saturating U8S8 kernels (measured
+    there: 2.56 logits from fp32 with it, 0.45 for the graph itself)."""
+    import onnxruntime as ort
+
+    path = setup.save(setup.int8(Q.Flavour.TENSORRT), "trt-kernels.onnx")
+    inputs = setup.val.inputs(setup.contract, 0, 64)
+    fused = setup.logits(path, limit=64)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"input": inputs})[0]
+    fp32 = setup.logits(setup.fp32_path, limit=64)
+    assert np.abs(fused - plain).mean() < 0.5 * np.abs(plain - fp32).mean()
+
+
 def test_problems_are_detected(setup: Setup) -> None:
     """The TensorRT checker is not a rubber stamp: the cpu flavour fails it."""
     problems = Q.tensorrt_problems(setup.int8(Q.Flavour.CPU))
@@ -268,7 +404,7 @@ def test_bias_correction_cuts_logit_noise(setup: Setup) -> None:
     assert len(correction.shifts) == Q.qdq_summary(model)["int8_convs"]
     assert correction.describe()["mean_abs_shift"] > 0
     corrected = Q.quantize(Q.apply_bias_correction(setup.fp32, correction), setup.calibration,
-                           Q.flavour_spec(Q.Flavour.CPU))
+                           this_cpus_spec(Q.Flavour.CPU))
     ref = setup.logits(setup.fp32_path)
     plain = setup.logits(setup.save(model, "plain.onnx"))
     better = setup.logits(setup.save(corrected, "corrected.onnx"))
@@ -345,7 +481,7 @@ def test_off_grid_weights_are_caught(setup: Setup) -> None:
     target = int(np.argmin(np.abs(flat)))  # not the row's largest weight
     flat[target] += grids[first].scale[row] / 3
     moved = Q.quantize(rounding.apply(setup.fp32), setup.calibration,
-                       Q.flavour_spec(Q.Flavour.CPU))
+                       this_cpus_spec(Q.Flavour.CPU))
     assert check_on_grid(rounding, moved) == [first]
 
     kept = rounding.apply(setup.fp32, skip=[first])
@@ -384,21 +520,27 @@ def test_equalization_keeps_the_float_function_and_evens_the_channels(setup: Set
         assert np.allclose(ranges, ranges.max(), rtol=1e-3)
 
 
-def test_quant_report_knows_which_flavours_were_equalized(tmp_path: Path) -> None:
-    """``quant-report`` on an export folder warns for flavours whose streams were rescaled
-    (their SQNR against model.onnx would compare differently scaled channels)."""
+def test_quant_report_knows_which_flavours_moved_tensors(tmp_path: Path) -> None:
+    """``quant-report`` on an export folder warns for flavours whose streams were rescaled or
+    whose ReLU outputs were centred (their SQNR against model.onnx would compare different
+    values of the same tensor)."""
     import json
 
-    from edge_smw.export.sensitivity import _equalized
+    from edge_smw.export.sensitivity import _moved_tensors
 
-    steps = [{"step": "range equalization", "kept": True}]
     export_json = tmp_path / "export.json"
     export_json.write_text(json.dumps({"int8": {"flavours": {
-        "cpu": {"steps": steps}, "tensorrt": {"steps": [{**steps[0], "kept": False}]}}}}))
-    assert _equalized(export_json) == {"cpu"}
+        "cpu": {"steps": [{"step": "range equalization", "kept": True}]},
+        "tensorrt": {"steps": [{"step": "range equalization", "kept": False},
+                               {"step": "centred activations", "kept": True}]}}}}))
+    assert _moved_tensors(export_json) == {"cpu": ["range equalization"],
+                                           "tensorrt": ["centred activations"]}
+    export_json.write_text(json.dumps({"int8": {"flavours": {
+        "cpu": {"steps": [{"step": "range equalization", "kept": False}]}}}}))
+    assert _moved_tensors(export_json) == {}
     export_json.write_text("{not json")
-    assert _equalized(export_json) == set()
-    assert _equalized(tmp_path / "missing.json") == set()
+    assert _moved_tensors(export_json) == {}
+    assert _moved_tensors(tmp_path / "missing.json") == {}
 
 
 def _graph(nodes: list[onnx.NodeProto], weights: dict[str, np.ndarray]) -> onnx.ModelProto:
@@ -710,7 +852,7 @@ def test_onnxruntime_requantizes_a_lone_float_conv(setup: Setup) -> None:
     lone_act = next(n for n in block if "bn2" in n)
 
     def optimized(exclude: list[str], name: str) -> onnx.ModelProto:
-        model = Q.quantize(setup.fp32, setup.calibration, Q.flavour_spec(Q.Flavour.CPU),
+        model = Q.quantize(setup.fp32, setup.calibration, this_cpus_spec(Q.Flavour.CPU),
                            nodes_to_exclude=exclude)
         options = ort.SessionOptions()
         options.optimized_model_filepath = str(setup.folder / f"{name}.opt.onnx")
@@ -754,7 +896,7 @@ def test_unit_noise_ranks_blocks_by_logit_noise(setup: Setup) -> None:
 
     units = node_units(setup.fp32)
     picked = {k: units[k] for k in ("stem", "blocks.0.0", "blocks.5.3")}
-    spec = Q.flavour_spec(Q.Flavour.CPU)
+    spec = this_cpus_spec(Q.Flavour.CPU)
     noise = unit_noise(setup.fp32, picked, setup.calib, setup.contract, limit=16,
                        build=lambda others: Q.quantize(setup.fp32, setup.calibration, spec,
                                                        nodes_to_exclude=others),
@@ -787,7 +929,7 @@ def test_mixed_precision_steps_are_monotone(setup: Setup, flavour: Q.Flavour) ->
     from edge_smw.export.sensitivity import node_units
 
     units = node_units(setup.fp32)
-    spec = Q.flavour_spec(flavour)
+    spec = this_cpus_spec(flavour)
     result = mixed.search(
         units=units, ranking=["stem", "blocks.0.0", "blocks.1.0"],
         build=lambda nodes: mixed.build(setup.fp32, setup.calibration, spec, None, nodes),

@@ -1,7 +1,8 @@
 """The one onnxruntime session loader (as Polygraphy's ``SessionFromOnnx``): loaders build
 sessions, runners only run them.
 
-Threads, spinning, graph optimisation, logging and providers are decided here and nowhere
+Threads, spinning, graph optimisation (with the rewrites this CPU needs off:
+``edge_smw.cpu.disabled_rewrites``), logging and providers are decided here and nowhere
 else, so a measurement, a calibration pass and the camera runtime cannot drift apart by an
 option one of them forgot.
 
@@ -15,6 +16,7 @@ a test keeps the two equal).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,6 +100,10 @@ class SessionSettings:
         options.log_severity_level = self.log_severity
         if not self.spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        rewrites = this_cpus_disabled_rewrites()
+        if rewrites:
+            options.add_session_config_entry("optimization.disable_specified_optimizers",
+                                             ",".join(rewrites))
         return options
 
 
@@ -115,6 +121,15 @@ def load_session(model: str | Path | bytes, settings: SessionSettings | None = N
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, settings.options(),
                                 providers=list(providers or settings.providers))
+
+
+@functools.cache
+def this_cpus_disabled_rewrites() -> tuple[str, ...]:
+    """The graph rewrites every session turns off on this CPU, so an INT8 model computes what
+    its Q/DQ graph says (``edge_smw.cpu.disabled_rewrites``); read once per process."""
+    from edge_smw.cpu import disabled_rewrites
+
+    return disabled_rewrites()
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

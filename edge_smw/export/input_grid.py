@@ -29,6 +29,7 @@ import onnx
 from onnx import numpy_helper
 
 from edge_smw.contract import PreprocessContract
+from edge_smw.export.padding import explicit_pad
 from edge_smw.metadata import INPUT_NAME
 
 SHIFTED = "edge_smw_input_on_grid"
@@ -93,20 +94,10 @@ def put_input_on_grid(model: onnx.ModelProto, contract: PreprocessContract
         conv.input[2] = name
     nodes = []
     source = INPUT_NAME
-    pads = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [])
-    if any(pads):
-        # ONNX Conv pads: [top, left, bottom, right]; Pad wants all begins then all ends, NCHW
-        top, left, bottom, right = pads
-        pad_value = f"{SHIFTED}_pads"
-        graph.initializer.append(numpy_helper.from_array(
-            np.array([0, 0, top, left, 0, 0, bottom, right], np.int64), pad_value))
-        nodes.append(onnx.helper.make_node("Pad", [INPUT_NAME, pad_value], [f"{SHIFTED}_padded"],
-                                           name=f"{SHIFTED}_pad", mode="constant"))
-        source = f"{SHIFTED}_padded"
-        for a in conv.attribute:
-            if a.name == "pads":
-                del a.ints[:]
-                a.ints.extend([0, 0, 0, 0])
+    pad = explicit_pad(graph, conv, INPUT_NAME, f"{SHIFTED}_padded")
+    if pad is not None:
+        nodes.append(pad)
+        source = pad.output[0]
     graph.initializer.append(numpy_helper.from_array(np.array(shift, np.float32),
                                                      f"{SHIFTED}_shift"))
     nodes.append(onnx.helper.make_node("Add", [source, f"{SHIFTED}_shift"], [SHIFTED],

@@ -5,18 +5,23 @@ Per flavour, from one calibration pass on the run's training crops:
 1. ``naive``: static QDQ, per-channel weights, the float tail (pool, head, softmax) float;
 2. ``exact input grid``: the input shifted half a step onto the pixels' 8-bit grid
    (``input_grid``), so quantizing it loses nothing;
-3. ``range equalization`` (on request): the linear bottleneck streams rescaled channel by
+3. ``one quantizer per Conv and activation`` (tensorrt flavour, on request): each ReLU
+   output quantized once, after the ReLU, as TensorRT fuses Conv + ReLU;
+4. ``range equalization`` (on request): the linear bottleneck streams rescaled channel by
    channel so one activation scale fits every channel (``equalize``), then recalibrated;
-4. ``learned rounding``: each Conv's int8 weights chosen for its output on calibration
+5. ``learned rounding``: each Conv's int8 weights chosen for its output on calibration
    crops (``rounding``), not rounded one by one;
-5. ``bias correction``: the weight-rounding shift folded into the biases;
-6. ``quantization-aware tuning`` (on request): every int8 Conv's weights and biases trained
+   ``centred activations`` (tensorrt flavour, on request): each ReLU output centred on zero
+   so it uses the whole symmetric grid (``centring``), the readers' biases following the
+   learned weights;
+6. ``bias correction``: the weight-rounding shift folded into the biases;
+7. ``quantization-aware tuning`` (on request): every int8 Conv's weights and biases trained
    end to end to the float logits through the int8 rounding (``tuning``), on the
    all-integer model;
-7. ``mixed precision`` (only while the target is not shown): at most ``max_mixed_steps``
-   blocks kept float, in either flavour (an all-integer tensorrt flavour is not reached yet
-   without it: see benchmarks/RESULTS.md);
-8. ``int8-aware head`` (on request): the head retrained on the int8 backbone's features.
+8. ``mixed precision`` (only while the target is not shown): at most ``max_mixed_steps``
+   blocks kept float, in either flavour (the tensorrt flavour is all-integer at the target
+   only with centred activations: see benchmarks/RESULTS.md);
+9. ``int8-aware head`` (on request): the head retrained on the int8 backbone's features.
 
 Every step is measured (agreement and accuracy against torch on the validation crops, batch-1
 latency beside fp32) and kept only when it helps: fewer crops disagree with torch, or as many
@@ -41,6 +46,7 @@ import onnx
 from edge_smw.contract import PreprocessContract
 from edge_smw.errors import GateFailure, InputError
 from edge_smw.export import quantize as Q
+from edge_smw.export.centring import Centring, centre_activations
 from edge_smw.export.crops import CropSet, calibration_crops, find_split, split_items
 from edge_smw.export.equalize import Equalization, equalize
 from edge_smw.export.input_grid import InputGrid, put_input_on_grid
@@ -62,6 +68,8 @@ log = logging.getLogger("edge_smw.export")
 
 INPUT_GRID = "input grid"
 EQUALIZATION = "range equalization"  # the transform and its step
+CENTRING = "centred activations"  # the transform and its step
+ONE_QUANTIZER = "one quantizer per Conv and activation"
 TUNING = "quantization-aware tuning"
 
 
@@ -143,6 +151,8 @@ class Int8Context:
             return replace(before, model=model, calibration=calibration, grid=grid)
         if transforms[-1] == EQUALIZATION:
             return self._equalized(before)
+        if transforms[-1] == CENTRING:
+            return self._centred(before)
         raise ValueError(f"unknown float transform {transforms[-1]!r}")
 
     def _equalized(self, before: FloatSource) -> FloatSource:
@@ -159,6 +169,19 @@ class Int8Context:
         return replace(before, model=model, equalization=equalization,
                        calibration=replace(before.calibration, ranges=ranges))
 
+    def _centred(self, before: FloatSource) -> FloatSource:
+        """Activations moved by the middle of their ranges; the moved tensors' (and the new
+        Pads') ranges from a recalibration, the rest as before."""
+        model, centring = centre_activations(before.model, before.calibration.ranges)
+        path = self.work / "centred.onnx"
+        onnx.save_model(model, str(path))
+        fresh = calibrate(path, self.calib, self.contract, self.settings, progress=False)
+        changed = set(centring.changed)
+        ranges = {**before.calibration.ranges,
+                  **{name: fresh.ranges[name] for name in changed if name in fresh.ranges}}
+        return replace(before, model=model, centring=centring,
+                       calibration=replace(before.calibration, ranges=ranges))
+
 
 @dataclass
 class FloatSource:
@@ -168,6 +191,7 @@ class FloatSource:
     calibration: Q.Calibration
     grid: InputGrid | None = None
     equalization: Equalization | None = None
+    centring: Centring | None = None
 
 
 @dataclass
@@ -191,7 +215,10 @@ class Recipe:
             model = self.rounding.apply(model, skip=float_nodes)
         if self.correction is not None:
             model = Q.apply_bias_correction(model, self.correction, skip=float_nodes)
-        if self.tuning is not None:
+        centring = self.source(ctx).centring
+        if centring is not None:  # the shift exact for the weights chosen above
+            model = centring.follow_weights(model, self.source(ctx).model)
+        if self.tuning is not None:  # after: its biases were learned on the model so far
             model = self.tuning.apply(model, skip=float_nodes)
         return model
 
@@ -287,6 +314,49 @@ def step_input_grid(ctx: Int8Context, run: FlavourRun) -> None:
     run.consider("exact input grid", model, ctx.measure(model, f"{run.flavour.value} input "
                                                         "grid"), recipe,
                  input_grid=grid.describe() if grid else None)
+
+
+def step_one_quantizer(ctx: Int8Context, run: FlavourRun) -> None:
+    """tensorrt: the quantizer keeps a symmetric activation's ReLU, and by default quantizes
+    both its input (the Conv's output) and its output, two roundings where TensorRT's fused
+    Conv + ReLU kernel has one (measured: onnxruntime gives both the ReLU's scale, so the
+    second rounding changed no crop on the fine-tuned model: benchmarks/RESULTS.md)."""
+    if run.flavour is not Q.Flavour.TENSORRT:
+        run.steps.append(Step(ONE_QUANTIZER, None, False, "skipped: the cpu flavour's "
+                              "quantizer already folds each ReLU into its Conv's output"))
+        return
+    recipe = replace(run.recipe, spec=Q.one_quantizer_per_activation(run.recipe.spec))
+    model = recipe.build(ctx)
+    run.consider(ONE_QUANTIZER, model, ctx.measure(model, "tensorrt one quantizer"), recipe)
+
+
+def step_centring(ctx: Int8Context, run: FlavourRun) -> None:
+    """tensorrt: each ReLU output centred on zero, so its symmetric quantizer uses all 8 bits.
+
+    The learned weights are kept and the readers' biases follow them
+    (``Centring.follow_weights``), so centring changes the activation grids and nothing else.
+    Redoing learned rounding on the centred model instead (with the float weights' biases,
+    so for ``(W_q - W)(y - c)``) measured the same on unseen crops in a second rounding pass
+    (benchmarks/RESULTS.md). Off by default: on the linear-head model the float blocks it
+    replaces agreed better on unseen crops."""
+    from edge_smw.export.centring import candidates
+
+    if run.flavour is not Q.Flavour.TENSORRT:
+        run.steps.append(Step(CENTRING, None, False, "skipped: the cpu flavour's uint8 "
+                              "activations already use their zero point"))
+        return
+    if not candidates(run.recipe.source(ctx).model):
+        run.steps.append(Step(CENTRING, None, False, "skipped: no ReLU output read only by "
+                              "Convs"))
+        return
+    recipe = replace(run.recipe, transforms=(*run.recipe.transforms, CENTRING))
+    model = (recipe.build(ctx) if recipe.rounding is None else
+             _build_on_grid(ctx, recipe, recipe.rounding, CENTRING,
+                            "export with --no-centre-activations"))
+    centring = recipe.source(ctx).centring
+    assert centring is not None
+    run.consider(CENTRING, model, ctx.measure(model, "tensorrt centred"), recipe,
+                 centring=centring.describe())
 
 
 def step_equalization(ctx: Int8Context, run: FlavourRun) -> None:
@@ -415,10 +485,14 @@ def run_flavour(ctx: Int8Context, flavour: Q.Flavour) -> FlavourRun:
     step_naive(ctx, run)
     if settings.input_grid:
         step_input_grid(ctx, run)
+    if settings.centre_activations:
+        step_one_quantizer(ctx, run)
     if settings.equalize:
         step_equalization(ctx, run)
     if settings.learned_rounding:
         step_learned_rounding(ctx, run)
+    if settings.centre_activations:
+        step_centring(ctx, run)
     if settings.bias_correction:
         step_bias_correction(ctx, run)
     if settings.tune:

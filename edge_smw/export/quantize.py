@@ -140,6 +140,15 @@ def flavour_spec(flavour: Flavour, *, reduce_range: bool = False) -> FlavourSpec
     })
 
 
+def one_quantizer_per_activation(spec: FlavourSpec) -> FlavourSpec:
+    """``spec`` with no quantizer on a Conv's own output: a ReLU after it is then quantized
+    once, at its output (where the next Conv, or an Add, reads it), as TensorRT fuses Conv +
+    ReLU; a Conv's output read directly is quantized by its readers as before."""
+    extra = {**spec.extra_options, "OpTypesToExcludeOutputQuantization": ["Conv"]}
+    return FlavourSpec(spec.flavour, spec.activation_type, spec.weight_type, spec.reduce_range,
+                       extra)
+
+
 # -- the CPU it is built for ---------------------------------------------------------------------
 def decide_reduce_range(flavour: Flavour, setting: str | bool = "auto",
                         target_cpu: str = "build-machine",
@@ -506,6 +515,7 @@ def measure_weight_shift(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: Cro
     producers = {out: node for node in model.graph.node for out in node.output}
     pairs: dict[str, tuple[str, str]] = {}
     twins = []
+    added: set[str] = set()
     for node in model.graph.node:
         source = float_convs.get(node.name)
         if node.op_type != "Conv" or source is None:
@@ -520,6 +530,17 @@ def measure_weight_shift(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: Cro
         twin = copy.deepcopy(node)
         twin.name = f"{node.name}__edge_smw_twin"
         twin.input[1] = ref_name
+        if (len(source.input) > 2 and source.input[2] and len(twin.input) > 2
+                and twin.input[2] not in producers):
+            # a float bias: the float Conv's own, which the int8 model's may differ from
+            # (centred readers' follow their int8 weights: edge_smw.export.centring)
+            bias_name = f"{source.input[2]}__edge_smw_float_ref"
+            if bias_name not in added:
+                bias = copy.deepcopy(float_init[source.input[2]])
+                bias.name = bias_name
+                model.graph.initializer.append(bias)
+                added.add(bias_name)
+            twin.input[2] = bias_name
         twin.output[0] = f"{node.output[0]}__edge_smw_twin"
         twins.append(twin)
         pairs[node.name] = (node.output[0], twin.output[0])

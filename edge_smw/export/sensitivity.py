@@ -284,13 +284,14 @@ def report_for_export(export_dir: str | Path, *, out: str | Path | None = None, 
                          f"here ({crops.skipped.summary()})")
     target = Path(out) if out else folder.path
     written = {}
-    equalized = _equalized(folder.export_json)
+    moved = _moved_tensors(folder.export_json)
     for flavour, path in models.items():
-        if flavour in equalized:
+        if flavour in moved:
             logging.getLogger("edge_smw.export").warning(
-                "%s: range equalization rescaled its linear streams channel by channel, so "
-                "their tensors' SQNR against %s is not meaningful here (the export's own "
-                "quant_report compares with the rescaled source)", path.name, FP32.file_name)
+                "%s: %s changed some tensors' values (same float function), so their SQNR "
+                "against %s is not meaningful here (the export's own quant_report compares "
+                "with its transformed source)", path.name, " and ".join(moved[flavour]),
+                FP32.file_name)
         errors = tensor_errors(fp32, path, crops, info.contract, limit=limit, progress=progress)
         written[flavour] = write_report(
             errors, target, name=f"quant_report.{flavour}",
@@ -342,16 +343,18 @@ def unit_noise(
     return results
 
 
-def _equalized(export_json: Path) -> set[str]:
-    """The flavours whose export kept the range equalization step (export.json)."""
+def _moved_tensors(export_json: Path) -> dict[str, list[str]]:
+    """Per flavour, the kept steps of its export (export.json) that rewrite tensors of the
+    float model (range equalization rescales channels, centring shifts ReLU outputs)."""
     import json
 
-    from edge_smw.export.int8 import EQUALIZATION
+    from edge_smw.export.int8 import CENTRING, EQUALIZATION
 
     try:
         flavours = json.loads(export_json.read_text(encoding="utf-8"))["int8"]["flavours"]
-        return {name for name, info in flavours.items()
-                if any(s.get("step") == EQUALIZATION and s.get("kept")
-                       for s in info.get("steps", []))}
+        moved = {name: [s["step"] for s in info.get("steps", [])
+                        if s.get("step") in (EQUALIZATION, CENTRING) and s.get("kept")]
+                 for name, info in flavours.items()}
+        return {name: steps for name, steps in moved.items() if steps}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return set()
+        return {}

@@ -95,6 +95,15 @@ class ExportSettings:
     input_grid: bool = setting(True, help="put the input on the pixels' exact 8-bit grid (a "
                                "half-step shift the first Conv absorbs)", group=GROUP_INT8,
                                flag="--input-grid", profile="int8.input_grid")
+    centre_activations: bool = setting(False, help="tensorrt flavour: one quantizer per Conv "
+                                       "and its ReLU (after it, as TensorRT fuses them), and "
+                                       "each ReLU output centred so it uses the whole "
+                                       "symmetric 8-bit grid (two measured steps; off: it "
+                                       "makes the flavour all-integer but measured less "
+                                       "agreement on unseen crops than float blocks, see "
+                                       "benchmarks/RESULTS.md)",
+                                       group=GROUP_INT8, flag="--centre-activations",
+                                       profile="int8.centre_activations")
     equalize: bool = setting(False, help="rescale the linear bottleneck outputs channel by "
                              "channel so one activation scale fits them all, then recalibrate "
                              "(off: no gain measured on EfficientNet-Lite0, see "

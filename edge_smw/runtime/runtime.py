@@ -252,7 +252,7 @@ class Runtime:
             return
         from edge_smw.cpu import int8_mismatch
 
-        reason = int8_mismatch(self.info.extra.get("int8") or {})
+        reason = int8_mismatch(self.info.extra.get("int8") or {}, backend=self.runner.name)
         key = str(self.path.resolve())
         if reason and key not in _CPU_WARNED:
             _CPU_WARNED.add(key)
