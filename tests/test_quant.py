@@ -553,6 +553,29 @@ def _graph(nodes: list[onnx.NodeProto], weights: dict[str, np.ndarray]) -> onnx.
     return helper.make_model(graph)
 
 
+def test_a_bias_edit_never_reaches_a_second_conv() -> None:
+    """Exporters merge equal constants, so two Convs can read one bias initializer: editing
+    one Conv's bias gives it its own, and the other keeps the original values."""
+    from onnx import helper
+
+    from edge_smw.export.quantize import BiasCorrection, apply_bias_correction
+
+    nodes = [helper.make_node("Conv", ["x", "w0", "b"], ["a"], name="A"),
+             helper.make_node("Conv", ["a", "w1", "b"], ["y"], name="B")]
+    model = _graph(nodes, {"w0": np.ones((4, 4, 1, 1)), "w1": np.ones((4, 4, 1, 1)),
+                           "b": np.arange(4.0)})
+    shift = np.array([1.0, -1.0, 0.5, 0.0])
+    corrected = apply_bias_correction(model, BiasCorrection({"A": shift}, crops=1))
+    init = {i.name: numpy_helper.to_array(i) for i in corrected.graph.initializer}
+    a, b = corrected.graph.node
+    assert b.input[2] == "b" and np.array_equal(init["b"], np.arange(4.0))
+    assert a.input[2] != "b" and np.allclose(init[a.input[2]], np.arange(4.0) - shift)
+    alone = apply_bias_correction(_graph(nodes[:1], {"w0": np.ones((4, 4, 1, 1)),
+                                                     "b": np.arange(4.0)}),
+                                  BiasCorrection({"A": shift}, crops=1))
+    assert alone.graph.node[0].input[2] == "b"  # its own bias: edited in place
+
+
 def test_streams_stop_at_activations_depthwise_readers_and_constants() -> None:
     """Only what rescales exactly: a Conv read through Relu, a stream a depthwise Conv reads
     and an Add with a constant input are left alone."""

@@ -81,7 +81,7 @@ class Centring:
             old = weights[before[conv.node.name]].astype(np.float64)
             change = (conv.weight().astype(np.float64) - old).reshape(len(old), -1).sum(1)
             if np.any(change):
-                conv.set_bias(conv.bias().astype(np.float64) + shifts[conv.node.name] * change)
+                conv.add_to_bias(shifts[conv.node.name] * change)
 
         return edit_convs(model, shifts, follow)
 
@@ -174,14 +174,15 @@ def centre_activations(model: onnx.ModelProto, ranges: dict[str, tuple[float, fl
         if top <= found.low:
             continue
         shift = (found.low + top) / 2.0
-        _add_to_bias(graph, init, found.conv, np.full(_out_channels(found.conv, constants),
-                                                      -shift))
+        ConvTensors(out, found.conv, init).add_to_bias(
+            np.full(_out_channels(found.conv, constants), -shift))
         _move_bounds(graph, found.activation, found.low - shift,
                      None if found.high is None else found.high - shift)
         padded = []
         for reader in found.readers:
             weight = constants[reader.input[1]].astype(np.float64)
-            _add_to_bias(graph, init, reader, shift * weight.reshape(weight.shape[0], -1).sum(1))
+            ConvTensors(out, reader, init).add_to_bias(
+                shift * weight.reshape(weight.shape[0], -1).sum(1))
             pad = explicit_pad(graph, reader, tensor, f"{reader.name}{SUFFIX}_padded",
                                value=-shift)
             if pad is not None:
@@ -208,24 +209,6 @@ def _drop_unread(graph: onnx.GraphProto, names: set[str]) -> None:
 
 def _out_channels(conv: onnx.NodeProto, constants: dict[str, np.ndarray]) -> int:
     return int(constants[conv.input[1]].shape[0])
-
-
-def _add_to_bias(graph: onnx.GraphProto, init: dict[str, onnx.TensorProto],
-                 conv: onnx.NodeProto, gain: np.ndarray) -> None:
-    """The Conv's bias plus ``gain`` (a new bias initializer, never a shared one edited)."""
-    name = f"{conv.name}{SUFFIX}_bias"
-    bias = np.zeros(len(gain))
-    if len(conv.input) > 2 and conv.input[2]:
-        bias = numpy_helper.to_array(init[conv.input[2]]).astype(np.float64)
-    tensor = numpy_helper.from_array((bias + gain).astype(np.float32), name)
-    if name in init:
-        init[name].CopyFrom(tensor)
-    else:
-        graph.initializer.append(tensor)
-        init[name] = graph.initializer[-1]
-    while len(conv.input) < 3:
-        conv.input.append("")
-    conv.input[2] = name
 
 
 def _move_bounds(graph: onnx.GraphProto, activation: onnx.NodeProto, low: float,

@@ -30,6 +30,7 @@ from onnx import numpy_helper
 
 from edge_smw.contract import PreprocessContract
 from edge_smw.export.padding import explicit_pad
+from edge_smw.export.quantize import ConvTensors
 from edge_smw.metadata import INPUT_NAME
 
 SHIFTED = "edge_smw_input_on_grid"
@@ -82,16 +83,7 @@ def put_input_on_grid(model: onnx.ModelProto, contract: PreprocessContract
     weight = numpy_helper.to_array(init[conv.input[1]]).astype(np.float64)
     # bias: conv(x) = conv(x') - shift * sum(W)  ->  b' = b - shift * sum(W)
     gain = -shift * weight.reshape(weight.shape[0], -1).sum(axis=1)
-    if len(conv.input) > 2 and conv.input[2]:
-        bias = init[conv.input[2]]
-        value = numpy_helper.to_array(bias).astype(np.float64) + gain
-        bias.CopyFrom(numpy_helper.from_array(value.astype(np.float32), bias.name))
-    else:
-        name = f"{conv.name}__edge_smw_bias"
-        graph.initializer.append(numpy_helper.from_array(gain.astype(np.float32), name))
-        while len(conv.input) < 3:
-            conv.input.append("")
-        conv.input[2] = name
+    ConvTensors(out, conv, init).add_to_bias(gain)
     nodes = []
     source = INPUT_NAME
     pad = explicit_pad(graph, conv, INPUT_NAME, f"{SHIFTED}_padded")

@@ -582,7 +582,7 @@ def apply_bias_correction(fp32: onnx.ModelProto, correction: BiasCorrection,
                           skip: Sequence[str] = ()) -> onnx.ModelProto:
     """A copy of the float model whose Conv biases absorb the measured shifts."""
     def correct(conv: ConvTensors) -> None:
-        conv.set_bias(conv.bias().astype(np.float64) - correction.shifts[conv.node.name])
+        conv.add_to_bias(-correction.shifts[conv.node.name])
 
     return edit_convs(fp32, correction.shifts, correct, skip)
 
@@ -609,17 +609,24 @@ class ConvTensors:
         return np.zeros(self.init[self.node.input[1]].dims[0], np.float32)
 
     def set_bias(self, value: np.ndarray) -> None:
-        """Set the bias, giving the Conv a bias initializer where it has none."""
-        if len(self.node.input) < 3 or not self.node.input[2]:
+        """Set this Conv's own bias: a new initializer where it has none, or where its bias
+        is one another node reads too (exporters merge equal constants), so that an edit
+        never reaches a second node."""
+        name = self.node.input[2] if len(self.node.input) > 2 else ""
+        if not name or sum(name in n.input for n in self.model.graph.node) > 1:
             name = f"{self.node.name}__edge_smw_bias"
-            self.model.graph.initializer.append(numpy_helper.from_array(
-                np.zeros(len(value), np.float32), name))
-            self.init[name] = self.model.graph.initializer[-1]
-            if len(self.node.input) < 3:
-                self.node.input.append(name)
-            else:
-                self.node.input[2] = name
-        self._set(self.node.input[2], value)
+            if name not in self.init:
+                self.model.graph.initializer.append(numpy_helper.from_array(
+                    np.zeros(len(value), np.float32), name))
+                self.init[name] = self.model.graph.initializer[-1]
+            while len(self.node.input) < 3:
+                self.node.input.append("")
+            self.node.input[2] = name
+        self._set(name, value)
+
+    def add_to_bias(self, gain: np.ndarray) -> None:
+        """The bias plus ``gain``, summed in float64."""
+        self.set_bias(self.bias().astype(np.float64) + gain)
 
     def _set(self, name: str, value: np.ndarray) -> None:
         self.init[name].CopyFrom(numpy_helper.from_array(np.asarray(value, np.float32), name))
