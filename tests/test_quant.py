@@ -760,6 +760,40 @@ def test_too_few_tuning_crops_name_their_option(setup: Setup) -> None:
                           purpose="quantization-aware tuning", size_flag="--tune-crops")
 
 
+def test_a_pad_of_a_learned_value_keeps_its_gradient() -> None:
+    """A centred model's Pad reads its border value through a Q/DQ pair whose scale tuning
+    learns: the interpreter pads with that value exactly and passes the scale's gradient
+    through the border (a plain number would cut it off)."""
+    import warnings
+
+    from onnx import TensorProto, helper
+
+    from edge_smw.export.tuning import QdqGraph
+
+    node = helper.make_node
+    consts = {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
+              "border": np.array(-0.72, np.float32), "s": np.array(0.05, np.float32),
+              "zp": np.array(0, np.int8)}
+    nodes = [node("QuantizeLinear", ["border", "s", "zp"], ["bq"]),
+             node("DequantizeLinear", ["bq", "s", "zp"], ["bdq"]),
+             node("Pad", ["input", "pads", "bdq"], ["out"], mode="constant")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 2, 2])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    interpreter = QdqGraph(helper.make_model(graph), learn_scales=True)
+    assert list(interpreter.scale_logs) == ["s"]
+    x = torch.arange(4.0).reshape(1, 1, 2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = interpreter(x, ["out"])[0]
+    expected = torch.nn.functional.pad(x, [1, 1, 1, 1], value=-0.7)  # -0.72 on the 0.05 grid
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    # the scale's gradient (LSQ: round(v/s) - v/s per border cell, 12 cells) reaches it
+    assert float(interpreter.scale_logs["s"].grad) == pytest.approx(12 * 0.4 * 0.05, rel=1e-3)
+
+
 @pytest.mark.parametrize("opset", [13, 18])
 def test_tuning_interpreter_runs_each_operator_as_onnxruntime_does(opset: int) -> None:
     """Every operator the interpreter knows, on a hand-made graph, gives onnxruntime's values:

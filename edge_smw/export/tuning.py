@@ -408,8 +408,13 @@ def _pad(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tensor:
     mode = attrs.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
     if mode == "constant":
-        value = inputs[2] if len(inputs) > 2 and inputs[2] is not None else 0.0
-        return F.pad(x, widths, value=float(value))
+        value = inputs[2] if len(inputs) > 2 and inputs[2] is not None else None
+        if not isinstance(value, torch.Tensor) or not value.requires_grad:
+            return F.pad(x, widths, value=0.0 if value is None else float(value))
+        # a learned value (a centred zero through a tuned scale): F.pad takes only a number,
+        # so the border is selected with a mask and keeps its gradient
+        border = F.pad(torch.zeros_like(x, dtype=torch.bool), widths, value=True)
+        return torch.where(border, value.reshape(()).to(x.dtype), F.pad(x, widths))
     if mode not in ("reflect", "edge"):
         raise Unsupported(f"Pad {node.name!r} in mode {mode}")
     return F.pad(x, widths, mode="reflect" if mode == "reflect" else "replicate")
