@@ -35,7 +35,7 @@ from onnx import numpy_helper
 
 from edge_smw.export.padding import explicit_pad
 from edge_smw.export.quantize import ConvTensors, edit_convs
-from edge_smw.export.rounding import node_attributes
+from edge_smw.export.rounding import constant_arrays, node_attributes
 
 SUFFIX = "__edge_smw_centred"
 
@@ -95,14 +95,6 @@ class _Candidate:
     high: float | None  # its upper bound, None for none
 
 
-def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and "value" in node_attributes(node):
-            values[node.output[0]] = numpy_helper.to_array(node_attributes(node)["value"])
-    return values
-
-
 def _bounds(node: onnx.NodeProto, constants: dict[str, np.ndarray]
             ) -> tuple[float | None, float | None] | None:
     """(low, high) of a Relu / Clip with constant bounds, None where they are not constant."""
@@ -120,7 +112,7 @@ def _bounds(node: onnx.NodeProto, constants: dict[str, np.ndarray]
 
 def candidates(model: onnx.ModelProto) -> list[_Candidate]:
     """The activations ``centre_activations`` can move exactly, in graph order."""
-    constants = _constants(model)
+    constants = constant_arrays(model)
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -156,7 +148,7 @@ def centre_activations(model: onnx.ModelProto, ranges: dict[str, tuple[float, fl
     out = copy.deepcopy(model)
     graph = out.graph
     init = {i.name: i for i in graph.initializer}
-    constants = _constants(out)
+    constants = constant_arrays(out)
     moved: list[CentredTensor] = []
     movable = candidates(out)
     replaced = {name for found in movable

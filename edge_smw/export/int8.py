@@ -210,14 +210,14 @@ class Recipe:
 
     def corrected_source(self, ctx: Int8Context, float_nodes: Sequence[str] = ()
                          ) -> onnx.ModelProto:
-        model = self.source(ctx).model
+        source = self.source(ctx)
+        model = source.model
         if self.rounding is not None:
             model = self.rounding.apply(model, skip=float_nodes)
         if self.correction is not None:
             model = Q.apply_bias_correction(model, self.correction, skip=float_nodes)
-        centring = self.source(ctx).centring
-        if centring is not None:  # the shift exact for the weights chosen above
-            model = centring.follow_weights(model, self.source(ctx).model)
+        if source.centring is not None:  # the shift exact for the weights chosen above
+            model = source.centring.follow_weights(model, source.model)
         if self.tuning is not None:  # after: its biases were learned on the model so far
             model = self.tuning.apply(model, skip=float_nodes)
         return model

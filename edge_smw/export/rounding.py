@@ -191,6 +191,16 @@ def node_attributes(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
+def constant_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Every constant tensor of the graph by name: its initializers and the outputs of its
+    ``Constant`` nodes (initializers by another name)."""
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and "value" in node_attributes(node):
+            values[node.output[0]] = numpy_helper.to_array(node_attributes(node)["value"])
+    return values
+
+
 def _kind(model: onnx.ModelProto, node: onnx.NodeProto) -> str | None:
     """"dense" (group 1), "depthwise" (one input channel per output channel), else None."""
     attrs = node_attributes(node)

@@ -33,12 +33,17 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
-from onnx import numpy_helper
 
 from edge_smw.contract import PreprocessContract
 from edge_smw.export.crops import CropSet
 from edge_smw.export.quantize import ConvTensors, edit_convs, tensor_batches
-from edge_smw.export.rounding import WeightGrid, held_weights, node_attributes, weight_grids
+from edge_smw.export.rounding import (
+    WeightGrid,
+    constant_arrays,
+    held_weights,
+    node_attributes,
+    weight_grids,
+)
 from edge_smw.metadata import INPUT_NAME, OUTPUT_LOGITS
 
 # Adam's step on float weights: 3e-5 diverged on the default model (46 -> 86 validation flips,
@@ -111,15 +116,9 @@ class QdqGraph(torch.nn.Module):
             raise Unsupported(f"operator(s) {', '.join(unknown)} not run by the tuning "
                               "interpreter")
         self.producers = {out: n for n in self.nodes for out in n.output}
-        self.arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        self.arrays = constant_arrays(model)
         self.consts = {name: torch.from_numpy(np.array(a, dtype=np.float32))
                        for name, a in self.arrays.items()}
-        for node in self.nodes:  # Constant nodes are initializers by another name
-            if node.op_type == "Constant":
-                value = numpy_helper.to_array(node_attributes(node)["value"])
-                self.arrays[node.output[0]] = value
-                self.consts[node.output[0]] = torch.from_numpy(np.array(value,
-                                                                        dtype=np.float32))
         self.tuned: dict[str, TunedConv] = {}
         params = torch.nn.ParameterList()
         for node in self.nodes:
