@@ -254,9 +254,11 @@ def test_quick_bench_judges_the_int8_models(quick: dict[str, Any],
     comps = [c for c in report["comparisons"] if c["model"] == "model.int8.onnx"
              and c["scope"] == "network"]
     assert {c["versus"] for c in comps} >= {"fp32", "torch-eager", "onnxruntime-default"}
+    assert all(1 <= c["n"] <= 10 for c in comps)  # the quick suite's 3-10 interleaved runs
     gates = {g["name"]: g for g in report["gates"]}
-    assert gates["int8_faster_than_fp32"]["pass"] is not None
-    assert gates["int8_faster_than_fp32"]["worst"]["model"] == "model.int8.onnx"
+    # too few runs to judge a speed-up: reported, never a FAIL (the full suite judges it)
+    speed = gates["int8_faster_than_fp32"]
+    assert speed["pass"] is None and speed["note"].startswith("not judged: n too small")
     n = report["data"]["n"]
     agreement = gates["int8_top1_agreement"]
     if n < agreement["min_n"]:  # the fixture's small test split: no verdict, never a FAIL

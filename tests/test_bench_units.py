@@ -153,6 +153,32 @@ def test_gate_reads_sections_that_hold_rows_in_a_dict() -> None:
     assert gate.evaluate(_report()).passed is True
 
 
+def test_speed_gates_judge_only_timings_of_enough_runs() -> None:
+    """A p50 of the quick suite's few runs is too short to judge (measured: int8 0.76x fp32
+    over the parity suite's few runs, 1.4x over 200 interleaved runs the same hour): its
+    speed gates are "not judged", the full suite's are judged."""
+    loaded = load_gates()
+    gates = {g.name: g for g in loaded.gates + loaded.targets}
+    row = {"model": "m", "precision": "int8", "versus": "fp32", "batch": 1, "intended": True,
+           "status": "ok", "speedup": 0.76}
+    for name in ("int8_faster_than_fp32", "int8_vs_onnxruntime_fp32"):
+        gate = gates[name]
+        few = gate.evaluate({"comparisons": [{**row, "n": load_suite("quick").max_runs}]})
+        assert few.passed is None and str(few.note).startswith("not judged: n too small")
+        enough = gate.evaluate({"comparisons": [{**row, "n": load_suite("full").min_runs}]})
+        assert enough.passed is False
+
+
+def test_a_speed_up_counts_the_runs_of_the_less_timed_side() -> None:
+    def timed(precision: str, runs: int, p50: float) -> LatencyRow:
+        return LatencyRow(model=f"{precision}.onnx", backend="onnxruntime-cpu",
+                          precision=precision, flavour=None, kind="ours", intended=True,
+                          batch=1, scope="network", p50_ms=p50, runs=runs)
+
+    row = lat._compare(timed("int8", 40, 2.0), timed("fp32", 35, 3.0), "fp32", "network", 1)
+    assert row.n == 35 and row.speedup == pytest.approx(1.5)
+
+
 def test_default_gates_and_suites_load() -> None:
     gates = load_gates()
     names = {g.name for g in gates.gates}

@@ -167,7 +167,7 @@ def _compare(r: LatencyRow, ref: LatencyRow, versus: str, scope: str,
         model=r.model, backend=r.backend, precision=r.precision, flavour=r.flavour,
         intended=r.intended, batch=batch, scope=scope, versus=versus, versus_model=ref.model,
         versus_backend=ref.backend, p50_ms=r.p50_ms, versus_p50_ms=ref.p50_ms,
-        speedup=round(ref.p50_ms / r.p50_ms, 3))
+        speedup=round(ref.p50_ms / r.p50_ms, 3), n=min(r.runs, ref.runs))
 
 
 # -- peak resident memory, one child process per model -------------------------------------

@@ -275,6 +275,7 @@ class ComparisonRow(Record):
     versus_p50_ms: float
     speedup: float
     status: str = "ok"
+    n: int = 0  # interleaved runs behind the fewer-timed of the two p50s (gates' ``min_n``)
 
 
 # -- end to end ------------------------------------------------------------------------------
