@@ -18,7 +18,7 @@ from edge_smw.errors import BackendUnavailableError, InputError, ModelError
 from edge_smw.runtime import Runtime
 from edge_smw.runtime.backends import open_runner
 from edge_smw.runtime.backends.openvino import STATIC_SHAPES
-from tests.runtime_helpers import crops_by_level, detectable_frames
+from tests.runtime_helpers import crops_by_level, detectable_frames, with_int8_settings
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("openvino") is None,
@@ -157,21 +157,12 @@ def test_eight_bit_weights_on_a_cpu_without_vnni_are_warned_about(
     """oneDNN's U8S8 kernels saturate without VNNI as onnxruntime's do: an 8-bit-weight model
     under OpenVINO restricted to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2) flipped 157 of 1,490 test
     decisions against 8 with VNNI (benchmarks/RESULTS.md). The runtime says so."""
-    import json
-
-    import onnx
-
     import edge_smw.cpu as cpu
     from edge_smw.runtime import runtime as runtime_module
 
-    model = onnx.load(str(smiles_int8))
-    for prop in model.metadata_props:  # the same model, said to have 8-bit weights
-        if prop.key == "edge_smw.info":
-            info = json.loads(prop.value)
-            info["extra"]["int8"].update(reduce_range=False, target_cpu="x86-vnni")
-            prop.value = json.dumps(info)
-    eight_bit = tmp_path / "model.int8.onnx"
-    onnx.save(model, str(eight_bit))
+    # the same model, said to have 8-bit weights
+    eight_bit = with_int8_settings(smiles_int8, tmp_path / "model.int8.onnx",
+                                   reduce_range=False, target_cpu="x86-vnni")
     monkeypatch.setattr(cpu, "cpu_kind", lambda features=None: "x86-avx2")
     monkeypatch.setattr(runtime_module, "_CPU_WARNED", set())
     with caplog.at_level("WARNING", logger="edge_smw.runtime"):

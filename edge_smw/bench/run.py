@@ -151,7 +151,8 @@ def _wanted(options: BenchOptions, backend: str) -> bool:
 
 def open_sessions(models: list[ModelEntry], options: BenchOptions, threads: int,
                   ) -> tuple[list[Session], list[LatencyRow]]:
-    """Open every (model, backend); the ones that cannot run here become skipped rows."""
+    """Open every (model, backend); the ones that cannot run here, or not right on this CPU
+    (an INT8 model whose weights saturate its kernels here), become skipped rows."""
     from edge_smw.runtime import Runtime
 
     sessions: list[Session] = []
@@ -170,6 +171,13 @@ def open_sessions(models: list[ModelEntry], options: BenchOptions, threads: int,
                                                str(exc), flavour=entry.flavour,
                                                size_mb=entry.size_mb, status=status,
                                                label=entry.label))
+                continue
+            if rt.cpu_mismatch is not None:  # its figures would be this CPU's fault: not run
+                skipped.append(lat.skipped_row(entry.name, backend, entry.precision, None,
+                                               f"not run on this CPU: {rt.cpu_mismatch}",
+                                               flavour=entry.flavour, size_mb=entry.size_mb,
+                                               label=entry.label))
+                rt.close()
                 continue
             sessions.append(Session(entry, backend, rt))
     return sessions, skipped

@@ -246,13 +246,19 @@ class Runtime:
                              f"(3, {size}, {size}): the metadata belongs to another model; "
                              "re-export it")
 
-    def _check_cpu(self) -> None:
-        """Warn (once per model) when an INT8 model's weight width does not suit this CPU."""
+    @property
+    def cpu_mismatch(self) -> str | None:
+        """Why this INT8 model's settings give wrong numbers on this CPU and backend (its
+        weight width, ``edge_smw.cpu.int8_mismatch``), or None."""
         if self.info.precision != "int8" or self.runner.name not in CPU_BACKENDS:
-            return
+            return None
         from edge_smw.cpu import int8_mismatch
 
-        reason = int8_mismatch(self.info.extra.get("int8") or {}, backend=self.runner.name)
+        return int8_mismatch(self.info.extra.get("int8") or {}, backend=self.runner.name)
+
+    def _check_cpu(self) -> None:
+        """Warn (once per model) when an INT8 model's weight width does not suit this CPU."""
+        reason = self.cpu_mismatch
         key = str(self.path.resolve())
         if reason and key not in _CPU_WARNED:
             _CPU_WARNED.add(key)
