@@ -154,12 +154,20 @@ def open_sessions(models: list[ModelEntry], options: BenchOptions, threads: int,
     """Open every (model, backend); the ones that cannot run here, or not right on this CPU
     (an INT8 model whose weights saturate its kernels here), become skipped rows."""
     from edge_smw.runtime import Runtime
+    from edge_smw.runtime.runtime import cpu_mismatch
 
     sessions: list[Session] = []
     skipped: list[LatencyRow] = []
     for entry in models:
         for backend in entry.backends():
             if not _wanted(options, backend):
+                continue
+            mismatch = cpu_mismatch(entry.info, backend)
+            if mismatch is not None:  # its figures would be this CPU's fault: not run
+                skipped.append(lat.skipped_row(entry.name, backend, entry.precision, None,
+                                               f"not run on this CPU: {mismatch}",
+                                               flavour=entry.flavour, size_mb=entry.size_mb,
+                                               label=entry.label))
                 continue
             try:
                 rt = Runtime(entry.path, backend=backend, threads=threads, detect_faces=False,
@@ -171,13 +179,6 @@ def open_sessions(models: list[ModelEntry], options: BenchOptions, threads: int,
                                                str(exc), flavour=entry.flavour,
                                                size_mb=entry.size_mb, status=status,
                                                label=entry.label))
-                continue
-            if rt.cpu_mismatch is not None:  # its figures would be this CPU's fault: not run
-                skipped.append(lat.skipped_row(entry.name, backend, entry.precision, None,
-                                               f"not run on this CPU: {rt.cpu_mismatch}",
-                                               flavour=entry.flavour, size_mb=entry.size_mb,
-                                               label=entry.label))
-                rt.close()
                 continue
             sessions.append(Session(entry, backend, rt))
     return sessions, skipped

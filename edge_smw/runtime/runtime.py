@@ -109,6 +109,17 @@ def _log_choice_once(chosen: str, reasons: list[str]) -> None:
         log.debug("backend auto -> %s", chosen)
 
 
+def cpu_mismatch(info: ModelInfo, backend: str) -> str | None:
+    """Why a model's INT8 settings give wrong numbers on this CPU with ``backend`` (its
+    weight width, ``edge_smw.cpu.int8_mismatch``), or None: the Runtime warns with it, the
+    bench does not run such a pair."""
+    if info.precision != "int8" or backend not in CPU_BACKENDS:
+        return None
+    from edge_smw.cpu import int8_mismatch
+
+    return int8_mismatch(info.extra.get("int8") or {}, backend=backend)
+
+
 class Runtime:
     """Score frames with an exported edge-smw model.
 
@@ -246,19 +257,9 @@ class Runtime:
                              f"(3, {size}, {size}): the metadata belongs to another model; "
                              "re-export it")
 
-    @property
-    def cpu_mismatch(self) -> str | None:
-        """Why this INT8 model's settings give wrong numbers on this CPU and backend (its
-        weight width, ``edge_smw.cpu.int8_mismatch``), or None."""
-        if self.info.precision != "int8" or self.runner.name not in CPU_BACKENDS:
-            return None
-        from edge_smw.cpu import int8_mismatch
-
-        return int8_mismatch(self.info.extra.get("int8") or {}, backend=self.runner.name)
-
     def _check_cpu(self) -> None:
         """Warn (once per model) when an INT8 model's weight width does not suit this CPU."""
-        reason = self.cpu_mismatch
+        reason = cpu_mismatch(self.info, self.runner.name)
         key = str(self.path.resolve())
         if reason and key not in _CPU_WARNED:
             _CPU_WARNED.add(key)
