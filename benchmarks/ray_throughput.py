@@ -42,16 +42,9 @@ import cv2
 import numpy as np
 
 from edge_smw.atomic import write_json
+from edge_smw.cpu import cpu_flags
 from edge_smw.images import read_image
 from edge_smw.rank import score_photos
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    return sorted({f for f in ("avx2", "avx512_vnni", "avx_vnni") if f" {f}" in text})
 
 
 def make_workloads(root: Path, crops: int, frames: int,
@@ -188,7 +181,8 @@ def main() -> int:
 def summarize(report: dict, cluster_cores: int) -> None:
     """Print the side-by-side table and the cluster estimate; add the estimate to ``report``."""
     results = report["results"]
-    print(f"\nCPU flags {report['cpu_flags']}, load {report['load_average_start']} -> "
+    flags = " ".join(name for name, present in report["cpu_flags"].items() if present)
+    print(f"\nCPU flags {flags}, load {report['load_average_start']} -> "
           f"{report['load_average_end']}")
     print("| workload | set-up | photos/s (median) | range over rounds | after the first "
           "batch (Ray) |")

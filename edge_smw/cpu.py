@@ -24,14 +24,15 @@ X86 = ("x86_64", "amd64", "i686", "x86")
 ARM = ("aarch64", "arm64", "armv8l")
 
 
-def cpu_features(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
-    """Machine architecture and the int8 dot-product flags onnxruntime's kernels care about."""
+def read_cpuinfo(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[set[str], str, bool]:
+    """The first CPU's flags (x86 ``flags``, ARM ``Features``), its model name, and whether
+    the file could be read. The one reader of /proc/cpuinfo in the project."""
     flags: set[str] = set()
     model = ""
     try:
         text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
     except OSError:
-        text = ""
+        return flags, model, False
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
@@ -39,16 +40,44 @@ def cpu_features(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
             flags = set(value.split())
         elif key == "model name" and not model:
             model = value.strip()
+    return flags, model, True
+
+
+def cpu_features(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
+    """Machine architecture and the int8 dot-product flags onnxruntime's kernels care about."""
+    flags, model, readable = read_cpuinfo(cpuinfo)
     vnni = sorted(f for f in flags if "vnni" in f)
     return {
         "machine": platform.machine(),
         "model": model,
-        "source": str(cpuinfo) if text else "unavailable",
+        "source": str(cpuinfo) if readable else "unavailable",
         "avx2": "avx2" in flags,
         "avx512": any(f.startswith("avx512") for f in flags),
         "vnni_flags": vnni,
         "vnni": bool(vnni),
         "arm_dotprod": "asimddp" in flags,
+    }
+
+
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name, else what the platform says."""
+    return read_cpuinfo(cpuinfo)[1] or platform.processor() or platform.machine()
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, bool]:
+    """The instruction sets that decide int8 speed (VNNI; AMX, which OpenVINO's oneDNN
+    kernels use where present) and whether fp16 is native: what a speed figure is quoted
+    with."""
+    flags = read_cpuinfo(cpuinfo)[0]
+    return {
+        "avx2": "avx2" in flags,
+        "avx512f": "avx512f" in flags,
+        "avx512_vnni": "avx512_vnni" in flags,
+        "avx_vnni": "avx_vnni" in flags,
+        "amx_int8": "amx_int8" in flags,
+        "amx_bf16": "amx_bf16" in flags,
+        "f16c": "f16c" in flags,
+        "neon": "asimd" in flags or "neon" in flags,
     }
 
 

@@ -130,6 +130,20 @@ def test_mismatch_is_only_8bit_weights_on_x86_without_vnni(
     assert int8_mismatch({}, avx2) is None  # older models: nothing recorded, nothing claimed
 
 
+def test_flags_quoted_and_flags_decided_come_from_one_reading(tmp_path: Path) -> None:
+    import edge_smw.cpu as cpu
+
+    info = _cpuinfo(tmp_path, "avx2 avx512f avx512_vnni f16c")
+    assert cpu.cpu_model(info) == "Test CPU"
+    flags = cpu.cpu_flags(info)
+    assert flags["avx512_vnni"] and flags["f16c"] and not flags["amx_int8"]
+    assert cpu.cpu_features(info)["vnni_flags"] == ["avx512_vnni"]
+    missing = tmp_path / "absent"
+    assert not any(cpu.cpu_flags(missing).values())
+    assert cpu.cpu_features(missing)["source"] == "unavailable"
+    assert cpu.cpu_model(missing)  # the platform's word instead
+
+
 def test_signed_int8_rewrite_is_off_only_on_x86_without_vnni(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import edge_smw.cpu as cpu

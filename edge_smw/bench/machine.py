@@ -18,44 +18,10 @@ import numpy as np
 
 from edge_smw.artifacts.sessions import SessionSettings, load_session, usable_cores
 from edge_smw.bench.results import Machine, PeakMeasurement
+from edge_smw.cpu import cpu_flags, cpu_model
 
 ENV_KEYS = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
             "CUDA_VISIBLE_DEVICES")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> dict[str, bool]:
-    """The instruction sets that decide int8 speed on x86 (VNNI; AMX, which OpenVINO's oneDNN
-    kernels use where present) and whether fp16 is native."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith(("flags", "Features")):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    return {
-        "avx2": "avx2" in flags,
-        "avx512f": "avx512f" in flags,
-        "avx512_vnni": "avx512_vnni" in flags,
-        "avx_vnni": "avx_vnni" in flags,
-        "amx_int8": "amx_int8" in flags,
-        "amx_bf16": "amx_bf16" in flags,
-        "f16c": "f16c" in flags,
-        "neon": "asimd" in flags or "neon" in flags,
-    }
 
 
 def _version(name: str) -> str | None:

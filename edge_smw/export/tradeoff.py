@@ -34,8 +34,7 @@ from typing import Any
 import onnx
 
 from edge_smw.atomic import atomic_path, write_json, write_text
-from edge_smw.bench.machine import cpu_flags
-from edge_smw.cpu import cpu_features, int8_mismatch
+from edge_smw.cpu import cpu_features, cpu_flags, int8_mismatch
 from edge_smw.export import int8
 from edge_smw.export import quantize as Q
 from edge_smw.export.crops import calibration_crops, find_split, load_crops, split_items
