@@ -40,6 +40,16 @@ def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def family_confidence(confidence: float, compared: int) -> float:
+    """The confidence each of ``compared`` intervals needs so that all of them hold together
+    with ``confidence`` (Bonferroni). A claim about the best of several models picked on the
+    same crops is one of those intervals: the pick favours a model the crops flatter, and the
+    plain interval of the winner holds less often than it says."""
+    if compared < 1:
+        raise InputError(f"{compared} models compared: give at least 1")
+    return 1.0 - (1.0 - confidence) / compared
+
+
 def min_n_to_show(threshold: float, confidence: float = CONFIDENCE) -> int:
     """The smallest sample on which even a perfect score would show a proportion of at
     least ``threshold`` (Wilson lower bound of n/n >= threshold): n >= z^2 t / (1 - t).
@@ -86,5 +96,5 @@ class Proportion:
 
     def describe(self) -> str:
         lo, hi = self.interval
-        return (f"{100 * self.value:.2f}% of {self.n} ({100 * self.confidence:.0f}% Wilson "
+        return (f"{100 * self.value:.2f}% of {self.n} ({100 * self.confidence:.4g}% Wilson "
                 f"interval {100 * lo:.2f}-{100 * hi:.2f}%)")

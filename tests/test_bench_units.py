@@ -19,7 +19,7 @@ from edge_smw.bench.report import SummaryRow, not_run_lines, verdict_line
 from edge_smw.bench.results import BenchReport, GateVerdict, LatencyRow, RobustnessRow
 from edge_smw.contract import PreprocessContract
 from edge_smw.errors import InputError, ModelError
-from edge_smw.stats import Proportion, min_n_to_show, wilson_interval
+from edge_smw.stats import Proportion, family_confidence, min_n_to_show, wilson_interval
 
 LEVELS = ("low", "high")
 
@@ -130,6 +130,16 @@ def test_wilson_interval_and_minimum_sample() -> None:
     assert wilson_interval(189, 189)[0] >= 0.98 > wilson_interval(188, 188)[0]
     assert Proportion(15, 16).shows_at_least(0.98) is None
     assert "Wilson" in Proportion(1475, 1490).describe()
+
+
+def test_family_confidence_is_bonferroni() -> None:
+    assert family_confidence(0.95, 1) == 0.95
+    assert family_confidence(0.95, 5) == pytest.approx(0.99)
+    assert wilson_interval(1462, 1490, family_confidence(0.95, 6))[0] < \
+        wilson_interval(1462, 1490)[0]
+    assert "99.17% Wilson" in Proportion(1462, 1490, family_confidence(0.95, 6)).describe()
+    with pytest.raises(InputError, match="at least 1"):
+        family_confidence(0.95, 0)
 
 
 def test_unavailable_backends_collapse_to_one_line_each() -> None:

@@ -154,6 +154,10 @@ def test_int8_figures_and_steps_recorded(summary: dict) -> None:
         gate = model["gate"]
         assert gate["min_top1_agreement"] == 0.97 and "Wilson" in gate["method"]
         assert gate["outcome"] in ("pass", "fail", "not judged") and "Wilson" in gate["claim"]
+        # the claim is judged as the best of every model this flavour measured
+        assert gate["models_compared"] == len(
+            [s for s in info["steps"] if s["agreement"] is not None]) > 1
+        assert gate["interval"][0] < low and "Bonferroni" in gate["method"]
     # the target (1.0) is not met: mixed precision tried at most two blocks in each flavour
     for info in int8["flavours"].values():
         assert 1 <= len([s for s in info["steps"] if s["step"].startswith("float")]) <= 2

@@ -284,14 +284,26 @@ def _helps(new: Figures, old: Figures) -> bool:
     return a.mean_abs_prob_diff < b.mean_abs_prob_diff
 
 
-def meets(parity: Parity, threshold: float) -> bool:
-    """The agreement claim holds: its 95% lower bound reaches ``threshold`` (or, where too
-    few crops can show it, the observed agreement does; 1.0, "every crop", no sample can
-    show, so it is the observed agreement too)."""
+def meets(parity: Parity, threshold: float, compared: int = 1) -> bool:
+    """The agreement claim holds, judged by the strongest test these crops allow: the 95%
+    lower bound widened for the ``compared`` models measured to pick this one (as the gate
+    judges it); where too few crops can show that, the plain 95% lower bound; where they
+    cannot show even that, the observed agreement. (Falling straight back to the observed
+    figure had let a 98.3% of 180 crops stop the search: 96.0% on 1,680 unseen ones.) 1.0,
+    "every crop", no sample can show, so it is the observed agreement too."""
     if threshold >= 1.0:
         return parity.disagreements == 0
-    shown = parity.agreement.shows_at_least(threshold)
-    return parity.top1_agreement >= threshold if shown is None else shown
+    for claim in (parity.agreement_claim(compared), parity.agreement):
+        shown = claim.shows_at_least(threshold)
+        if shown is not None:
+            return shown
+    return parity.top1_agreement >= threshold
+
+
+def models_measured(run: FlavourRun) -> int:
+    """How many models this flavour's steps measured on the validation crops: the kept one
+    is the best of them, so its claim is judged as one of that many (``Gate``)."""
+    return max(1, sum(1 for step in run.steps if step.figures is not None))
 
 
 # -- the steps -----------------------------------------------------------------------------------
@@ -432,11 +444,16 @@ def step_mixed_precision(ctx: Int8Context, run: FlavourRun) -> None:
     assert run.model is not None and run.figures is not None
     settings = ctx.settings
     units = node_units(ctx.fp32)
+    measured = [models_measured(run)]
+
+    def evaluate(model: onnx.ModelProto) -> Figures:
+        measured[0] += 1
+        return ctx.measure(model, f"{run.flavour.value} mixed")
+
     result = mixed.search(
         units=units, ranking=[u["unit"] for u in run.noise],
-        build=lambda nodes: run.recipe.build(ctx, nodes),
-        evaluate=lambda model: ctx.measure(model, f"{run.flavour.value} mixed"),
-        done=lambda figures: meets(figures.parity, settings.target_agreement),
+        build=lambda nodes: run.recipe.build(ctx, nodes), evaluate=evaluate,
+        done=lambda figures: meets(figures.parity, settings.target_agreement, measured[0]),
         max_steps=settings.max_mixed_steps, start=(run.model, run.figures),
         target=settings.target_agreement)
     run.mixed = result.describe()
@@ -500,7 +517,8 @@ def run_flavour(ctx: Int8Context, flavour: Q.Flavour) -> FlavourRun:
     assert run.figures is not None
     run.all_int8 = run.figures
     needs_mixed = (settings.max_mixed_steps > 0
-                   and not meets(run.figures.parity, settings.target_agreement))
+                   and not meets(run.figures.parity, settings.target_agreement,
+                                 models_measured(run)))
     if needs_mixed or settings.report:
         run.noise = _unit_noise(ctx, run, node_units(ctx.fp32))
     if needs_mixed:
@@ -517,7 +535,7 @@ def run_flavour(ctx: Int8Context, flavour: Q.Flavour) -> FlavourRun:
 
 def gate(run: FlavourRun) -> Gate:
     assert run.figures is not None
-    return Gate.min_agreement(run.figures.parity, INT8_MIN_AGREEMENT)
+    return Gate.min_agreement(run.figures.parity, INT8_MIN_AGREEMENT, models_measured(run))
 
 
 def result_of(run: FlavourRun, report: dict[str, str]) -> FlavourResult:

@@ -236,7 +236,9 @@ def _write_int8(run: int8.FlavourRun, checkpoint: Checkpoint, calibration: Q.Cal
     meta = model_info(checkpoint, precision="int8", feature_map=settings.feature_map,
                       int8={"flavour": run.flavour.value,
                             "agreement": parity.top1_agreement,
-                            "agreement_interval": list(parity.agreement.interval),
+                            "agreement_interval": list(verdict.interval
+                                                       or parity.agreement.interval),
+                            "models_compared": verdict.compared,
                             "gate": verdict.outcome, "float_units": run.float_units,
                             "steps": [s.name for s in run.steps if s.kept],
                             "aware_head": settings.aware_head,

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_smw.stats import CONFIDENCE, Proportion
+from edge_smw.stats import CONFIDENCE, Proportion, family_confidence
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,13 @@ class Parity:
     @property
     def agreement(self) -> Proportion:
         return Proportion(self.n - self.disagreements, self.n)
+
+    def agreement_claim(self, compared: int = 1) -> Proportion:
+        """The agreement as a claim about unseen crops when this model is the one kept of
+        ``compared`` models measured on these crops: its interval is widened so that all of
+        theirs hold together at 95% (``family_confidence``)."""
+        return Proportion(self.n - self.disagreements, self.n,
+                          family_confidence(CONFIDENCE, compared))
 
     @property
     def top1_agreement(self) -> float:
@@ -86,6 +93,8 @@ class Gate:
     threshold: float
     outcome: str
     claim: str  # one line: the figure, its interval, the verdict
+    compared: int = 1  # models measured on the same crops to pick this one
+    interval: tuple[float, float] | None = None  # the agreement claim's interval
 
     PASS = "pass"
     FAIL = "fail"
@@ -107,13 +116,15 @@ class Gate:
                    f"{parity.n} crops (gate {threshold:.0e})")
 
     @classmethod
-    def min_agreement(cls, parity: Parity, threshold: float) -> Gate:
+    def min_agreement(cls, parity: Parity, threshold: float, compared: int = 1) -> Gate:
         """Judged on the 95% Wilson interval: a pass (its lower end reaches the threshold) is
-        a claim that holds on unseen crops, not a point estimate. A model is refused (fail)
-        only when the crops speak against it: observed below the threshold where they could
-        show it. Observed at or above it but not shown (a small or straddling sample) is
-        "not judged": written, and said so, never counted as a pass."""
-        agreement = parity.agreement
+        a claim that holds on unseen crops, not a point estimate. When the model was picked
+        as the best of ``compared`` measured on the same crops (the export's steps), the
+        interval is Bonferroni-widened so that the claim still holds at 95%. A model is
+        refused (fail) only when the crops speak against it: observed below the threshold
+        where they could show it. Observed at or above it but not shown (a small or
+        straddling sample) is "not judged": written, and said so, never counted as a pass."""
+        agreement = parity.agreement_claim(compared)
         shown = agreement.shows_at_least(threshold)
         low, high = agreement.interval
         if shown:
@@ -124,16 +135,24 @@ class Gate:
             outcome = cls.FAIL
         verdict = {cls.PASS: "shows", cls.FAIL: "does not show",
                    cls.NOT_JUDGED: "not judged: too few crops to show"}[outcome]
+        picked = (f", the best of {compared} models measured on these crops: 95% for all "
+                  "together, Bonferroni" if compared > 1 else "")
         return cls("top1_agreement", threshold, outcome,
-                   f"top-1 agreement {agreement.describe()} {verdict} >= "
-                   f"{100 * threshold:.0f}%")
+                   f"top-1 agreement {agreement.describe()}{picked} {verdict} >= "
+                   f"{100 * threshold:.0f}%", compared, (low, high))
 
     def to_dict(self) -> dict[str, Any]:
         key = "max_abs_prob_diff" if self.what == "max_abs_prob_diff" else "min_top1_agreement"
         out: dict[str, Any] = {key: self.threshold, "passed": self.passed,
                                "outcome": self.outcome, "claim": self.claim}
         if self.what == "top1_agreement":
-            out["method"] = f"lower end of the {100 * CONFIDENCE:.0f}% Wilson score interval"
+            out["method"] = (f"lower end of the {100 * CONFIDENCE:.0f}% Wilson score interval"
+                             + (f", Bonferroni-widened for the {self.compared} models measured "
+                                "on the same crops to pick this one" if self.compared > 1
+                                else ""))
+            out["models_compared"] = self.compared
+            if self.interval is not None:
+                out["interval"] = list(self.interval)
         return out
 
 

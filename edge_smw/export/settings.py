@@ -133,7 +133,9 @@ class ExportSettings:
                                 profile="int8.tune_ranges")
     target_agreement: float = setting(0.97, help="mixed precision keeps blocks in float until "
                                       "the lower end of the 95%% Wilson interval of top-1 "
-                                      "agreement with torch on the validation split reaches X",
+                                      "agreement with torch on the validation split, widened "
+                                      "for the models measured to pick it (as the gate "
+                                      "judges), reaches X",
                                       group=GROUP_INT8,
                                       flag="--int8-target-agreement",
                                       profile="int8.target_agreement", metavar="X")
