@@ -86,6 +86,10 @@ def test_command_line_is_generated_from_the_settings() -> None:
     ({"batch_min": 4, "batch_opt": 2}, "batch_min <= batch_opt"),
     ({"aware_head": True}, "needs --int8"),
     ({"int8": True, "tune_ranges": True}, "give --tune too"),
+    ({"int8": True, "tune_drop": 0.5}, "--tune-drop changes quantization-aware tuning"),
+    ({"int8": True, "tune_blocks": 1.0}, "--tune-blocks changes quantization-aware tuning"),
+    ({"int8": True, "tune": True, "tune_drop": 1.0}, "--tune-drop 1.0: give a probability"),
+    ({"int8": True, "tune": True, "tune_blocks": -1.0}, "--tune-blocks -1.0: give a weight"),
 ])
 def test_bad_settings_say_what_to_do(changes: dict, match: str) -> None:
     with pytest.raises(InputError, match=match):

@@ -764,6 +764,65 @@ def test_learned_activation_scales_are_the_rebuilt_graphs(setup: Setup,
     assert np.mean((tuned - fp32) ** 2) < np.mean((untuned - fp32) ** 2)
 
 
+def test_qdrop_skips_activation_quantizers_only_in_training(setup: Setup) -> None:
+    """QDrop's mask acts in training only: measured (eval) logits are the plain int8 graph's;
+    with every element dropped the activations are float and the weights still int8, so the
+    logits are closer to fp32 than the int8 graph's, and not fp32's own."""
+    from edge_smw.export.tuning import QdqGraph
+
+    qdq = Q.quantize(setup.fp32, setup.calibration, Q.flavour_spec(Q.Flavour.TENSORRT))
+    crops = torch.from_numpy(setup.val.inputs(setup.contract, 0, 16))
+    with torch.no_grad():
+        fp32 = QdqGraph(setup.fp32)(crops, ["logits"])[0]
+        plain = QdqGraph(qdq)(crops, ["logits"])[0]
+        dropping = QdqGraph(qdq, drop=1.0)
+        dropping.eval()
+        measured = dropping(crops, ["logits"])[0]
+        dropping.train()
+        trained_on = dropping(crops, ["logits"])[0]
+    assert torch.equal(measured, plain)
+    gap = float(torch.mean((plain - fp32) ** 2))
+    assert 0 < float(torch.mean((trained_on - fp32) ** 2)) < 0.5 * gap
+
+
+def test_tuning_with_block_outputs_and_qdrop(setup: Setup) -> None:
+    """Matching each unit's output to the float model's still tunes on the quantizer's grid
+    and lowers the logit error, and QDrop tunes on the grid too; the unit outputs are the
+    tensors one block hands to the next, shared by the int8 and float graphs; without the
+    float source the option is refused."""
+    from edge_smw.export.rounding import check_on_grid
+    from edge_smw.export.sensitivity import node_units
+    from edge_smw.export.tuning import tune, unit_outputs
+
+    outputs = unit_outputs(setup.fp32)
+    units = node_units(setup.fp32)
+    assert len(outputs) >= len(units) - 1
+    made_by = {o: n.name for n in setup.fp32.graph.node for o in n.output}
+    unit_of = {name: unit for unit, names in units.items() for name in names}
+    assert len({unit_of[made_by[t]] for t in outputs}) == len(outputs)  # one per unit here
+    spec = Q.flavour_spec(Q.Flavour.TENSORRT)
+    qdq = Q.quantize(setup.fp32, setup.calibration, spec)
+    assert set(outputs) <= {o for n in qdq.graph.node for o in n.output}
+    crops = setup.calib.subset(range(32))
+    tuning = tune(setup.fp32, qdq, crops, setup.contract, epochs=3, batch_size=4,
+                  source=setup.fp32, block_weight=1.0, progress=False)
+    assert tuning.losses[-1] < tuning.losses[0]
+    assert tuning.describe()["block_outputs"] == {"matched": len(outputs), "weight": 1.0}
+    assert check_on_grid(tuning, Q.quantize(tuning.apply(setup.fp32), setup.calibration,
+                                            spec)) == []
+    dropped = tune(setup.fp32, qdq, crops, setup.contract, epochs=1, batch_size=4, drop=0.5,
+                   progress=False)  # its pass losses are of the dropped graph: not compared
+    assert check_on_grid(dropped, Q.quantize(dropped.apply(setup.fp32), setup.calibration,
+                                             spec)) == []
+    assert any(not np.array_equal(dropped.weights[k], tuning.weights[k])
+               for k in tuning.weights)
+    assert dropped.describe()["qdrop_probability"] == 0.5
+    assert "qdrop_probability" not in tuning.describe()
+    with pytest.raises(ValueError, match="float source"):
+        tune(setup.fp32, qdq, crops, setup.contract, epochs=1, block_weight=1.0,
+             progress=False)
+
+
 def test_too_few_tuning_crops_name_their_option(setup: Setup) -> None:
     """Tuning crops are drawn like calibration crops; a too-small request names --tune-crops,
     not the calibration's option."""

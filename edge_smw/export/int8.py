@@ -427,7 +427,9 @@ def step_tuning(ctx: Int8Context, run: FlavourRun) -> None:
     try:
         tuning = tune(ctx.fp32, run.model, ctx.tuning_crops(), ctx.contract,
                       epochs=ctx.settings.tune_epochs, learn_ranges=ctx.settings.tune_ranges,
-                      seed=ctx.settings.seed, progress=ctx.progress)
+                      drop=ctx.settings.tune_drop, block_weight=ctx.settings.tune_blocks,
+                      source=run.recipe.source(ctx).model, seed=ctx.settings.seed,
+                      progress=ctx.progress)
     except Unsupported as exc:
         run.steps.append(Step(TUNING, None, False, f"skipped: {exc}"))
         return

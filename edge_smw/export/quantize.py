@@ -555,6 +555,21 @@ def measure_weight_shift(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: Cro
     return BiasCorrection({k: np.asarray(v) / n for k, v in sums.items()}, n)
 
 
+@contextlib.contextmanager
+def probe_session(model: onnx.ModelProto, names: Sequence[str]) -> Iterator[Any]:
+    """An unoptimized onnxruntime session of ``model`` with the float tensors ``names`` as
+    extra outputs (optimization would fuse some of them away)."""
+    probe = copy.deepcopy(model)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
+                                                                 None)
+                              for name in dict.fromkeys(names) if name not in known)
+    with tempfile.TemporaryDirectory(prefix="edge-smw-probe-") as scratch:
+        path = Path(scratch) / "probe.onnx"
+        onnx.save_model(probe, str(path))
+        yield load_session(path, UNOPTIMIZED)
+
+
 def tensor_batches(model: onnx.ModelProto, names: Sequence[str], crops: CropSet,
                    contract: PreprocessContract, *, limit: int, batch_size: int
                    ) -> Iterator[dict[str, np.ndarray]]:
@@ -563,16 +578,8 @@ def tensor_batches(model: onnx.ModelProto, names: Sequence[str], crops: CropSet,
     wanted = list(dict.fromkeys(names))
     if not wanted:
         return
-    probe = copy.deepcopy(model)
-    known = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
-                                                                 None)
-                              for name in wanted if name not in known)
     n = min(limit, len(crops))
-    with tempfile.TemporaryDirectory(prefix="edge-smw-probe-") as scratch:
-        path = Path(scratch) / "probe.onnx"
-        onnx.save_model(probe, str(path))
-        session = load_session(path, UNOPTIMIZED)
+    with probe_session(model, wanted) as session:
         for start in range(0, n, batch_size):
             batch = {INPUT_NAME: crops.inputs(contract, start, min(start + batch_size, n))}
             yield dict(zip(wanted, session.run(wanted, batch), strict=True))

@@ -131,6 +131,15 @@ class ExportSettings:
                                 "scale too (LSQ-style; see benchmarks/RESULTS.md)",
                                 group=GROUP_INT8, flag="--tune-ranges",
                                 profile="int8.tune_ranges")
+    tune_drop: float = setting(0.0, help="with --tune, QDrop: the probability that an activation "
+                               "element skips its quantizer in each training pass (0: off; see "
+                               "benchmarks/RESULTS.md)", group=GROUP_INT8, flag="--tune-drop",
+                               profile="int8.tune_drop", metavar="P")
+    tune_blocks: float = setting(0.0, help="with --tune, also match every block's output to the "
+                                 "float model's (BRECQ-style), weighted W times the logits' "
+                                 "error at the start (0: off; see benchmarks/RESULTS.md)",
+                                 group=GROUP_INT8, flag="--tune-blocks",
+                                 profile="int8.tune_blocks", metavar="W")
     target_agreement: float = setting(0.97, help="mixed precision keeps blocks in float until "
                                       "the lower end of the 95%% Wilson interval of top-1 "
                                       "agreement with torch on the validation split, widened "
@@ -201,6 +210,15 @@ class ExportSettings:
         if self.tune_ranges and not self.tune:
             raise InputError("--tune-ranges learns the activation scales during tuning: give "
                              "--tune too")
+        if not 0.0 <= self.tune_drop < 1.0:
+            raise InputError(f"--tune-drop {self.tune_drop}: give a probability in [0, 1), "
+                             "e.g. 0.5")
+        if self.tune_blocks < 0.0:
+            raise InputError(f"--tune-blocks {self.tune_blocks}: give a weight >= 0, e.g. 1")
+        for name in ("tune_drop", "tune_blocks"):
+            if getattr(self, name) and not self.tune:
+                raise InputError(f"{_flag(name)} changes quantization-aware tuning: give --tune "
+                                 "too")
         if self.aware_head and not self.int8:
             raise InputError("--int8-aware-head needs --int8 (it retrains the head for the int8 "
                              "backbone)")

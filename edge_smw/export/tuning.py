@@ -24,6 +24,7 @@ precision can still put blocks back in float.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 
 from edge_smw.contract import PreprocessContract
 from edge_smw.export.crops import CropSet
-from edge_smw.export.quantize import ConvTensors, edit_convs, tensor_batches
+from edge_smw.export.quantize import ConvTensors, edit_convs, probe_session, tensor_batches
 from edge_smw.export.rounding import (
     WeightGrid,
     constant_arrays,
@@ -44,6 +45,7 @@ from edge_smw.export.rounding import (
     node_attributes,
     weight_grids,
 )
+from edge_smw.export.sensitivity import node_units
 from edge_smw.metadata import INPUT_NAME, OUTPUT_LOGITS
 
 # Adam's step on float weights: 3e-5 diverged on the default model (46 -> 86 validation flips,
@@ -107,8 +109,12 @@ class QdqGraph(torch.nn.Module):
     few activations that sit on a rounding tie (tests/test_quant.py measures both)."""
 
     def __init__(self, model: onnx.ModelProto, grids: dict[str, WeightGrid] | None = None,
-                 *, learn_scales: bool = False) -> None:
+                 *, learn_scales: bool = False, drop: float = 0.0, seed: int = 0) -> None:
         super().__init__()
+        # QDrop: in training, each activation element skips its quantizer with this
+        # probability (the network learns to work with and without each rounding)
+        self.drop = drop
+        self.generator = torch.Generator().manual_seed(seed)
         self.scale_logs: dict[str, torch.nn.Parameter] = {}
         self.nodes = list(model.graph.node)
         unknown = sorted({n.op_type for n in self.nodes} - set(_OPS))
@@ -265,8 +271,17 @@ def _quantize(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tens
     axis = int(node_attributes(node).get("axis", 1))
     zero = inputs[2] if len(inputs) > 2 and inputs[2] is not None else torch.tensor(0.0)
     low, high = graph.zero_point_range(node)
-    q = _ste_round(x / _axis_shape(scale, x, axis)) + _axis_shape(zero, x, axis)
-    return torch.clamp(q, low, high)
+    # rounded before the zero point is added, as onnxruntime does (ties go to even: adding
+    # an odd zero point first would move them)
+    steps, zero = x / _axis_shape(scale, x, axis), _axis_shape(zero, x, axis)
+    q = torch.clamp(_ste_round(steps) + zero, low, high)
+    if graph.training and graph.drop and node.input[0] != INPUT_NAME \
+            and node.input[0] not in graph.arrays:  # an activation, not a weight
+        # dropped: not rounded but still saturated (the graph's ReLUs may live only in a
+        # quantizer's range: onnxruntime's quantizer folds them there)
+        dropped = torch.rand(x.shape, generator=graph.generator) < graph.drop
+        q = torch.where(dropped, torch.clamp(steps + zero, low, high), q)
+    return q
 
 
 def _dequantize(graph: QdqGraph, node: onnx.NodeProto, inputs: list) -> torch.Tensor:
@@ -471,11 +486,19 @@ class Tuning:
     # learned activation scales (--tune-ranges), as onnxruntime TensorQuantOverrides
     overrides: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     scale_factors: list[float] = field(default_factory=list)  # learned / calibrated
+    drop: float = 0.0  # QDrop probability (--tune-drop)
+    block_outputs: int = 0  # unit outputs matched to the float model (--tune-blocks)
+    block_weight: float = 0.0
 
     def describe(self) -> dict[str, Any]:
         described = {"convs": len(self.weights), "crops": self.crops, "epochs": self.epochs,
                      "learning_rate": self.learning_rate,
                      "logit_mse_per_pass": [round(v, 6) for v in self.losses]}
+        if self.drop:
+            described["qdrop_probability"] = self.drop
+        if self.block_outputs:
+            described["block_outputs"] = {"matched": self.block_outputs,
+                                          "weight": self.block_weight}
         if self.scale_factors:
             factors = np.array(self.scale_factors)
             described["activation_scales"] = {
@@ -499,23 +522,48 @@ class Tuning:
         return edit_convs(model, self.weights, put, skip)
 
 
+def unit_outputs(model: onnx.ModelProto) -> list[str]:
+    """The tensors each unit (stem, block, head: ``node_units``) hands to the next: what
+    block-wise reconstruction (BRECQ) matches between the int8 and the float model."""
+    unit_of = {name: unit for unit, names in node_units(model).items() for name in names}
+    made_in = {out: unit_of[n.name] for n in model.graph.node if n.name in unit_of
+               for out in n.output}
+    outputs = [tensor for node in model.graph.node for tensor in node.input
+               if tensor in made_in and unit_of.get(node.name) != made_in[tensor]]
+    return list(dict.fromkeys(outputs))
+
+
 def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
          contract: PreprocessContract, *, epochs: int, batch_size: int = BATCH_SIZE,
          learning_rate: float = LEARNING_RATE, learn_ranges: bool = False, seed: int = 0,
+         drop: float = 0.0, source: onnx.ModelProto | None = None, block_weight: float = 0.0,
          progress: bool = True) -> Tuning:
     """Train ``qdq``'s int8 Convs to ``fp32``'s logits on ``crops`` (no labels needed);
     ``learn_ranges``: each activation's quantization scale too (as LSQ does: the gradient of
-    the rounding with respect to its step, straight through), kept in the rebuilt graph."""
+    the rounding with respect to its step, straight through), kept in the rebuilt graph.
+    ``drop``: QDrop's probability of an activation element skipping its quantizer in
+    training. ``block_weight``: also match each unit's output to ``source`` (the float model
+    ``qdq`` was quantized from, which names its tensors alike), each as a squared error
+    relative to the float tensor's mean square, the sum weighted so that it starts at
+    ``block_weight`` times the logits' error: more targets per crop than the logits alone."""
     from tqdm.auto import tqdm
 
     teacher = np.concatenate([v[OUTPUT_LOGITS] for v in tensor_batches(
         fp32, [OUTPUT_LOGITS], crops, contract, limit=len(crops), batch_size=64)])
     target = torch.from_numpy(teacher.astype(np.float32))
 
-    graph = QdqGraph(qdq, weight_grids(qdq), learn_scales=learn_ranges)
+    graph = QdqGraph(qdq, weight_grids(qdq), learn_scales=learn_ranges, drop=drop, seed=seed)
     params = list(graph.params)
     if not params:
         raise Unsupported("no int8 Conv with per-channel weights to tune")
+    blocks: list[str] = []
+    if block_weight:
+        if source is None:
+            raise ValueError("block_weight needs the float source model")
+        known = {o for n in graph.schedule for o in n.output}
+        blocks = [t for t in unit_outputs(source) if t in known]
+        if not blocks:
+            raise Unsupported("no unit output shared by the int8 and float models")
     groups = [{"params": params, "lr": learning_rate}]
     if graph.scale_logs:
         groups.append({"params": list(graph.scale_logs.values()), "lr": SCALE_LEARNING_RATE})
@@ -524,33 +572,53 @@ def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 - k / steps)
     generator = torch.Generator().manual_seed(seed)
 
-    def summed_error(inputs: np.ndarray, rows: torch.Tensor | slice) -> torch.Tensor:
-        """Squared logit error summed over a batch (inputs normalised per batch: the crops
-        stay uint8 pixels, a quarter of the memory of float inputs)."""
-        return F.mse_loss(graph(torch.from_numpy(inputs), [OUTPUT_LOGITS])[0], target[rows],
-                          reduction="sum")
+    with contextlib.ExitStack() as stack:
+        floats = stack.enter_context(probe_session(source, blocks)) if blocks else None
 
-    with torch.no_grad():
-        before = sum(float(summed_error(crops.inputs(contract, k, k + 64), slice(k, k + 64)))
-                     for k in range(0, len(crops), 64))
-    losses = [before / target.numel()]
-    bar = tqdm(total=steps, desc="quantization-aware tuning", unit="batch",
-               disable=not progress, leave=False)
-    for _ in range(epochs):
-        order = torch.randperm(len(crops), generator=generator)
-        total = 0.0
-        for k in range(0, len(order), batch_size):
-            batch = order[k:k + batch_size]
-            loss = summed_error(contract.normalize(crops.pixels[batch.numpy()]), batch)
-            optimizer.zero_grad()
-            (loss / target[batch].numel()).backward()
-            optimizer.step()
-            schedule.step()
-            total += float(loss.detach())
-            bar.update(1)
-        # the pass's own batches (no second forward pass over every crop to record it)
-        losses.append(total / target.numel())
-    bar.close()
+        def errors(inputs: np.ndarray, rows: torch.Tensor | slice
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+            """Squared logit error summed over a batch, and the units' relative errors summed
+            over units (inputs normalised per batch: the crops stay uint8 pixels, a quarter
+            of the memory of float inputs)."""
+            outs = graph(torch.from_numpy(inputs), [OUTPUT_LOGITS, *blocks])
+            logits = F.mse_loss(outs[0], target[rows], reduction="sum")
+            relative = torch.zeros(())
+            if floats is not None:
+                for got, want in zip(outs[1:], floats.run(blocks, {INPUT_NAME: inputs}),
+                                     strict=True):
+                    want_t = torch.from_numpy(want)
+                    relative = relative + F.mse_loss(got, want_t) / want_t.pow(2).mean()
+            return logits, relative
+
+        graph.eval()  # no QDrop while measuring
+        with torch.no_grad():
+            before, before_blocks = 0.0, 0.0
+            for k in range(0, len(crops), 64):
+                logits, relative = errors(crops.inputs(contract, k, k + 64), slice(k, k + 64))
+                before += float(logits)
+                before_blocks += float(relative) * min(64, len(crops) - k)
+        graph.train()
+        losses = [before / target.numel()]
+        balance = (block_weight * losses[0] / (before_blocks / len(crops))
+                   if blocks and before_blocks else 0.0)
+        bar = tqdm(total=steps, desc="quantization-aware tuning", unit="batch",
+                   disable=not progress, leave=False)
+        for _ in range(epochs):
+            order = torch.randperm(len(crops), generator=generator)
+            total = 0.0
+            for k in range(0, len(order), batch_size):
+                batch = order[k:k + batch_size]
+                logits, relative = errors(contract.normalize(crops.pixels[batch.numpy()]),
+                                          batch)
+                optimizer.zero_grad()
+                (logits / target[batch].numel() + balance * relative).backward()
+                optimizer.step()
+                schedule.step()
+                total += float(logits.detach())
+                bar.update(1)
+            # the pass's own batches (no second forward pass over every crop to record it)
+            losses.append(total / target.numel())
+        bar.close()
     weights, biases, rows = {}, {}, {}
     with torch.no_grad():
         for name, conv in graph.tuned.items():
@@ -560,4 +628,4 @@ def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
                 biases[name] = conv.bias.detach().numpy().astype(np.float32)
         factors = [float(torch.exp(p)) for p in graph.scale_logs.values()]
     return Tuning(weights, biases, rows, losses, len(crops), epochs, learning_rate,
-                  graph.activation_overrides(), factors)
+                  graph.activation_overrides(), factors, drop, len(blocks), block_weight)
