@@ -207,15 +207,12 @@ class ExportSettings:
             raise InputError("--int8 with no flavour: choose cpu and/or tensorrt")
         if self.tune_epochs < 1:
             raise InputError(f"--tune-epochs {self.tune_epochs}: give at least 1 pass")
-        if self.tune_ranges and not self.tune:
-            raise InputError("--tune-ranges learns the activation scales during tuning: give "
-                             "--tune too")
         if not 0.0 <= self.tune_drop < 1.0:
             raise InputError(f"--tune-drop {self.tune_drop}: give a probability in [0, 1), "
                              "e.g. 0.5")
         if self.tune_blocks < 0.0:
             raise InputError(f"--tune-blocks {self.tune_blocks}: give a weight >= 0, e.g. 1")
-        for name in ("tune_drop", "tune_blocks"):
+        for name in ("tune_ranges", "tune_drop", "tune_blocks"):
             if getattr(self, name) and not self.tune:
                 raise InputError(f"{_flag(name)} changes quantization-aware tuning: give --tune "
                                  "too")

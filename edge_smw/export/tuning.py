@@ -573,6 +573,8 @@ def tune(fp32: onnx.ModelProto, qdq: onnx.ModelProto, crops: CropSet,
     generator = torch.Generator().manual_seed(seed)
 
     with contextlib.ExitStack() as stack:
+        # the float block outputs are recomputed per batch, not kept: on the default model
+        # they are 1.0M floats per crop, 2 GiB for 512 crops
         floats = stack.enter_context(probe_session(source, blocks)) if blocks else None
 
         def errors(inputs: np.ndarray, rows: torch.Tensor | slice
