@@ -153,8 +153,10 @@ class QdqGraph(torch.nn.Module):
         self.scale_params = torch.nn.ParameterList(self.scale_logs.values())
 
     def activation_quantizers(self) -> list[onnx.NodeProto]:
-        """The QuantizeLinear nodes forward runs (activations: weights' are tuned instead) whose
-        scale is a constant."""
+        """The QuantizeLinear nodes forward runs whose scale is a constant: the activations'
+        and the constant border values a centred model's Pads read (their scale is learned as
+        an activation's is); tuned Convs' weights are not run through theirs. QDrop drops
+        only the activations among them (``_quantize``)."""
         return [n for n in self.schedule
                 if n.op_type == "QuantizeLinear" and n.input[1] in self.arrays]
 
