@@ -180,6 +180,7 @@ def test_stratified_indices_proportional_deterministic_order_free() -> None:
                                keys=[keys[i] for i in perm])
     assert sorted(keys[perm[i]] for i in again) == sorted(keys[i] for i in picked)
     assert stratified_indices(levels, 0) == list(range(100))
+    assert sorted(stratified_indices(levels, 1000)) == list(range(100))  # more: all
     rare = stratified_indices([0] * 99 + [1], 10)
     assert 99 in rare  # every level keeps at least one
     items = [LabelledImage(Path(k), lvl) for k, lvl in zip(keys, levels, strict=True)]

@@ -124,7 +124,8 @@ class ExportSettings:
     tune_epochs: int = setting(6, help="passes over the tuning crops", group=GROUP_INT8,
                                flag="--tune-epochs", profile="int8.tune_epochs", metavar="N")
     tune_crops: int = setting(512, help="training-split crops the tuning learns from, stratified "
-                              "by level (--calib-data's photos when given; minimum 64)",
+                              "by level (--calib-data's photos when given; minimum 64; more "
+                              "than there are: all of them)",
                               group=GROUP_INT8, flag="--tune-crops", profile="int8.tune_crops",
                               metavar="N")
     tune_ranges: bool = setting(False, help="with --tune, learn each activation's quantization "
