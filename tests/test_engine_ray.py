@@ -298,6 +298,29 @@ def test_a_worker_that_dies_is_replaced_and_its_batch_retried(ray_local, smiles_
     _assert_same_as_inprocess(out, _inprocess(smiles_onnx, files, detect=False), smiles_onnx)
 
 
+def test_a_scorer_leaves_no_model_copy_behind(ray_local, smiles_onnx: Path, crop_list,
+                                              tmp_path, monkeypatch) -> None:
+    """Ray ends actors without finalizers: the model copy must be gone once loaded."""
+    import tempfile
+
+    import pyarrow as pa
+
+    from edge_smw.engines.ray import STAGES, FaceScorer, ShippedModel
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    scorer = FaceScorer(ShippedModel.put(smiles_onnx), backend="onnxruntime-cpu", threads=1)
+    assert list(tmp_path.iterdir()) == []
+    _, files = crop_list
+    crop = read_image(files[0])
+    pixels = scorer.runtime.contract.to_model_pixels(crop).tobytes()
+    batch = pa.table({"path": [str(files[0])], "file_sha256": ["x"], "status": ["ok"],
+                      "reason": [None], "boxes": [[[0, 0, 64, 64]]], "pixels": [pixels],
+                      **{f"{stage}_s": [0.0] for stage in STAGES}})
+    scored = scorer(batch).to_pylist()[0]
+    want = Runtime(smiles_onnx, backend="onnxruntime-cpu", detect_faces=False).score(crop)
+    assert scored["level_index"] == [want.faces[0].level]
+
+
 def test_training_features_on_ray_fill_the_cache_as_inprocess(ray_local, smiles_dir: Path,
                                                               monkeypatch, tmp_path: Path):
     """Features computed by Ray actors are what the in-process pass computes, and training

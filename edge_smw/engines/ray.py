@@ -224,13 +224,16 @@ class FaceScorer:
     def __init__(self, model: ShippedModel, *, backend: str, threads: int) -> None:
         from edge_smw.runtime import Runtime
 
-        self._folder = tempfile.TemporaryDirectory(prefix="edge-smw-model-")
-        path = model.materialise(Path(self._folder.name))
-        # idle onnxruntime threads must not spin: decode tasks share the node's cores
-        quiet = ({"allow_spinning": False}
-                 if is_onnx(path) and backend in ("auto", *ONNXRUNTIME_BACKENDS) else {})
-        self.runtime = Runtime(path, backend=backend, threads=threads, detect_faces=False,
-                               backend_options=quiet)
+        # The copy is removed as soon as the Runtime has opened it (every backend reads the
+        # whole model then): Ray ends actors without running finalizers, so a folder kept
+        # for the actor's life would be left behind in /tmp by every run.
+        with tempfile.TemporaryDirectory(prefix="edge-smw-model-") as folder:
+            path = model.materialise(Path(folder))
+            # idle onnxruntime threads must not spin: decode tasks share the node's cores
+            quiet = ({"allow_spinning": False}
+                     if is_onnx(path) and backend in ("auto", *ONNXRUNTIME_BACKENDS) else {})
+            self.runtime = Runtime(path, backend=backend, threads=threads, detect_faces=False,
+                                   backend_options=quiet)
         self.size = self.runtime.contract.input_size
         # prepare_photos sends model pixels (contract.to_model_pixels), already in the
         # model's colour order: naming that order makes score_batch's own conversion exact.
