@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -166,6 +167,7 @@ def main() -> int:
                           flush=True)
     finally:
         ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)  # the generated photos and result stores
     report = {"model": str(model), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
               "machine": platform.processor() or platform.machine(),
               "load_average_start": load_start, "load_average_end": os.getloadavg(),
