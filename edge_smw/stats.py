@@ -1,5 +1,6 @@
 """Proportions as statistical claims: a gate such as "int8 agrees with torch on >= 98% of
-crops" is judged on a sample, so it carries an interval and a minimum sample size.
+crops" is judged on a sample, so it carries an interval and a minimum sample size; and how
+near a sample's decisions lie (``DecisionMargins``), which says why two samples differ.
 
 The Wilson score interval is used (it behaves at proportions near 1 and at small n, where the
 normal approximation claims certainty it does not have). One module, used by bench gates and
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
 
 from edge_smw.errors import InputError
 
@@ -20,8 +24,6 @@ def _z(confidence: float) -> float:
     """Two-sided standard-normal quantile for ``confidence`` (0.95 -> 1.96)."""
     if not 0.0 < confidence < 1.0:
         raise InputError(f"confidence {confidence}: give a fraction in (0, 1), e.g. 0.95")
-    from statistics import NormalDist
-
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
@@ -98,3 +100,51 @@ class Proportion:
         lo, hi = self.interval
         return (f"{100 * self.value:.2f}% of {self.n} ({100 * self.confidence:.4g}% Wilson "
                 f"interval {100 * lo:.2f}-{100 * hi:.2f}%)")
+
+
+@dataclass(frozen=True)
+class DecisionMargins:
+    """How near the reference's decisions lie and how far a model moves them: what decides how
+    many crops a quantized model flips, and why two samples of the same model flip different
+    shares (one split holds more crops near the decision than another).
+
+    Per crop, the *gap* is the reference's log-probability of its top level minus that of its
+    runner-up. ``error_sd`` is the spread of the model's change to that gap; ``near`` counts
+    the crops whose gap is under it (one typical change can flip them); ``expected`` is the
+    number of flips a normal error of that spread gives on these gaps: a yardstick, and more
+    flips observed than expected say the error is larger near the decision.
+    """
+
+    n: int
+    error_sd: float
+    near: int
+    expected: float
+
+    @classmethod
+    def measure(cls, probs: np.ndarray, reference: np.ndarray) -> DecisionMargins:
+        if len(reference) == 0 or reference.shape[1] < 2:
+            return cls(len(reference), 0.0, 0, 0.0)
+        log_ref = np.log(np.clip(np.asarray(reference, np.float64), 1e-12, 1.0))
+        log_out = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, 1.0))
+        rows = np.arange(len(log_ref))
+        top, runner_up = np.argsort(-log_ref, axis=1, kind="stable")[:, :2].T
+        gap = log_ref[rows, top] - log_ref[rows, runner_up]
+        error = (log_out[rows, top] - log_out[rows, runner_up]) - gap
+        sd = float(error.std())
+        cdf = NormalDist().cdf
+        expected = sum(cdf(-g / sd) for g in gap) if sd > 0 else 0.0
+        return cls(len(gap), sd, int((gap < sd).sum()), float(expected))
+
+    def describe(self) -> str:
+        return (f"{self.near} of {self.n} crops lie within one error spread "
+                f"({self.error_sd:.2f} log-odds) of the reference's decision; "
+                f"{self.expected:.1f} flips expected at that spread")
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"n": self.n, "error_sd": self.error_sd, "near": self.near,
+                "expected_flips": self.expected}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, float | int]) -> DecisionMargins:
+        return cls(int(data["n"]), float(data["error_sd"]), int(data["near"]),
+                   float(data["expected_flips"]))

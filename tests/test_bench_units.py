@@ -3,6 +3,7 @@ interleaved timing, speed-up rows, golden files. No trained model, no timing ass
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,23 @@ from edge_smw.bench.data import stratified_sample
 from edge_smw.bench.golden import check_compatible, load_golden, save_golden
 from edge_smw.bench.parity import compare_outputs, parity_row
 from edge_smw.bench.report import SummaryRow, not_run_lines, verdict_line
-from edge_smw.bench.results import BenchReport, GateVerdict, LatencyRow, RobustnessRow
+from edge_smw.bench.results import (
+    BenchReport,
+    GateVerdict,
+    LatencyRow,
+    ParityRow,
+    RobustnessRow,
+)
 from edge_smw.contract import PreprocessContract
 from edge_smw.errors import InputError, ModelError
-from edge_smw.stats import Proportion, family_confidence, min_n_to_show, wilson_interval
+from edge_smw.export.results import Parity as ExportParity
+from edge_smw.stats import (
+    DecisionMargins,
+    Proportion,
+    family_confidence,
+    min_n_to_show,
+    wilson_interval,
+)
 
 LEVELS = ("low", "high")
 
@@ -140,6 +154,36 @@ def test_family_confidence_is_bonferroni() -> None:
     assert "99.17% Wilson" in Proportion(1462, 1490, family_confidence(0.95, 6)).describe()
     with pytest.raises(InputError, match="at least 1"):
         family_confidence(0.95, 0)
+
+
+def _two_levels(gaps: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """Probabilities whose log-odds of level ``top`` over the other is ``gaps``."""
+    p_top = 1.0 / (1.0 + np.exp(-gaps))
+    probs = np.stack([p_top, 1.0 - p_top], axis=1)
+    return np.where(top[:, None] == 0, probs, probs[:, ::-1])
+
+
+def test_decision_margins_measure_the_gap_and_its_change() -> None:
+    gaps = np.array([0.05, 0.1, 0.5, 1.0, 3.0, 5.0])
+    top = np.array([0, 1, 0, 1, 1, 0])  # the reference's decision, either level
+    error = np.array([0.2, -0.2, 0.2, -0.2, 0.2, -0.2])
+    margins = DecisionMargins.measure(_two_levels(gaps + error, top), _two_levels(gaps, top))
+    assert margins.n == 6 and margins.error_sd == pytest.approx(0.2, abs=1e-6)
+    assert margins.near == 2  # the gaps 0.05 and 0.1 lie under one error spread
+    normal = [0.5 * math.erfc(g / 0.2 / math.sqrt(2)) for g in gaps]
+    assert margins.expected == pytest.approx(sum(normal), rel=1e-4)
+    assert DecisionMargins.from_dict(margins.to_dict()) == margins
+    assert "2 of 6 crops" in margins.describe()
+    # a model equal to the reference moves nothing and expects no flip
+    same = DecisionMargins.measure(_two_levels(gaps, top), _two_levels(gaps, top))
+    assert (same.error_sd, same.near, same.expected) == (0.0, 0, 0.0)
+    # bench.json keeps them with the parity row
+    row = parity_row("m", "cpu", "int8", _two_levels(gaps + error, top), _two_levels(gaps, top),
+                     None, LEVELS, Tolerance(0.05), reference="torch")
+    assert ParityRow.from_dict(row.to_dict()).decision_margins == row.decision_margins
+    # and the export's parity (export.json, the gate's lines) the same figures
+    exported = ExportParity.measure(_two_levels(gaps + error, top), _two_levels(gaps, top), None)
+    assert exported.to_dict()["decision_margins"] == margins.to_dict()
 
 
 def test_unavailable_backends_collapse_to_one_line_each() -> None:

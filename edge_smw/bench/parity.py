@@ -14,6 +14,7 @@ import numpy as np
 from edge_smw.bench.config import Tolerance
 from edge_smw.bench.results import LabelledParity, LevelParity, ParityRow, ProbabilityDiff
 from edge_smw.evaluate import compute_metrics
+from edge_smw.stats import DecisionMargins
 
 
 def compare_outputs(out: np.ndarray, ref: np.ndarray, tol: Tolerance) -> ProbabilityDiff:
@@ -71,6 +72,7 @@ def parity_row(model: str, backend: str, precision: str, probs: np.ndarray,
         disagreements=int((pred != ref_pred).sum()),
         diff=compare_outputs(probs, ref_probs, tol),
         max_abs_expected_score_diff=float(np.abs(expected - ref_expected).max()),
+        decision_margins=DecisionMargins.measure(probs, ref_probs),
         labelled=None if labels is None else _labelled(probs, ref_probs, pred, ref_pred,
                                                        labels, levels))
 

@@ -299,9 +299,13 @@ def markdown(report: BenchReport, plots: list[str]) -> str:
     par = [p for p in report.parity if p.status == "ok" and p.diff is not None]
     if par:
         lines.append(_md_table(
-            ["Model", "Backend", "n", "Top-1 agree", "max abs dp", "mean abs dp", "p99 abs dp",
-             "Tolerance", "Accuracy", "Δ acc (pts)", "MAE", "Δ MAE", "Spearman"],
+            ["Model", "Backend", "n", "Top-1 agree", "Near decision (error sd; flips "
+             "expected)", "max abs dp", "mean abs dp", "p99 abs dp", "Tolerance", "Accuracy",
+             "Δ acc (pts)", "MAE", "Δ MAE", "Spearman"],
             [_parity_cells(p) for p in par]))
+        lines += ["", "Near decision: crops whose reference top-two log-odds gap is under the "
+                  "spread (sd) of the model's change to it; flips expected: what a normal "
+                  "error of that spread gives on these crops (`edge_smw.stats.DecisionMargins`)."]
         first = par[0].labelled
         levels = list(first.per_level) if first else []
         if levels:
@@ -368,7 +372,10 @@ def markdown(report: BenchReport, plots: list[str]) -> str:
 def _parity_cells(p: ParityRow) -> list[Any]:
     d, lab = p.diff, p.labelled
     assert d is not None
-    return [p.model, p.backend, p.n, _f(p.top1_agreement, 1, pct=True),
+    margins = p.decision_margins
+    near = ("-" if margins is None else
+            f"{margins.near} ({margins.error_sd:.2f}; {margins.expected:.1f})")
+    return [p.model, p.backend, p.n, _f(p.top1_agreement, 1, pct=True), near,
             f"{d.max_abs_prob_diff:.2e}", f"{d.mean_abs_prob_diff:.2e}",
             f"{d.p99_abs_prob_diff:.2e}",
             ("pass" if d.within_tolerance else "FAIL")

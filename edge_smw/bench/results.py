@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from edge_smw.errors import InputError
+from edge_smw.stats import DecisionMargins
 
 if TYPE_CHECKING:
     from edge_smw.bench.config import Suite, Tolerance
@@ -536,7 +537,11 @@ class ParityRow(Record):
     max_abs_expected_score_diff: float | None = None
     # None: no true levels (a golden file without labels)
     labelled: LabelledParity | None = inline(LabelledParity)
+    decision_margins: DecisionMargins | None = optional()
     is_reference: bool = field(default=False, metadata={"omit": _is_false})
+
+    _read: ClassVar[dict[str, Callable[[Any], Any]]] = {
+        "decision_margins": DecisionMargins.from_dict}
 
     @property
     def key(self) -> tuple[str, str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_smw.stats import CONFIDENCE, Proportion, family_confidence
+from edge_smw.stats import CONFIDENCE, DecisionMargins, Proportion, family_confidence
 
 
 @dataclass(frozen=True)
@@ -25,11 +25,13 @@ class Parity:
     accuracy_torch: float | None = None
     mae: float | None = None
     mae_torch: float | None = None
+    decision: DecisionMargins | None = None
 
     @classmethod
     def measure(cls, probs: np.ndarray, reference: np.ndarray,
                 true_levels: np.ndarray | None) -> Parity:
-        """Top-1 agreement, probability differences and, where labelled, accuracy and MAE."""
+        """Top-1 agreement, probability differences, how near the decisions lie and, where
+        labelled, accuracy and MAE."""
         pred, ref = probs.argmax(1), reference.argmax(1)
         diff = np.abs(probs - reference)
         labelled = true_levels is not None and len(true_levels) and bool(np.all(true_levels >= 0))
@@ -41,7 +43,7 @@ class Parity:
                      "mae_torch": float(np.abs(ref - true_levels).mean())}
         return cls(n=int(len(probs)), disagreements=int((pred != ref).sum()),
                    max_abs_prob_diff=float(diff.max()), mean_abs_prob_diff=float(diff.mean()),
-                   **extra)
+                   decision=DecisionMargins.measure(probs, reference), **extra)
 
     @property
     def agreement(self) -> Proportion:
@@ -77,6 +79,8 @@ class Parity:
             "top1_agreement_interval": [low, high], "disagreements": self.disagreements,
             "max_abs_prob_diff": self.max_abs_prob_diff,
             "mean_abs_prob_diff": self.mean_abs_prob_diff}
+        if self.decision is not None:
+            out["decision_margins"] = self.decision.to_dict()
         if self.accuracy is not None:
             out.update(accuracy=self.accuracy, accuracy_torch=self.accuracy_torch,
                        accuracy_delta=self.accuracy_delta, mae=self.mae,
