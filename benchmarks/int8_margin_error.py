@@ -32,6 +32,7 @@ from edge_smw.artifacts.sessions import load_session
 from edge_smw.export.crops import find_split, load_crops, split_items
 from edge_smw.export.quantize import Flavour
 from edge_smw.metadata import INPUT_NAME, OUTPUT_LOGITS, ModelInfo
+from edge_smw.stats import DecisionMargins, decision_gaps
 
 BANDS = ((0.0, 0.5), (0.5, 2.0), (2.0, 5.0), (5.0, float("inf")))
 
@@ -40,14 +41,6 @@ def logits(model: Path | bytes, inputs: np.ndarray, batch: int = 64) -> np.ndarr
     session = load_session(model)
     return np.concatenate([session.run([OUTPUT_LOGITS], {INPUT_NAME: inputs[k:k + batch]})[0]
                            for k in range(0, len(inputs), batch)])
-
-
-def margins(values: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-    """Logit of ``chosen`` minus the largest other logit, per crop (negative: a flip)."""
-    rows = np.arange(len(values))
-    others = values.copy()
-    others[rows, chosen] = -np.inf
-    return values[rows, chosen] - others.max(axis=1)
 
 
 def without_quantizer(model: onnx.ModelProto, quantizer: onnx.NodeProto) -> onnx.ModelProto:
@@ -101,16 +94,15 @@ def main() -> int:
                        progress=False)
     inputs = crops.inputs(info.contract)
     reference = logits(fp32_path, inputs)
-    chosen = reference.argmax(axis=1)
-    base = margins(reference, chosen)
+    base = decision_gaps(reference, reference)[0]
     print(f"{args.export}, {args.split} split: {len(crops)} crops; fp32 |margin| median "
           f"{np.median(np.abs(base)):.2f}, {int((np.abs(base) < 0.1).sum())} below 0.1, "
           f"{int((np.abs(base) < 0.5).sum())} below 0.5")
     for path in models:
-        error = margins(logits(path, inputs), chosen) - base
+        error = decision_gaps(logits(path, inputs), reference)[1]
         flipped = base + error < 0
         print(f"\n{path.name}: {int(flipped.sum())} flips, margin error sd {error.std():.3f} "
-              f"(mean {error.mean():+.3f})")
+              f"(mean {error.mean():+.3f}); {DecisionMargins.from_gaps(base, error).describe()}")
         print("| fp32 margin | crops | error sd |\n|---|---|---|")
         for low, high in BANDS:
             band = (base >= low) & (base < high)
@@ -118,19 +110,18 @@ def main() -> int:
                 print(f"| {low:g}-{high:g} | {int(band.sum())} | {error[band].std():.3f} |")
         print("flipped crops' fp32 margins:", " ".join(f"{m:.2f}" for m in np.sort(base[flipped])))
         if args.sensitivity:
-            sensitivity(path, inputs, base, chosen, args.sensitivity)
+            sensitivity(path, inputs, reference, args.sensitivity)
     return 0
 
 
-def sensitivity(path: Path, inputs: np.ndarray, base: np.ndarray, chosen: np.ndarray,
-                n: int) -> None:
+def sensitivity(path: Path, inputs: np.ndarray, reference: np.ndarray, n: int) -> None:
     pick = np.random.default_rng(0).choice(len(inputs), min(n, len(inputs)), replace=False)
     model = onnx.load(str(path))
     constants = {i.name for i in model.graph.initializer}
 
     def spread(candidate: onnx.ModelProto) -> float:
         out = logits(candidate.SerializeToString(), inputs[pick])
-        return float(np.std(margins(out, chosen[pick]) - base[pick]))
+        return float(np.std(decision_gaps(out, reference[pick])[1]))
 
     whole = spread(model)
     rows = []

@@ -102,17 +102,35 @@ class Proportion:
                 f"interval {100 * lo:.2f}-{100 * hi:.2f}%)")
 
 
+def decision_gaps(scores: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per crop, the reference's *gap* (its top level's score minus its largest other) and the
+    model's change to it (the model's score of that level minus the model's largest other,
+    less the gap): a crop flips where gap + change < 0. Scores are logits or log-probabilities
+    alike: only differences between levels count."""
+    scores, reference = np.asarray(scores, np.float64), np.asarray(reference, np.float64)
+    rows = np.arange(len(reference))
+    top = reference.argmax(axis=1)
+
+    def gap(values: np.ndarray) -> np.ndarray:
+        others = values.copy()
+        others[rows, top] = -np.inf
+        return values[rows, top] - others.max(axis=1)
+
+    base = gap(reference)
+    return base, gap(scores) - base
+
+
 @dataclass(frozen=True)
 class DecisionMargins:
     """How near the reference's decisions lie and how far a model moves them: what decides how
     many crops a quantized model flips, and why two samples of the same model flip different
     shares (one split holds more crops near the decision than another).
 
-    Per crop, the *gap* is the reference's log-probability of its top level minus that of its
-    runner-up. ``error_sd`` is the spread of the model's change to that gap; ``near`` counts
-    the crops whose gap is under it (one typical change can flip them); ``expected`` is the
-    number of flips a normal error of that spread gives on these gaps: a yardstick, and more
-    flips observed than expected say the error is larger near the decision.
+    From ``decision_gaps``: ``error_sd`` is the spread of the model's change to the gap;
+    ``near`` counts the crops whose gap is under it (one typical change can flip them);
+    ``expected`` is the number of flips a normal error of that spread gives on these gaps: a
+    yardstick, and more flips observed than expected say the error is larger near the
+    decision.
     """
 
     n: int
@@ -121,19 +139,19 @@ class DecisionMargins:
     expected: float
 
     @classmethod
-    def measure(cls, probs: np.ndarray, reference: np.ndarray) -> DecisionMargins:
-        if len(reference) == 0 or reference.shape[1] < 2:
-            return cls(len(reference), 0.0, 0, 0.0)
-        log_ref = np.log(np.clip(np.asarray(reference, np.float64), 1e-12, 1.0))
-        log_out = np.log(np.clip(np.asarray(probs, np.float64), 1e-12, 1.0))
-        rows = np.arange(len(log_ref))
-        top, runner_up = np.argsort(-log_ref, axis=1, kind="stable")[:, :2].T
-        gap = log_ref[rows, top] - log_ref[rows, runner_up]
-        error = (log_out[rows, top] - log_out[rows, runner_up]) - gap
-        sd = float(error.std())
+    def from_gaps(cls, gap: np.ndarray, change: np.ndarray) -> DecisionMargins:
+        sd = float(change.std()) if len(change) else 0.0
         cdf = NormalDist().cdf
         expected = sum(cdf(-g / sd) for g in gap) if sd > 0 else 0.0
         return cls(len(gap), sd, int((gap < sd).sum()), float(expected))
+
+    @classmethod
+    def measure(cls, probs: np.ndarray, reference: np.ndarray) -> DecisionMargins:
+        """From probabilities (the outputs the bench and the export compare)."""
+        if len(reference) == 0 or np.shape(reference)[1] < 2:
+            return cls(len(reference), 0.0, 0, 0.0)
+        logs = [np.log(np.clip(np.asarray(p, np.float64), 1e-12, 1.0)) for p in (probs, reference)]
+        return cls.from_gaps(*decision_gaps(*logs))
 
     def describe(self) -> str:
         return (f"{self.near} of {self.n} crops lie within one error spread "

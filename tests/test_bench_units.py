@@ -30,6 +30,7 @@ from edge_smw.export.results import Parity as ExportParity
 from edge_smw.stats import (
     DecisionMargins,
     Proportion,
+    decision_gaps,
     family_confidence,
     min_n_to_show,
     wilson_interval,
@@ -161,6 +162,16 @@ def _two_levels(gaps: np.ndarray, top: np.ndarray) -> np.ndarray:
     p_top = 1.0 / (1.0 + np.exp(-gaps))
     probs = np.stack([p_top, 1.0 - p_top], axis=1)
     return np.where(top[:, None] == 0, probs, probs[:, ::-1])
+
+
+def test_decision_gap_is_the_top_score_minus_the_best_other() -> None:
+    reference = np.array([[2.0, 0.0, 1.0], [0.0, 3.0, 1.0], [2.0, 1.0, 0.0]])
+    scores = np.array([[2.0, 0.5, 1.0], [0.0, 3.0, 2.5], [1.0, 1.5, 0.0]])
+    gap, change = decision_gaps(scores, reference)
+    assert np.allclose(gap, [1.0, 2.0, 1.0])
+    # the model's gap for the reference's level: 1.0, 0.5 and -0.5 (a third level overtakes)
+    assert np.allclose(change, [0.0, -1.5, -1.5])
+    assert list(gap + change < 0) == [False, False, True]  # only the third crop flips
 
 
 def test_decision_margins_measure_the_gap_and_its_change() -> None:
