@@ -268,6 +268,9 @@ def test_default_gates_and_suites_load() -> None:
         assert load_suite(extra).name == extra.stem
     parity = load_suite(repo / "benchmarks" / "suites" / "parity.toml")
     assert parity.parity_max == 0 and parity.robust_n == 0 and parity.e2e_frames == 0
+    agreement = load_suite(repo / "benchmarks" / "suites" / "agreement.toml")
+    assert agreement.parity_max == 0 and agreement.robust_n == load_suite("full").robust_n
+    assert agreement.e2e_frames == 0 and agreement.detection_frames == 0
 
 
 def test_bad_gate_and_suite_files_name_the_problem(tmp_path: Path) -> None:
