@@ -90,8 +90,8 @@ def _print_summary(result) -> None:  # noqa: ANN001 - ExportResult, imported laz
     for entry in summary.models.values():
         if entry.gate is not None and entry.gate.what == "top1_agreement":
             print(f"{entry.file}: {entry.gate.claim}")
-            if entry.parity.decision is not None:
-                print(f"  {entry.parity.decision.describe()}")
+            if entry.parity.decision_margins is not None:
+                print(f"  {entry.parity.decision_margins.describe()}")
     for flavour, info in (summary.int8.flavours.items() if summary.int8 else []):
         steps = " -> ".join(step.brief() for step in info.steps)
         speed = info.final.speedup

@@ -25,7 +25,7 @@ class Parity:
     accuracy_torch: float | None = None
     mae: float | None = None
     mae_torch: float | None = None
-    decision: DecisionMargins | None = None
+    decision_margins: DecisionMargins | None = None
 
     @classmethod
     def measure(cls, probs: np.ndarray, reference: np.ndarray,
@@ -43,7 +43,7 @@ class Parity:
                      "mae_torch": float(np.abs(ref - true_levels).mean())}
         return cls(n=int(len(probs)), disagreements=int((pred != ref).sum()),
                    max_abs_prob_diff=float(diff.max()), mean_abs_prob_diff=float(diff.mean()),
-                   decision=DecisionMargins.measure(probs, reference), **extra)
+                   decision_margins=DecisionMargins.measure(probs, reference), **extra)
 
     @property
     def agreement(self) -> Proportion:
@@ -79,8 +79,8 @@ class Parity:
             "top1_agreement_interval": [low, high], "disagreements": self.disagreements,
             "max_abs_prob_diff": self.max_abs_prob_diff,
             "mean_abs_prob_diff": self.mean_abs_prob_diff}
-        if self.decision is not None:
-            out["decision_margins"] = self.decision.to_dict()
+        if self.decision_margins is not None:
+            out["decision_margins"] = self.decision_margins.to_dict()
         if self.accuracy is not None:
             out.update(accuracy=self.accuracy, accuracy_torch=self.accuracy_torch,
                        accuracy_delta=self.accuracy_delta, mae=self.mae,
