@@ -251,7 +251,7 @@ class _Demo:
         self.steps["export"] = {
             "dir": str(self.export_dir), "models": models, "forced": summary.forced,
             "int8_steps": [st.brief() for st in (cpu.steps if cpu else [])],
-            "int8_speedup_vs_fp32": cpu.final.speedup if cpu else None,
+            "int8_speedup_vs_fp32": cpu.speedup if cpu else None,
             "settings": summary.settings,
         }
         self.written["export"] = self.export_dir

@@ -146,6 +146,9 @@ def test_int8_figures_and_steps_recorded(summary: dict) -> None:
         kept = [s["agreement"] for s in info["steps"] if s["kept"]]
         assert kept == sorted(kept)  # a step is kept only when it helps
         assert info["latency_ms_p50"] > 0 and info["fp32_latency_ms_p50"] > 0
+        rounds = info["speed_rounds"]  # the kept model, timed again in five rounds
+        assert rounds["runs_per_round"] == 3 and len(rounds["ratios"]) == 5
+        assert min(rounds["ratios"]) <= info["speedup_vs_fp32"] <= max(rounds["ratios"])
         model = summary["models"][f"int8-{flavour}"]
         parity = model["parity"]
         assert parity["n"] >= 80 and "accuracy_delta" in parity

@@ -280,3 +280,48 @@ def test_step_line_says_why_a_step_has_no_figure() -> None:
                    "skipped: operator(s) LpNormalization not run by the tuning interpreter")
     assert skipped.brief() == ("quantization-aware tuning (skipped: operator(s) "
                                "LpNormalization not run by the tuning interpreter)")
+
+
+# -- the kept model's speed: rounds, not one figure ---------------------------------------------
+def test_speed_is_the_median_of_rounds_and_says_its_range() -> None:
+    """One round of 30 runs moved the same pair 1.51-1.94x on this kind of machine: the
+    export times the kept model in rounds and prints the median ratio with the range."""
+    from edge_smw.export.results import Figures, FlavourResult, Parity, SpeedRounds
+
+    timed = {"fp32": {"round_p50_ms": [6.0, 9.0, 5.0]},
+             "int8": {"round_p50_ms": [3.0, 4.5, 4.0]}}
+    speed = SpeedRounds.from_latency(timed, runs=30)
+    assert speed.ratios == pytest.approx([2.0, 2.0, 1.25]) and speed.median == pytest.approx(2.0)
+    assert speed.describe().startswith("2.00x fp32 speed at batch 1 (1.25-2.00x over 3 rounds "
+                                       "of 30 interleaved runs")
+    parity = Parity(n=100, disagreements=1, max_abs_prob_diff=0.1, mean_abs_prob_diff=0.01)
+    result = FlavourResult("cpu", "model.int8.onnx", {}, [], Figures(parity, 3.0, 7.5),
+                           speed=speed)
+    facts = result.to_dict()
+    assert result.speedup == facts["speedup_vs_fp32"] == pytest.approx(2.0)  # not the 2.5
+    assert facts["latency_ms_p50"] == 4.0 and facts["fp32_latency_ms_p50"] == 6.0
+    assert facts["speed_rounds"]["ratios"] == pytest.approx([2.0, 2.0, 1.25])
+    # a result timed once (the trade-off table's rows) keeps its one figure
+    once = FlavourResult("cpu", "model.int8.onnx", {}, [], Figures(parity, 3.0, 7.5))
+    assert once.speedup == pytest.approx(2.5) and once.to_dict()["speed_rounds"] is None
+
+
+def test_latency_rounds_time_every_model_in_each_round(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edge_smw.export.parity import latency
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["output"])], "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 8, 8])])
+    path = tmp_path / "relu.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                    str(path))
+    timed = latency({"fp32": path, "int8": path}, 8, runs=4, warmup=1, threads=1, rounds=3)
+    for name in ("fp32", "int8"):
+        assert timed[name]["runs"] == 12 and len(timed[name]["round_p50_ms"]) == 3
+        assert all(t > 0 for t in timed[name]["round_p50_ms"])
+        low, high = min(timed[name]["round_p50_ms"]), max(timed[name]["round_p50_ms"])
+        assert low <= timed[name]["p50_ms"] <= high

@@ -94,9 +94,7 @@ def _print_summary(result) -> None:  # noqa: ANN001 - ExportResult, imported laz
                 print(f"  {entry.parity.decision_margins.describe()}")
     for flavour, info in (summary.int8.flavours.items() if summary.int8 else []):
         steps = " -> ".join(step.brief() for step in info.steps)
-        speed = info.final.speedup
-        print(f"int8 {flavour}: {steps}" + (f"; {speed:.2f}x fp32 speed at batch 1 (measured "
-                                            "now, on this machine)" if speed else ""))
+        print(f"int8 {flavour}: {steps}" + (f"; {info.speed.describe()}" if info.speed else ""))
         head = info.aware_head
         if head:
             plain, aware = head["plain_int8"], head["aware"]

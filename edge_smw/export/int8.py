@@ -51,7 +51,7 @@ from edge_smw.export.crops import CropSet, calibration_crops, find_split, split_
 from edge_smw.export.equalize import Equalization, equalize
 from edge_smw.export.input_grid import InputGrid, put_input_on_grid
 from edge_smw.export.parity import INT8_MIN_AGREEMENT, latency, runtime_probabilities
-from edge_smw.export.results import Figures, FlavourResult, Gate, Parity, Step
+from edge_smw.export.results import Figures, FlavourResult, Gate, Parity, SpeedRounds, Step
 from edge_smw.export.rounding import (
     GridWeights,
     WeightRounding,
@@ -71,6 +71,8 @@ EQUALIZATION = "range equalization"  # the transform and its step
 CENTRING = "centred activations"  # the transform and its step
 ONE_QUANTIZER = "one quantizer per Conv and activation"
 TUNING = "quantization-aware tuning"
+# The kept model is timed again in this many rounds of ``latency_runs``, for its range.
+SPEED_ROUNDS = 5
 
 
 def calibrate(fp32_path: Path, crops: CropSet, contract: PreprocessContract,
@@ -540,7 +542,18 @@ def gate(run: FlavourRun) -> Gate:
     return Gate.min_agreement(run.figures.parity, INT8_MIN_AGREEMENT, models_measured(run))
 
 
-def result_of(run: FlavourRun, report: dict[str, str]) -> FlavourResult:
+def speed_rounds(ctx: Int8Context, run: FlavourRun) -> SpeedRounds:
+    """The kept model against fp32 in ``SPEED_ROUNDS`` rounds of interleaved batch-1 runs:
+    each step's one round is enough to follow the steps, not to print as the model's speed."""
+    assert run.figures is not None and run.figures.path is not None
+    runs = ctx.settings.latency_runs
+    timed = latency({"fp32": ctx.fp32_path, "int8": run.figures.path},
+                    ctx.contract.input_size, runs=runs, rounds=SPEED_ROUNDS)
+    return SpeedRounds.from_latency(timed, runs)
+
+
+def result_of(run: FlavourRun, report: dict[str, str],
+              speed: SpeedRounds | None = None) -> FlavourResult:
     assert run.figures is not None and run.model is not None
     spec = run.recipe.spec
     return FlavourResult(
@@ -548,7 +561,7 @@ def result_of(run: FlavourRun, report: dict[str, str]) -> FlavourResult:
         settings={**spec.describe(), "reduce_range_why": run.reduce_range_why},
         steps=run.steps, final=run.figures, float_nodes=run.float_nodes,
         mixed_precision=run.mixed, unit_logit_noise=run.noise, aware_head=run.head_info,
-        qdq=Q.qdq_summary(run.model), report=report)
+        qdq=Q.qdq_summary(run.model), report=report, speed=speed)
 
 
 def failure_message(run: FlavourRun, verdict: Gate) -> str:

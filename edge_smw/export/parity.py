@@ -76,23 +76,35 @@ def compare(probs: np.ndarray, reference: np.ndarray, true_levels: np.ndarray | 
 
 
 def latency(paths: Mapping[str, str | Path], size: int, *, runs: int = 30, warmup: int = 5,
-            threads: int | None = None) -> dict[str, dict[str, float]]:
+            threads: int | None = None, rounds: int = 1) -> dict[str, dict[str, Any]]:
     """Batch-1 latency of several models in ONE process, runs interleaved round-robin so a
-    busy machine slows them alike; p50/p90 in milliseconds."""
+    busy machine slows them alike; p50/p90 in milliseconds over every run.
+
+    ``rounds`` repeats the ``runs`` interleaved runs and also gives each round's p50
+    (``round_p50_ms``): on a shared machine one round's ratio between two models can be off
+    by a fifth (measured here: 1.51-1.94x for one pair in rounds of 30 runs), and the spread
+    between rounds shows it."""
     # Idle worker threads of one session must not spin while another session runs: with
     # several sessions in one process, spinning pools starve each other.
     settings = SessionSettings(threads=threads, spinning=False)
     sessions = {name: load_session(path, settings) for name, path in paths.items()}
     feed = {"input": np.random.default_rng(0).standard_normal((1, 3, size, size),
                                                                 dtype=np.float32)}
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for i in range(warmup + runs):
-        for name, session in sessions.items():
-            start = time.perf_counter()
-            session.run(None, feed)
-            if i >= warmup:
-                times[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: {"p50_ms": statistics.median(t),
-                   "p90_ms": float(np.percentile(t, 90)), "runs": len(t),
-                   "threads": threads or usable_cores()}
-            for name, t in times.items()}
+    times: dict[str, list[list[float]]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name in sessions:
+            times[name].append([])
+        for i in range(warmup + runs):
+            for name, session in sessions.items():
+                start = time.perf_counter()
+                session.run(None, feed)
+                if i >= warmup:
+                    times[name][-1].append((time.perf_counter() - start) * 1000.0)
+    out: dict[str, dict[str, Any]] = {}
+    for name, per_round in times.items():
+        every = [t for one in per_round for t in one]
+        out[name] = {"p50_ms": statistics.median(every),
+                     "p90_ms": float(np.percentile(every, 90)), "runs": len(every),
+                     "round_p50_ms": [statistics.median(one) for one in per_round],
+                     "threads": threads or usable_cores()}
+    return out

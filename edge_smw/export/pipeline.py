@@ -218,7 +218,8 @@ def _int8(source: Path, checkpoint: Checkpoint, fp32: onnx.ModelProto, fp32_path
             verdict = int8.gate(run)
             path = stage.file(flavour.file_name)
             _write_int8(run, checkpoint, calibration, settings, verdict, path)
-            result.flavours[flavour.value] = int8.result_of(run, report)
+            result.flavours[flavour.value] = int8.result_of(run, report,
+                                                            int8.speed_rounds(ctx, run))
             summary.models[int8_format(flavour.value).key] = _model_entry(
                 path, "int8", run.figures.parity, verdict, flavour.value)
             if verdict.refused:

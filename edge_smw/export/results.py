@@ -211,6 +211,41 @@ class Figures:
                 "mae_delta": p.mae_delta, "max_abs_prob_diff": p.max_abs_prob_diff}
 
 
+@dataclass(frozen=True)
+class SpeedRounds:
+    """The kept INT8 model's batch-1 speed against fp32, in rounds of interleaved runs: the
+    median ratio with its range, not one figure a busy moment of a shared CPU can move."""
+
+    runs: int  # interleaved runs per model in each round
+    fp32_p50_ms: tuple[float, ...]  # one per round
+    int8_p50_ms: tuple[float, ...]
+
+    @classmethod
+    def from_latency(cls, timed: dict[str, dict[str, Any]], runs: int) -> SpeedRounds:
+        """From ``parity.latency`` of the models named "fp32" and "int8"."""
+        return cls(runs, tuple(timed["fp32"]["round_p50_ms"]),
+                   tuple(timed["int8"]["round_p50_ms"]))
+
+    @property
+    def ratios(self) -> list[float]:
+        return [f / i for f, i in zip(self.fp32_p50_ms, self.int8_p50_ms, strict=True)]
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.ratios))
+
+    def describe(self) -> str:
+        ratios = self.ratios
+        return (f"{self.median:.2f}x fp32 speed at batch 1 ({min(ratios):.2f}-"
+                f"{max(ratios):.2f}x over {len(ratios)} rounds of {self.runs} interleaved runs, "
+                "measured now on this machine; `edge-smw bench` measures it for quoting)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"runs_per_round": self.runs, "fp32_p50_ms": list(self.fp32_p50_ms),
+                "int8_p50_ms": list(self.int8_p50_ms), "ratios": self.ratios,
+                "median": self.median}
+
+
 @dataclass
 class Step:
     """One INT8 step of the measured step table: what it did and whether it was kept."""
@@ -252,15 +287,28 @@ class FlavourResult:
     aware_head: dict[str, Any] | None = None
     qdq: dict[str, Any] = field(default_factory=dict)
     report: dict[str, str] = field(default_factory=dict)
+    speed: SpeedRounds | None = None  # the kept model, timed in rounds after its steps
+
+    @property
+    def speedup(self) -> float | None:
+        """The kept model's speed against fp32: the rounds' median where it was timed so."""
+        return self.speed.median if self.speed else self.final.speedup
+
+    def _latency(self) -> dict[str, float | None]:
+        if self.speed:
+            return {"latency_ms_p50": float(np.median(self.speed.int8_p50_ms)),
+                    "fp32_latency_ms_p50": float(np.median(self.speed.fp32_p50_ms))}
+        return {"latency_ms_p50": self.final.latency_ms_p50,
+                "fp32_latency_ms_p50": self.final.fp32_latency_ms_p50}
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": self.file, "settings": self.settings,
                 "steps": [s.to_dict() for s in self.steps],
                 "mixed_precision": self.mixed_precision, "float_nodes": self.float_nodes,
                 "unit_logit_noise": self.unit_logit_noise, "aware_head": self.aware_head,
-                "qdq": self.qdq, "latency_ms_p50": self.final.latency_ms_p50,
-                "fp32_latency_ms_p50": self.final.fp32_latency_ms_p50,
-                "speedup_vs_fp32": self.final.speedup, "report": self.report}
+                "qdq": self.qdq, **self._latency(), "speedup_vs_fp32": self.speedup,
+                "speed_rounds": self.speed.to_dict() if self.speed else None,
+                "report": self.report}
 
 
 @dataclass
