@@ -284,7 +284,7 @@ def test_step_line_says_why_a_step_has_no_figure() -> None:
 
 # -- the kept model's speed: rounds, not one figure ---------------------------------------------
 def test_speed_is_the_median_of_rounds_and_says_its_range() -> None:
-    """One round of 30 runs moved the same pair 1.51-1.94x on this kind of machine: the
+    """One round of 30 runs moved the same pair 1.51-2.06x on this kind of machine: the
     export times the kept model in rounds and prints the median ratio with the range."""
     from edge_smw.export.results import Figures, FlavourResult, Parity, SpeedRounds
 

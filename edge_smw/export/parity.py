@@ -82,7 +82,7 @@ def latency(paths: Mapping[str, str | Path], size: int, *, runs: int = 30, warmu
 
     ``rounds`` repeats the ``runs`` interleaved runs and also gives each round's p50
     (``round_p50_ms``): on a shared machine one round's ratio between two models can be off
-    by a fifth (measured here: 1.51-1.94x for one pair in rounds of 30 runs), and the spread
+    by a fifth (measured here: 1.51-2.06x for one pair in 42 rounds of 30 runs), and the spread
     between rounds shows it."""
     # Idle worker threads of one session must not spin while another session runs: with
     # several sessions in one process, spinning pools starve each other.
