@@ -65,6 +65,13 @@ def test_exports_are_timed_together_and_their_int8_gate_read(smiles_run: Path,
     assert set(first["latency_ms_p50"]) == {FP32.key, INT8_CPU.key}
     assert all(ms > 0 for ms in first["latency_ms_p50"].values())
     assert first["latency_vs_first"] == {FP32.key: 1.0, INT8_CPU.key: 1.0}
+    assert first["latency_vs_first_range"] == {FP32.key: [1.0, 1.0], INT8_CPU.key: [1.0, 1.0]}
+    second = result["exports"][1]  # the same files, timed as another run's: ratios per round
+    for key, (low, high) in second["latency_vs_first_range"].items():
+        assert 0 < low <= second["latency_vs_first"][key] <= high
+    assert result["latency"]["rounds"] == 5
+    code, out, err = run_cli(str(smiles_run), "--exports", str(export), "--latency-runs", "3")
+    assert code == 0 and "1.00x (1.00-1.00)" in out, out + err
 
 
 @pytest.mark.parametrize("make, expected", [

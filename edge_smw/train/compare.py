@@ -12,11 +12,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge_smw.artifacts.folders import ExportDir, RunDir
 from edge_smw.artifacts.formats import FP32, INT8_CPU
 from edge_smw.errors import InputError
 
 TIMED_FORMATS = (FP32, INT8_CPU)
+# Rounds of interleaved runs: a run's latency against the first is the median of the rounds'
+# ratios, with their range (one round of the same pair can be off by a fifth on a shared CPU).
+ROUNDS = 5
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -91,18 +96,23 @@ def compare(runs: list[str | Path], exports: list[str | Path] | None = None, *,
         raise InputError("the export folders hold no "
                          + " or ".join(f.file_name for f in TIMED_FORMATS))
     size = ModelInfo.from_file(next(iter(paths.values()))).contract.input_size
-    timed = latency(paths, size, runs=latency_runs, threads=threads)
+    timed = latency(paths, size, runs=latency_runs, threads=threads, rounds=ROUNDS)
     for i, (run, fact) in enumerate(zip(runs, facts, strict=True)):
         fact["run"] = str(run)
         fact["latency_ms_p50"] = {name: timed[f"{i}:{name}"]["p50_ms"]
                                   for name in fact["files"]}
         result["exports"].append(fact)
-    base = result["exports"][0]["latency_ms_p50"]
-    for fact in result["exports"]:
-        fact["latency_vs_first"] = {name: round(ms / base[name], 3)
-                                    for name, ms in fact["latency_ms_p50"].items()
-                                    if base.get(name)}
-    result["latency"] = {"batch": 1, "runs": latency_runs, "interleaved": True}
+    for i, fact in enumerate(result["exports"]):
+        ratios = {name: [ms / first for ms, first in zip(
+                      timed[f"{i}:{name}"]["round_p50_ms"], timed[f"0:{name}"]["round_p50_ms"],
+                      strict=True)]
+                  for name in fact["files"] if f"0:{name}" in timed}
+        fact["latency_vs_first"] = {name: round(float(np.median(r)), 3)
+                                    for name, r in ratios.items()}
+        fact["latency_vs_first_range"] = {name: [round(min(r), 3), round(max(r), 3)]
+                                          for name, r in ratios.items()}
+    result["latency"] = {"batch": 1, "runs": latency_runs, "rounds": ROUNDS,
+                         "interleaved": True}
     return result
 
 
@@ -116,6 +126,12 @@ def markdown(result: dict[str, Any]) -> str:
 
     def num(v: float | None, digits: int = 3) -> str:
         return "-" if v is None else f"{v:.{digits}f}"
+
+    def relative(ratio: dict[str, float], spread: dict[str, list[float]], key: str) -> str:
+        if key not in ratio:
+            return "-"
+        low, high = spread.get(key, (ratio[key], ratio[key]))
+        return f"{ratio[key]:.2f}x ({low:.2f}-{high:.2f})"
 
     head = ["head", "fine-tuned", "loss", "val acc", "test acc", "MAE", "Spearman",
             *[f"{lv} acc / MAE" for lv in levels], "epoch", "train s"]
@@ -132,13 +148,13 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if result.get("exports"):
         lines += ["", "| run | int8 agreement (gate) | fp32 ms p50 | int8 ms p50 | "
-                  "vs first run (fp32, int8) |", "|---|---|---|---|---|"]
+                  "vs first run, median of rounds (range): fp32, int8 |", "|---|---|---|---|---|"]
         for e in result["exports"]:
             ms = e["latency_ms_p50"]
-            rel = e["latency_vs_first"]
+            rel, spread = e["latency_vs_first"], e.get("latency_vs_first_range", {})
             gate = {True: "pass", False: "FAIL", None: "-"}[e["int8_gate_passed"]]
             fp32, int8 = FP32.key, INT8_CPU.key
             lines.append(f"| {e['run']} | {pct(e['int8_agreement'])} ({gate}) | "
                          f"{num(ms.get(fp32), 2)} | {num(ms.get(int8), 2)} | "
-                         f"{num(rel.get(fp32), 2)}x, {num(rel.get(int8), 2)}x |")
+                         f"{relative(rel, spread, fp32)}, {relative(rel, spread, int8)} |")
     return "\n".join(lines) + "\n"
