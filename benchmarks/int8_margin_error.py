@@ -10,6 +10,10 @@ each int8 model of an export, the spread (standard deviation) of that error over
 crops, the error by margin band, and the fp32 margins of the crops that flipped.
 ``--sensitivity N``: on N of those crops, how much the spread falls when one activation
 quantizer at a time is removed (its tensor left in float): which tensors carry the error.
+``--refit-head``: how much of the error a float head refitted to the int8 features removes
+(ridge least squares of the pooled int8 features onto the fp32 logits on the training split's
+crops, no labels, pulled toward the trained head): the part of the error that is linear in
+the features, which a step of the export could take out for free.
 
 The reference is the export's fp32 ONNX (held to torch within 1e-4 by the export's own
 gate); every model runs on onnxruntime CPU through the project's one session loader; the
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from edge_smw.artifacts.folders import ExportDir
 from edge_smw.artifacts.formats import FP32
@@ -72,6 +77,8 @@ def main() -> int:
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--sensitivity", type=int, default=0, metavar="N",
                         help="crops for the one-quantizer-removed table (0: skip it)")
+    parser.add_argument("--refit-head", action="store_true",
+                        help="refit the float head to the int8 features on the training split")
     args = parser.parse_args()
 
     folder = ExportDir(args.export)
@@ -89,13 +96,16 @@ def main() -> int:
         print(f"{source}: no split.json; the training run is needed for its split",
               file=sys.stderr)
         return 2
-    items = split_items(split, args.split, info.levels)
-    crops = load_crops(items, info.contract, detect=info.detect, source=args.split,
-                       progress=False)
-    inputs = crops.inputs(info.contract)
+    def split_inputs(name: str) -> np.ndarray:
+        items = split_items(split, name, info.levels)
+        return load_crops(items, info.contract, detect=info.detect, source=name,
+                          progress=False).inputs(info.contract)
+
+    inputs = split_inputs(args.split)
+    training = split_inputs("train") if args.refit_head else None
     reference = logits(fp32_path, inputs)
     base = decision_gaps(reference, reference)[0]
-    print(f"{args.export}, {args.split} split: {len(crops)} crops; fp32 |margin| median "
+    print(f"{args.export}, {args.split} split: {len(inputs)} crops; fp32 |margin| median "
           f"{np.median(np.abs(base)):.2f}, {int((np.abs(base) < 0.1).sum())} below 0.1, "
           f"{int((np.abs(base) < 0.5).sum())} below 0.5")
     for path in models:
@@ -111,7 +121,55 @@ def main() -> int:
         print("flipped crops' fp32 margins:", " ".join(f"{m:.2f}" for m in np.sort(base[flipped])))
         if args.sensitivity:
             sensitivity(path, inputs, reference, args.sensitivity)
+        if training is not None:
+            head_refit(path, fp32_path, training, inputs, reference)
     return 0
+
+
+def with_head_features(model: onnx.ModelProto) -> tuple[bytes, np.ndarray]:
+    """The model with its head's input (the pooled features) as a second output, and the
+    head as one matrix: weights (features x levels) over a bias row."""
+    head = next(n for n in model.graph.node if n.op_type == "Gemm"
+                and OUTPUT_LOGITS in n.output)
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    weight, bias = constants[head.input[1]].astype(np.float64), constants[head.input[2]]
+    if any(a.name == "transB" and a.i for a in head.attribute):
+        weight = weight.T
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.output.append(helper.make_tensor_value_info(head.input[0], TensorProto.FLOAT,
+                                                          None))
+    return out.SerializeToString(), np.vstack([weight, bias[None].astype(np.float64)])
+
+
+def refit(features: np.ndarray, target: np.ndarray, head: np.ndarray,
+          strength: float) -> np.ndarray:
+    """The head minimising |[features, 1] head' - target|^2 + strength * n * |head' - head|^2."""
+    x = np.hstack([features, np.ones((len(features), 1))])
+    pull = strength * len(x)
+    return np.linalg.solve(x.T @ x + pull * np.eye(x.shape[1]), x.T @ target + pull * head)
+
+
+def head_refit(path: Path, fp32_path: Path, training: np.ndarray, inputs: np.ndarray,
+               reference: np.ndarray) -> None:
+    model, head = with_head_features(onnx.load(str(path)))
+    session = load_session(model)
+    feature_name = session.get_outputs()[-1].name
+
+    def features(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([session.run([feature_name], {INPUT_NAME: x[k:k + 64]})[0]
+                               for k in range(0, len(x), 64)]).astype(np.float64)
+
+    train_features, evaluated = features(training), features(inputs)
+    target = logits(fp32_path, training).astype(np.float64)
+    base = decision_gaps(reference, reference)[0]
+    print(f"\nfloat head refitted on {len(training)} training crops' int8 features (ridge, "
+          "pulled toward the trained head)\n| strength | flips | error sd |\n|---|---|---|")
+    for strength in (0.001, 0.01, 0.1, 1.0, 10.0):
+        theta = refit(train_features, target, head, strength)
+        out = np.hstack([evaluated, np.ones((len(evaluated), 1))]) @ theta
+        error = decision_gaps(out, reference)[1]
+        print(f"| {strength:g} | {int((base + error < 0).sum())} | {error.std():.3f} |")
 
 
 def sensitivity(path: Path, inputs: np.ndarray, reference: np.ndarray, n: int) -> None:

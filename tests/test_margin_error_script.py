@@ -47,3 +47,36 @@ def test_removing_a_quantizer_leaves_its_tensor_float() -> None:
     assert not np.allclose(run(model), np.maximum(x, 0), atol=1e-3)
     assert [n.op_type for n in model.graph.node] == ["QuantizeLinear", "DequantizeLinear",
                                                      "Relu"]  # the original is untouched
+
+
+def test_head_refit_takes_out_a_linear_error_and_nothing_when_pulled_back() -> None:
+    """Features distorted by a linear map and a shift: the refitted head gives the reference
+    logits back exactly; pulled hard toward the trained head, it stays that head."""
+    script = _script()
+    rng = np.random.default_rng(0)
+    clean = rng.standard_normal((400, 6))
+    head = np.vstack([rng.standard_normal((6, 2)), rng.standard_normal((1, 2))])
+    target = np.hstack([clean, np.ones((400, 1))]) @ head
+    distorted = clean @ (np.eye(6) + 0.2 * rng.standard_normal((6, 6))) + 0.3
+    fitted = script.refit(distorted, target, head, 1e-9)
+    assert np.allclose(np.hstack([distorted, np.ones((400, 1))]) @ fitted, target, atol=1e-5)
+    assert np.allclose(script.refit(distorted, target, head, 1e9), head, atol=1e-6)
+
+
+def test_head_features_are_the_gemm_input_and_its_weights() -> None:
+    script = _script()
+    weight = np.arange(6, dtype=np.float32).reshape(2, 3)  # levels x features (transB)
+    bias = np.array([0.5, -0.5], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["pooled"]),
+         helper.make_node("Gemm", ["pooled", "w", "b"], ["logits"], transB=1)], "head",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    serialized, head = script.with_head_features(model)
+    assert np.array_equal(head, np.vstack([weight.T, bias[None]]))
+    x = np.array([[1.0, -2.0, 3.0]], np.float32)
+    logits, pooled = load_session(serialized).run(["logits", "pooled"], {"input": x})
+    assert np.array_equal(pooled, np.maximum(x, 0))
+    assert np.allclose(np.hstack([pooled, [[1.0]]]) @ head, logits)
