@@ -34,7 +34,8 @@ from onnx import TensorProto, helper, numpy_helper
 from edge_smw.artifacts.folders import ExportDir
 from edge_smw.artifacts.formats import FP32
 from edge_smw.artifacts.sessions import load_session
-from edge_smw.export.crops import find_split, load_crops, split_items
+from edge_smw.contract import PreprocessContract
+from edge_smw.export.crops import CropSet, find_split, load_crops, split_items
 from edge_smw.export.quantize import Flavour
 from edge_smw.metadata import INPUT_NAME, OUTPUT_LOGITS, ModelInfo
 from edge_smw.stats import DecisionMargins, decision_gaps
@@ -96,13 +97,14 @@ def main() -> int:
         print(f"{source}: no split.json; the training run is needed for its split",
               file=sys.stderr)
         return 2
-    def split_inputs(name: str) -> np.ndarray:
+    def split_crops(name: str) -> CropSet:
         items = split_items(split, name, info.levels)
         return load_crops(items, info.contract, detect=info.detect, source=name,
-                          progress=False).inputs(info.contract)
+                          progress=False)
 
-    inputs = split_inputs(args.split)
-    training = split_inputs("train") if args.refit_head else None
+    inputs = split_crops(args.split).inputs(info.contract)
+    # the training split only as crops: its 6,949 inputs at once would take 4 GB
+    training = split_crops("train") if args.refit_head else None
     reference = logits(fp32_path, inputs)
     base = decision_gaps(reference, reference)[0]
     print(f"{args.export}, {args.split} split: {len(inputs)} crops; fp32 |margin| median "
@@ -122,7 +124,7 @@ def main() -> int:
         if args.sensitivity:
             sensitivity(path, inputs, reference, args.sensitivity)
         if training is not None:
-            head_refit(path, fp32_path, training, inputs, reference)
+            head_refit(path, fp32_path, training, info.contract, inputs, reference)
     return 0
 
 
@@ -150,8 +152,8 @@ def refit(features: np.ndarray, target: np.ndarray, head: np.ndarray,
     return np.linalg.solve(x.T @ x + pull * np.eye(x.shape[1]), x.T @ target + pull * head)
 
 
-def head_refit(path: Path, fp32_path: Path, training: np.ndarray, inputs: np.ndarray,
-               reference: np.ndarray) -> None:
+def head_refit(path: Path, fp32_path: Path, training: CropSet, contract: PreprocessContract,
+               inputs: np.ndarray, reference: np.ndarray) -> None:
     model, head = with_head_features(onnx.load(str(path)))
     session = load_session(model)
     feature_name = session.get_outputs()[-1].name
@@ -160,8 +162,10 @@ def head_refit(path: Path, fp32_path: Path, training: np.ndarray, inputs: np.nda
         return np.concatenate([session.run([feature_name], {INPUT_NAME: x[k:k + 64]})[0]
                                for k in range(0, len(x), 64)]).astype(np.float64)
 
-    train_features, evaluated = features(training), features(inputs)
-    target = logits(fp32_path, training).astype(np.float64)
+    chunks = [training.inputs(contract, k, k + 512) for k in range(0, len(training), 512)]
+    train_features = np.concatenate([features(chunk) for chunk in chunks])
+    target = np.concatenate([logits(fp32_path, chunk) for chunk in chunks]).astype(np.float64)
+    evaluated = features(inputs)
     base = decision_gaps(reference, reference)[0]
     print(f"\nfloat head refitted on {len(training)} training crops' int8 features (ridge, "
           "pulled toward the trained head)\n| strength | flips | error sd |\n|---|---|---|")
