@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -43,10 +44,14 @@ from edge_smw.stats import DecisionMargins, decision_gaps
 BANDS = ((0.0, 0.5), (0.5, 2.0), (2.0, 5.0), (5.0, float("inf")))
 
 
-def logits(model: Path | bytes, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
-    session = load_session(model)
-    return np.concatenate([session.run([OUTPUT_LOGITS], {INPUT_NAME: inputs[k:k + batch]})[0]
+def batched(session: Any, output: str, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
+    """One output of an onnxruntime session over ``inputs``, ``batch`` crops at a time."""
+    return np.concatenate([session.run([output], {INPUT_NAME: inputs[k:k + batch]})[0]
                            for k in range(0, len(inputs), batch)])
+
+
+def logits(model: Path | bytes, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
+    return batched(load_session(model), OUTPUT_LOGITS, inputs, batch)
 
 
 def without_quantizer(model: onnx.ModelProto, quantizer: onnx.NodeProto) -> onnx.ModelProto:
@@ -155,17 +160,13 @@ def refit(features: np.ndarray, target: np.ndarray, head: np.ndarray,
 def head_refit(path: Path, fp32_path: Path, training: CropSet, contract: PreprocessContract,
                inputs: np.ndarray, reference: np.ndarray) -> None:
     model, head = with_head_features(onnx.load(str(path)))
-    session = load_session(model)
+    session, fp32 = load_session(model), load_session(fp32_path)
     feature_name = session.get_outputs()[-1].name
-
-    def features(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([session.run([feature_name], {INPUT_NAME: x[k:k + 64]})[0]
-                               for k in range(0, len(x), 64)]).astype(np.float64)
-
     chunks = [training.inputs(contract, k, k + 512) for k in range(0, len(training), 512)]
-    train_features = np.concatenate([features(chunk) for chunk in chunks])
-    target = np.concatenate([logits(fp32_path, chunk) for chunk in chunks]).astype(np.float64)
-    evaluated = features(inputs)
+    train_features = np.concatenate([batched(session, feature_name, c) for c in chunks])
+    target = np.concatenate([batched(fp32, OUTPUT_LOGITS, c) for c in chunks])
+    train_features, target = train_features.astype(np.float64), target.astype(np.float64)
+    evaluated = batched(session, feature_name, inputs).astype(np.float64)
     base = decision_gaps(reference, reference)[0]
     print(f"\nfloat head refitted on {len(training)} training crops' int8 features (ridge, "
           "pulled toward the trained head)\n| strength | flips | error sd |\n|---|---|---|")
