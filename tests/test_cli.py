@@ -33,6 +33,19 @@ def test_bad_data_is_one_clear_line_and_exit_2(tmp_path, capsys):
     assert "holds neither a training checkpoint" in capsys.readouterr().err
 
 
+def test_an_export_folder_where_a_run_is_needed_is_named_as_one(tmp_path, capsys):
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    (exported / "model.onnx").write_bytes(b"")
+    for argv in (["export", str(exported), "--out", str(tmp_path / "again")],
+                 ["fool", str(exported), str(exported), "--target", "smiling"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is an export folder (model.onnx), not a training run" in err[0]
+        assert "checkpoint.pt" in err[0]
+    assert not (tmp_path / "again").exists()
+
+
 def test_bad_finetune_flags_are_one_clear_line_before_any_work(small_labelled_folder, capsys):
     out = small_labelled_folder.parent / "run"
     for flag, value in [("--finetune-average", "-1"), ("--finetune-lr", "0")]:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from edge_smw import __version__
-from edge_smw.artifacts.folders import CHECKPOINT_NAME, checkpoint_file
+from edge_smw.artifacts.folders import CHECKPOINT_NAME, EXPORT_JSON, ExportDir, checkpoint_file
 from edge_smw.atomic import atomic_path
 from edge_smw.cache import file_sha256
 from edge_smw.contract import PreprocessContract
@@ -136,6 +136,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
     given = Path(path)
     path = checkpoint_file(given)
     if given.is_dir() and not path.is_file():
+        exported = ExportDir(given).model_files()
+        if exported:
+            # Commands that score take an export folder before they get here; this one needs
+            # the torch model.
+            raise ModelError(
+                f"{given} is an export folder ({', '.join(p.name for p in exported)}), not a "
+                "training run: this command needs the run folder made by `edge-smw train` (or "
+                f"its {CHECKPOINT_NAME}), the one {EXPORT_JSON}'s source names"
+            )
         raise ModelError(
             f"{given} holds neither a training checkpoint ({CHECKPOINT_NAME}) nor an exported "
             "model (.onnx, .engine): give a run folder made by `edge-smw train`, its "
