@@ -330,6 +330,25 @@ def test_missing_and_corrupt_checkpoints(tmp_path: Path, smiles_run: Path) -> No
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
 
 
+def test_split_images_missing_here_say_where_to_run(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run trained from another folder: the hint fits the split (--calib-data: train only)."""
+    from edge_smw.data.datasets import SplitManifest
+    from edge_smw.errors import DataError
+    from edge_smw.export.crops import split_items
+
+    (tmp_path / "run").mkdir()
+    entries = [{"path": f"faces/{name}.jpg", "level": 0, "split": name}
+               for name in ("train", "val")]
+    split = SplitManifest(("a", "b"), 0, entries).save(tmp_path / "run" / "split.json")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"'val' images .* `edge-smw train` ran in") as val:
+        split_items(split, "val", ("a", "b"))
+    assert "--calib-data" not in str(val.value)
+    with pytest.raises(DataError, match=r"'train' images .*, or pass --calib-data$"):
+        split_items(split, "train", ("a", "b"))
+
+
 def test_unwritable_out_folder(smiles_run: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

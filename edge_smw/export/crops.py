@@ -118,9 +118,12 @@ def split_items(split_path: Path, split: str, levels: Sequence[str]) -> list[Lab
             missing.append(str(item.path))
         resolved.append(LabelledImage(path, item.level))
     if len(missing) == len(items):
+        # --calib-data stands in for the training split only (calibration and tuning crops).
+        instead = ", or pass --calib-data" if split == "train" else ""
         raise DataError(
             f"none of the {len(items)} '{split}' images listed in {split_path} exist here (first: "
-            f"{missing[0]}); run the export where the training data is, or pass --calib-data"
+            f"{missing[0]}); run from the folder `edge-smw train` ran in (relative paths are "
+            f"read from the working folder, then from the run folder){instead}"
         )
     return resolved
 
