@@ -376,7 +376,7 @@ def test_too_small_calibration_sets(smiles_run: Path, smiles_dir: Path, tmp_path
     with pytest.raises(InputError, match="only 10 usable face crops"):
         export_model(smiles_run, tmp_path / "o2", ExportSettings(int8=True, calib_data=few,
                                                                  **FAST), progress=False)
-    assert not list((tmp_path / "o2").glob("model*"))
+    assert not (tmp_path / "o2").exists()
 
 
 def test_interrupted_export_leaves_nothing(smiles_run: Path, tmp_path: Path,
@@ -391,7 +391,14 @@ def test_interrupted_export_leaves_nothing(smiles_run: Path, tmp_path: Path,
     with pytest.raises(KeyboardInterrupt):
         export_model(smiles_run, out, ExportSettings(int8=True, calib_size=64, **FAST),
                      progress=False)
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # the folder it made is gone too
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    with pytest.raises(KeyboardInterrupt):
+        export_model(smiles_run, kept, ExportSettings(int8=True, calib_size=64, **FAST),
+                     progress=False)
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"]
 
 
 def test_gate_failure_and_force(smiles_run: Path, tmp_path: Path,
@@ -402,7 +409,7 @@ def test_gate_failure_and_force(smiles_run: Path, tmp_path: Path,
     monkeypatch.setattr(pipeline, "FP32_MAX_ABS_DIFF", -1.0)
     with pytest.raises(GateFailure, match="differs from torch.*nothing was written"):
         export_model(smiles_run, tmp_path / "o", ExportSettings(**FAST), progress=False)
-    assert list((tmp_path / "o").iterdir()) == []
+    assert not (tmp_path / "o").exists()
     result = export_model(smiles_run, tmp_path / "f", ExportSettings(force=True, **FAST),
                           progress=False)
     assert result.forced and (tmp_path / "f" / "model.onnx").is_file()

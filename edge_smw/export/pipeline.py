@@ -14,6 +14,7 @@ hashes, parity figures, every INT8 step, versions). Figures travel as the typed 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -64,6 +65,7 @@ class _Stage:
 
     def __init__(self, out: Path) -> None:
         self.out = out
+        self.made_out = not out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
             self.path = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
@@ -95,6 +97,11 @@ class _Stage:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        if self.made_out:
+            # A failed export into a new folder leaves no empty folder behind; rmdir refuses
+            # once anything was written.
+            with contextlib.suppress(OSError):
+                self.out.rmdir()
 
 
 def export_model(source: str | Path, out: str | Path, settings: ExportSettings | None = None,
