@@ -408,8 +408,9 @@ def test_gate_failure_and_force(smiles_run: Path, tmp_path: Path,
 
     monkeypatch.setattr(pipeline, "FP32_MAX_ABS_DIFF", -1.0)
     with pytest.raises(GateFailure, match="differs from torch.*nothing was written"):
-        export_model(smiles_run, tmp_path / "o", ExportSettings(**FAST), progress=False)
-    assert not (tmp_path / "o").exists()
+        export_model(smiles_run, tmp_path / "o" / "nested", ExportSettings(**FAST),
+                     progress=False)
+    assert not (tmp_path / "o").exists()  # the parent it made is gone too
     result = export_model(smiles_run, tmp_path / "f", ExportSettings(force=True, **FAST),
                           progress=False)
     assert result.forced and (tmp_path / "f" / "model.onnx").is_file()

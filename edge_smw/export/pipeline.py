@@ -65,7 +65,8 @@ class _Stage:
 
     def __init__(self, out: Path) -> None:
         self.out = out
-        self.made_out = not out.exists()
+        # the folders mkdir below makes (out and any missing parents), innermost first
+        self.made = [folder for folder in (out, *out.parents) if not folder.exists()]
         try:
             out.mkdir(parents=True, exist_ok=True)
             self.path = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
@@ -97,11 +98,11 @@ class _Stage:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
-        if self.made_out:
-            # A failed export into a new folder leaves no empty folder behind; rmdir refuses
-            # once anything was written.
+        # A failed export into new folders leaves no empty folder behind; rmdir refuses once
+        # anything was written.
+        for folder in self.made:
             with contextlib.suppress(OSError):
-                self.out.rmdir()
+                folder.rmdir()
 
 
 def export_model(source: str | Path, out: str | Path, settings: ExportSettings | None = None,
