@@ -22,11 +22,18 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 import onnx  # noqa: E402
 
 from edge_smw.errors import GateFailure, InputError, ModelError  # noqa: E402
+from edge_smw.export.layout import STEP as STEM_STEP  # noqa: E402
 from edge_smw.export.pipeline import export_model  # noqa: E402
 from edge_smw.export.settings import ExportSettings  # noqa: E402
 from tests.skips import machine_reason  # noqa: E402
 
 FAST = {"latency_runs": 3}
+
+
+def int8_metadata(path: Path) -> dict:
+    """The ``int8`` settings an exported model's metadata states."""
+    props = {p.key: p.value for p in onnx.load_model(str(path)).metadata_props}
+    return json.loads(props["edge_smw.info"])["extra"]["int8"]
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +122,7 @@ def rounding_convs(info: dict) -> int:
     return info["qdq"]["int8_convs"] + len(info["qdq"]["float_convs"])
 
 
-def test_int8_figures_and_steps_recorded(summary: dict) -> None:
+def test_int8_figures_and_steps_recorded(exported: Path, summary: dict) -> None:
     int8 = summary["int8"]
     assert int8["calibration"]["crops"] == 64 and len(int8["calibration"]["paths"]) == 64
     for flavour in ("cpu", "tensorrt"):
@@ -161,6 +168,16 @@ def test_int8_figures_and_steps_recorded(summary: dict) -> None:
         assert gate["models_compared"] == len(
             [s for s in info["steps"] if s["agreement"] is not None]) > 1
         assert gate["interval"][0] < low and "Bonferroni" in gate["method"]
+    # cpu flavour, last: the stem padded for onnxruntime's kernels, when it is int8 (exact)
+    pad = int8["flavours"]["cpu"]["steps"][-1]
+    assert pad["step"] == STEM_STEP
+    assert STEM_STEP not in [s["step"] for s in int8["flavours"]["tensorrt"]["steps"]]
+    claimed = int8_metadata(exported / "model.int8.onnx")["stem_input_channels"]
+    if pad["kept"]:
+        assert pad["input_channels"] == claimed == [3, 4] and pad["max_change"] <= 1e-6
+    else:
+        assert pad["note"].startswith("skipped: the first Conv's weights are float")
+        assert claimed is None
     # the target (1.0) is not met: mixed precision tried at most two blocks in each flavour
     for info in int8["flavours"].values():
         assert 1 <= len([s for s in info["steps"] if s["step"].startswith("float")]) <= 2
@@ -280,7 +297,7 @@ def test_int8_aware_head_within_a_point_of_fp32(big_run: Path, tmp_path: Path) -
     info = result.summary.int8.flavours["cpu"]
     head = info.aware_head
     assert head["train_crops"] >= 800 and head["plain_int8"] and head["aware"]
-    assert info.steps[-1].name == "int8-aware head"
+    assert [s.name for s in info.steps[-2:]] == ["int8-aware head", STEM_STEP]
     checkpoint = load_checkpoint(big_run)
     contract = checkpoint.contract
     test = load_crops(split_items(find_split(big_run), "test", contract.levels), contract,

@@ -239,6 +239,46 @@ def test_input_grid_keeps_the_float_function_and_is_exact(setup: Setup) -> None:
     assert set(grid.float_nodes) <= int8_nodes  # the shift and pad stay as they are
 
 
+def test_padded_stem_reads_channels_in_fours_and_changes_nothing(setup: Setup) -> None:
+    """onnxruntime's symmetric int8 conv kernels take a Conv whose input channels come in
+    fours: the stem gets a zero channel read by zero weights. Every logit stays as it was,
+    whether the exact input grid's Pad is widened (no new node) or the stem's input gets a
+    Pad of its own; every Conv still fuses into a QLinearConv."""
+    from dataclasses import replace
+
+    import onnxruntime as ort
+
+    from edge_smw.export import layout
+    from edge_smw.export.input_grid import put_input_on_grid
+
+    grid_model, grid = put_input_on_grid(setup.fp32, setup.contract)
+    calibration = replace(setup.calibration, ranges={
+        **setup.calibration.ranges, grid.tensor: (-128 * grid.scale, 127 * grid.scale)})
+    on_grid = Q.quantize(grid_model, calibration, this_cpus_spec(Q.Flavour.CPU),
+                         nodes_to_exclude=list(grid.float_nodes),
+                         overrides=grid.overrides(signed=False))
+    grid_pad = next(n.name for n in on_grid.graph.node if n.op_type == "Pad")
+    convs = sum(n.op_type == "Conv" for n in setup.fp32.graph.node)
+    for name, model, widened in (("plain", setup.int8(Q.Flavour.CPU), None),
+                                 ("grid", on_grid, grid_pad)):
+        assert layout.why_not(model) is None
+        padded, detail = layout.pad_stem_channels(model)
+        assert detail["input_channels"] == [3, 4] and detail["widened"] == widened
+        assert len(padded.graph.node) == len(model.graph.node) + (widened is None)
+        before = setup.logits(setup.save(model, f"{name}.onnx"), limit=16)
+        path = setup.save(padded, f"{name}.padded.onnx")
+        np.testing.assert_allclose(setup.logits(path, limit=16), before, rtol=0, atol=1e-6)
+        assert "already reads 4 channels" in layout.why_not(padded)
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(setup.folder / f"{name}.padded.optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load_model(options.optimized_model_filepath)
+        assert sum(n.op_type == "QLinearConv" for n in optimized.graph.node) == convs
+    assert "float" in layout.why_not(setup.fp32)
+    with pytest.raises(ValueError, match="float"):
+        layout.pad_stem_channels(setup.fp32)
+
+
 def test_float_tail_stays_float(setup: Setup) -> None:
     tail = Q.float_tail(setup.fp32)
     ops = {n.name: n.op_type for n in setup.fp32.graph.node}

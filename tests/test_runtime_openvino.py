@@ -169,3 +169,27 @@ def test_eight_bit_weights_on_a_cpu_without_vnni_are_warned_about(
         Runtime(eight_bit, backend="openvino-cpu", detect_faces=False, warmup=False).close()
     warned = [r.getMessage() for r in caplog.records if "no VNNI" in r.getMessage()]
     assert len(warned) == 1 and "OpenVINO" in warned[0] and "x86-avx2" in warned[0]
+
+
+def test_a_stem_padded_for_onnxruntime_is_noted_on_openvino_only(
+        smiles_int8: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        tmp_path: Path) -> None:
+    """The export pads the stem's channels for onnxruntime's int8 kernels; OpenVINO ran the
+    3-channel stem faster (benchmarks/RESULTS.md): the runtime says how to export for it, once,
+    and says nothing on onnxruntime."""
+    from edge_smw.runtime import runtime as runtime_module
+
+    padded = with_int8_settings(smiles_int8, tmp_path / "model.int8.onnx",
+                                stem_input_channels=[3, 4])
+    monkeypatch.setattr(runtime_module, "_CPU_WARNED", set())
+
+    def notes(backend: str) -> list[str]:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="edge_smw.runtime"):
+            Runtime(padded, backend=backend, detect_faces=False, warmup=False).close()
+        return [r.getMessage() for r in caplog.records if "--no-pad-stem" in r.getMessage()]
+
+    assert notes("onnxruntime-cpu") == []
+    first = notes("openvino-cpu")
+    assert len(first) == 1 and "4 input channels (1 of zeros)" in first[0]
+    assert notes("openvino-cpu") == []  # once per model

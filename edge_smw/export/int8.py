@@ -21,7 +21,9 @@ Per flavour, from one calibration pass on the run's training crops:
 8. ``mixed precision`` (only while the target is not shown): at most ``max_mixed_steps``
    blocks kept float, in either flavour (the tensorrt flavour is all-integer at the target
    only with centred activations: see benchmarks/RESULTS.md);
-9. ``int8-aware head`` (on request): the head retrained on the int8 backbone's features.
+9. ``int8-aware head`` (on request): the head retrained on the int8 backbone's features;
+10. ``stem channels padded`` (cpu flavour): the stem's input padded to onnxruntime's int8
+    kernel width (``layout``), an exact rewrite kept when no output changes: for speed.
 
 Every step is measured (agreement and accuracy against torch on the validation crops, batch-1
 latency beside fp32) and kept only when it helps: fewer crops disagree with torch, or as many
@@ -71,6 +73,9 @@ EQUALIZATION = "range equalization"  # the transform and its step
 CENTRING = "centred activations"  # the transform and its step
 ONE_QUANTIZER = "one quantizer per Conv and activation"
 TUNING = "quantization-aware tuning"
+# A rewrite that must not change the model's function may move a probability by this much
+# (float rounding in the float tail), no more.
+EXACT = 1e-6
 # The kept model is timed again in this many rounds of ``latency_runs``, for its range.
 SPEED_ROUNDS = 5
 
@@ -120,7 +125,7 @@ class Int8Context:
         parity = Parity.measure(probs, self.reference, self.val.levels)
         speed = latency({"fp32": self.fp32_path, "int8": path}, self.contract.input_size,
                         runs=self.settings.latency_runs)
-        return Figures(parity, speed["int8"]["p50_ms"], speed["fp32"]["p50_ms"], path)
+        return Figures(parity, speed["int8"]["p50_ms"], speed["fp32"]["p50_ms"], path, probs)
 
     def tuning_crops(self) -> CropSet:
         """The crops quantization-aware tuning learns from, drawn like the calibration crops
@@ -484,6 +489,31 @@ def step_aware_head(ctx: Int8Context, run: FlavourRun) -> None:
     run.model, run.figures, run.head = aware, figures, (weight, bias)
 
 
+def step_pad_stem(ctx: Int8Context, run: FlavourRun) -> None:
+    """The stem's input channels padded for onnxruntime's int8 kernels (``layout``). It must
+    change nothing: kept only when every validation crop's probabilities are the same (its
+    gain is the step's latency)."""
+    from edge_smw.export import layout
+
+    assert run.model is not None and run.figures is not None
+    reason = layout.why_not(run.model)
+    if reason is not None:
+        run.steps.append(Step(layout.STEP, None, False, f"skipped: {reason}"))
+        return
+    padded, detail = layout.pad_stem_channels(run.model)
+    figures = ctx.measure(padded, f"{run.flavour.value} padded stem")
+    before, after = run.figures.probabilities, figures.probabilities
+    if before is None or after is None or before.shape != after.shape:
+        change = float("inf")
+    else:
+        change = float(np.abs(after - before).max(initial=0.0))
+    kept = change <= EXACT
+    note = "" if kept else f"changed a probability by {change:.2g}: reverted"
+    run.steps.append(Step(layout.STEP, figures, kept, note, {**detail, "max_change": change}))
+    if kept:
+        run.model, run.figures = padded, figures
+
+
 def _unit_noise(ctx: Int8Context, run: FlavourRun, units: dict[str, list[str]]
                 ) -> list[dict[str, Any]]:
     from edge_smw.export.sensitivity import unit_noise
@@ -529,6 +559,8 @@ def run_flavour(ctx: Int8Context, flavour: Q.Flavour) -> FlavourRun:
         step_mixed_precision(ctx, run)
     if settings.aware_head:
         step_aware_head(ctx, run)
+    if settings.pad_stem and flavour is Q.Flavour.CPU:
+        step_pad_stem(ctx, run)
     if flavour is Q.Flavour.TENSORRT:
         problems = Q.tensorrt_problems(run.model)
         if problems:

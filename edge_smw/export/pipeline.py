@@ -36,7 +36,7 @@ from edge_smw.atomic import write_json
 from edge_smw.cache import file_sha256
 from edge_smw.cpu import cpu_features
 from edge_smw.errors import GateFailure, InputError
-from edge_smw.export import int8
+from edge_smw.export import int8, layout
 from edge_smw.export import quantize as Q
 from edge_smw.export.crops import CropSet, calibration_crops, validation_crops
 from edge_smw.export.onnx import export_fp32, model_info, save_model, set_metadata
@@ -251,6 +251,9 @@ def _write_int8(run: int8.FlavourRun, checkpoint: Checkpoint, calibration: Q.Cal
                             "gate": verdict.outcome, "float_units": run.float_units,
                             "steps": [s.name for s in run.steps if s.kept],
                             "aware_head": settings.aware_head,
+                            "stem_input_channels": next(
+                                (s.detail["input_channels"] for s in run.steps
+                                 if s.kept and s.name == layout.STEP), None),
                             "reduce_range": run.recipe.spec.reduce_range,
                             "target_cpu": (settings.target_cpu if run.flavour is Q.Flavour.CPU
                                            else None)})

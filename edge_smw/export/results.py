@@ -190,6 +190,8 @@ class Figures:
     latency_ms_p50: float | None = None
     fp32_latency_ms_p50: float | None = None
     path: Path | None = None
+    # the model's probabilities on those crops, for a step that must not change them
+    probabilities: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def agreement(self) -> float:

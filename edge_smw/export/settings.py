@@ -156,6 +156,11 @@ class ExportSettings:
     aware_head: bool = setting(False, help="retrain the linear head on the int8 backbone's own "
                                "features", group=GROUP_INT8, flag="--int8-aware-head",
                                profile="int8.aware_head")
+    pad_stem: bool = setting(True, help="cpu flavour: pad the stem's 3 input channels to 4 "
+                             "with zero weights so onnxruntime's fast int8 conv kernels take it "
+                             "(exact; OpenVINO runs the 3-channel stem a little faster: "
+                             "--no-pad-stem for it, see benchmarks/RESULTS.md)", group=GROUP_INT8,
+                             flag="--pad-stem", profile="int8.pad_stem")
     # -- checks and output
     report: bool = setting(False, help="write the per-tensor sensitivity report (Markdown, "
                            "JSON, PNG)", group=GROUP_CHECK, flag="--report")

@@ -120,6 +120,18 @@ def cpu_mismatch(info: ModelInfo, backend: str) -> str | None:
     return int8_mismatch(info.extra.get("int8") or {}, backend=backend)
 
 
+def layout_advice(info: ModelInfo, backend: str) -> str | None:
+    """A note (not an error) when an INT8 model's layout was made for another backend's
+    kernels: its stem padded for onnxruntime's (``edge_smw.export.layout``), on OpenVINO."""
+    channels = (info.extra.get("int8") or {}).get("stem_input_channels")
+    if info.precision != "int8" or not channels or not backend.startswith("openvino"):
+        return None
+    return (f"its stem reads {channels[1]} input channels ({channels[1] - channels[0]} of zeros) "
+            "for onnxruntime's int8 kernels; OpenVINO runs the unpadded stem a little faster "
+            "(benchmarks/RESULTS.md): `edge-smw export --int8 --no-pad-stem` writes it for "
+            "OpenVINO (same scores)")
+
+
 class Runtime:
     """Score frames with an exported edge-smw model.
 
@@ -258,12 +270,19 @@ class Runtime:
                              "re-export it")
 
     def _check_cpu(self) -> None:
-        """Warn (once per model) when an INT8 model's weight width does not suit this CPU."""
-        reason = cpu_mismatch(self.info, self.runner.name)
+        """Warn (once per model) when an INT8 model's weight width does not suit this CPU;
+        note (once) when its layout was made for another backend."""
         key = str(self.path.resolve())
-        if reason and key not in _CPU_WARNED:
+        if key in _CPU_WARNED:
+            return
+        reason = cpu_mismatch(self.info, self.runner.name)
+        advice = layout_advice(self.info, self.runner.name)
+        if reason or advice:
             _CPU_WARNED.add(key)
+        if reason:
             log.warning("%s: %s", self.path, reason)
+        if advice:
+            log.info("%s: %s", self.path, advice)
 
     @property
     def backend(self) -> str:
