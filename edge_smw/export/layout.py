@@ -12,6 +12,7 @@ the fast kernel. OpenVINO runs the 3-channel stem a little faster than the padde
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,18 @@ def _readers(graph: onnx.GraphProto, tensor: str) -> list[onnx.NodeProto]:
     return [node for node in graph.node if tensor in node.input]
 
 
-def _stem(model: onnx.ModelProto) -> tuple[dict[str, Any] | None, str | None]:
+@dataclass(frozen=True)
+class _Stem:
+    """The first Conv of a QDQ graph and the nodes a padding changes."""
+
+    conv: onnx.NodeProto
+    weight: str  # its int8 weight initializer
+    quantize: onnx.NodeProto  # the QuantizeLinear of its input
+    input_dq: onnx.NodeProto  # the DequantizeLinear between them
+    channels: int
+
+
+def _stem(model: onnx.ModelProto) -> tuple[_Stem | None, str | None]:
     """The int8 stem's parts, or why there is none to pad."""
     graph = model.graph
     producers = _producers(graph)
@@ -63,8 +75,7 @@ def _stem(model: onnx.ModelProto) -> tuple[dict[str, Any] | None, str | None]:
               if [r.name for r in _readers(graph, t)] != [node.name]]
     if shared or [r.name for r in _readers(graph, weight_dq.input[0])] != [weight_dq.name]:
         return None, "the stem's input or weights are read by other nodes too"
-    return {"conv": conv, "weight": weight_dq.input[0], "quantize": quantize,
-            "input_dq": input_dq, "channels": channels}, None
+    return _Stem(conv, weight_dq.input[0], quantize, input_dq, channels), None
 
 
 def why_not(model: onnx.ModelProto) -> str | None:
@@ -82,6 +93,8 @@ def _input_pad(graph: onnx.GraphProto, quantize: onnx.NodeProto) -> onnx.NodePro
     producers = _producers(graph)
     init = {i.name: i for i in graph.initializer}
     node = producers.get(quantize.input[0])
+    if len(_readers(graph, quantize.input[0])) != 1:
+        return None
     if node is not None and node.op_type == "Add" and _scalar(init, node.input[1]):
         node = producers.get(node.input[0])
     if (node is None or node.op_type != "Pad" or node.input[1] not in init
@@ -96,21 +109,20 @@ def pad_stem_channels(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str
     """A copy of a QDQ model whose stem reads its input padded with zero channels to a
     multiple of ``CHANNEL_MULTIPLE``, with zero weights for them: the same function.
     Raises ValueError (``why_not``) when there is no such stem."""
-    parts, reason = _stem(model)
-    if parts is None:
+    if (reason := why_not(model)) is not None:
         raise ValueError(reason)
     out = copy.deepcopy(model)
     graph = out.graph
-    parts, _ = _stem(out)
-    assert parts is not None
+    stem, _ = _stem(out)
+    assert stem is not None
     init = {i.name: i for i in graph.initializer}
-    channels = parts["channels"]
+    channels = stem.channels
     extra = -channels % CHANNEL_MULTIPLE
-    weight = numpy_helper.to_array(init[parts["weight"]])
+    weight = numpy_helper.to_array(init[stem.weight])
     zeros = np.zeros((weight.shape[0], extra, *weight.shape[2:]), weight.dtype)
-    init[parts["weight"]].CopyFrom(numpy_helper.from_array(
-        np.concatenate([weight, zeros], axis=1), parts["weight"]))
-    quantize = parts["quantize"]
+    init[stem.weight].CopyFrom(numpy_helper.from_array(
+        np.concatenate([weight, zeros], axis=1), stem.weight))
+    quantize = stem.quantize
     pad = _input_pad(graph, quantize)
     if pad is not None:  # widen the grid's Pad: axis 1's end (NCHW begins, then ends)
         widths = numpy_helper.to_array(init[pad.input[1]]).copy()
@@ -132,9 +144,9 @@ def pad_stem_channels(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str
     while tensor not in changed and tensor in producers:
         changed.append(tensor)
         tensor = producers[tensor].input[0]
-    changed += [quantize.output[0], parts["input_dq"].output[0]]
+    changed += [quantize.output[0], stem.input_dq.output[0]]
     kept = [v for v in graph.value_info if v.name not in changed]
     del graph.value_info[:]
     graph.value_info.extend(kept)
-    return out, {"conv": parts["conv"].name, "input_channels": [channels, channels + extra],
+    return out, {"conv": stem.conv.name, "input_channels": [channels, channels + extra],
                  "widened": pad.name if pad is not None else None}
