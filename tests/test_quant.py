@@ -258,9 +258,15 @@ def test_padded_stem_reads_channels_in_fours_and_changes_nothing(setup: Setup) -
                          nodes_to_exclude=list(grid.float_nodes),
                          overrides=grid.overrides(signed=False))
     grid_pad = next(n.name for n in on_grid.graph.node if n.op_type == "Pad")
+    # the shifted input read by one more node: the grid's Pad must stay as it is
+    shared = onnx.ModelProto()
+    shared.CopyFrom(on_grid)
+    shared.graph.node.append(onnx.helper.make_node("Identity", [grid.tensor], ["shifted"]))
+    shared.graph.output.append(onnx.helper.make_tensor_value_info("shifted",
+                                                                  onnx.TensorProto.FLOAT, None))
     convs = sum(n.op_type == "Conv" for n in setup.fp32.graph.node)
     for name, model, widened in (("plain", setup.int8(Q.Flavour.CPU), None),
-                                 ("grid", on_grid, grid_pad)):
+                                 ("grid", on_grid, grid_pad), ("shared", shared, None)):
         assert layout.why_not(model) is None
         padded, detail = layout.pad_stem_channels(model)
         assert detail["input_channels"] == [3, 4] and detail["widened"] == widened
@@ -274,6 +280,9 @@ def test_padded_stem_reads_channels_in_fours_and_changes_nothing(setup: Setup) -
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         optimized = onnx.load_model(options.optimized_model_filepath)
         assert sum(n.op_type == "QLinearConv" for n in optimized.graph.node) == convs
+    shifted = load_session(setup.folder / "shared.padded.onnx").run(
+        ["shifted"], {"input": setup.val.subset(range(2)).inputs(setup.contract)})[0]
+    assert shifted.shape[1] == 3  # the other reader still gets three channels
     assert "float" in layout.why_not(setup.fp32)
     with pytest.raises(ValueError, match="float"):
         layout.pad_stem_channels(setup.fp32)
