@@ -446,6 +446,7 @@ def test_shipped_profiles_load() -> None:
     assert profiles["jetson-orin-int8"].engine and profiles["jetson-nano-fp16"].precision == "fp16"
     vnni = resolve_settings("cpu-vnni-int8")  # the all-integer profile measured in RESULTS.md
     assert vnni.flavours == ("cpu",) and vnni.tune and vnni.target_cpu == "x86-vnni"
+    assert vnni.equalize and not resolve_settings("cpu-int8").equalize
     assert not resolve_settings("cpu-int8").tune
     for profile in profiles.values():
         assert profile.description
