@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edge_smw.export.quantize import drop_value_info
+
 # onnxruntime MLAS ConvSym on x86: KernelInputChannelAlignment
 CHANNEL_MULTIPLE = 4
 STEP = "stem channels padded for onnxruntime's int8 kernels"
@@ -128,7 +130,6 @@ def pad_stem_channels(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str
         widths = numpy_helper.to_array(init[pad.input[1]]).copy()
         widths[len(widths) // 2 + 1] += extra
         init[pad.input[1]].CopyFrom(numpy_helper.from_array(widths, pad.input[1]))
-        changed = [pad.output[0]]
     else:  # a Pad of its own on the float input, just before it is quantized
         name = f"{quantize.input[0]}_channels"
         graph.initializer.append(numpy_helper.from_array(
@@ -137,16 +138,6 @@ def pad_stem_channels(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str
                                      name=f"{name}_pad", mode="constant")
         graph.node.insert(list(graph.node).index(quantize), node)
         quantize.input[0] = name
-        changed = [name]
-    # every tensor between the pad and the Conv now has more channels: drop stale shapes
-    producers = _producers(graph)
-    tensor = quantize.input[0]
-    while tensor not in changed and tensor in producers:
-        changed.append(tensor)
-        tensor = producers[tensor].input[0]
-    changed += [quantize.output[0], stem.input_dq.output[0]]
-    kept = [v for v in graph.value_info if v.name not in changed]
-    del graph.value_info[:]
-    graph.value_info.extend(kept)
+    drop_value_info(out)  # the stem's input now has more channels than any annotation says
     return out, {"conv": stem.conv.name, "input_channels": [channels, channels + extra],
                  "widened": pad.name if pad is not None else None}

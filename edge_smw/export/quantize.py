@@ -473,11 +473,11 @@ def quantize(
                 calibration_cache_path=str(cache),
             )
         model = onnx.load_model(str(dst))
-    _drop_value_info(model)
+    drop_value_info(model)
     return model
 
 
-def _drop_value_info(model: onnx.ModelProto) -> None:
+def drop_value_info(model: onnx.ModelProto) -> None:
     """Shape annotations from quantization's shape inference: not needed, and stale after edits."""
     del model.graph.value_info[:]
 
