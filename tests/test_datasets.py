@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -82,6 +85,39 @@ def test_split_is_deterministic_stratified_and_round_trips(tmp_path):
     path.write_text("{broken", encoding="utf-8")
     with pytest.raises(DataError, match="corrupt"):
         SplitManifest.load(path)
+
+
+def test_a_split_made_with_relative_paths_is_found_from_any_folder(tmp_path, monkeypatch):
+    """A run trained on ``data/`` relative to one folder is exported from another: the
+    manifest's recorded base finds its images; an older manifest without one still falls back
+    to the working folder and the run folder; a split nobody can reach names the base."""
+    from edge_smw.export.crops import split_items
+
+    project = tmp_path / "project"
+    make_folder(project / "data", {"a": 4, "b": 4})
+    monkeypatch.chdir(project)
+    manifest = make_split(load_dataset("data"))
+    assert not Path(manifest.entries[0]["path"]).is_absolute()  # kept as the data set gave it
+    split = manifest.save(project / "runs" / "r1" / "split.json")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    items = split_items(split, "train", ("a", "b"))
+    assert items and all(i.path.is_file() for i in items)
+    assert SplitManifest.load(split).sha256 == manifest.sha256  # where it lives is not identity
+
+    old = project / "runs" / "old" / "split.json"  # written before ``base`` was recorded
+    old.parent.mkdir(parents=True)
+    old.write_text(json.dumps(manifest.to_dict()), encoding="utf-8")
+    with pytest.raises(DataError, match="none of the .* exist here"):
+        split_items(old, "train", ("a", "b"))
+    monkeypatch.chdir(project)
+    assert all(i.path.is_file() for i in split_items(old, "train", ("a", "b")))
+
+    (project / "data").rename(project / "moved")
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(DataError, match="trained in"):
+        split_items(split, "test", ("a", "b"))
 
 
 def test_unusable_files_are_skipped_and_named(tmp_path):

@@ -12,7 +12,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_smw.errors import DataError
@@ -154,17 +154,39 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class SplitManifest:
-    """Which image is in which split; saved beside a run so every later step reuses it."""
+    """Which image is in which split; saved beside a run so every later step reuses it.
+
+    Paths are kept as the data set gave them (relative ones stay readable and move with the
+    data); ``base`` records the folder they were relative to, so a later step finds them from
+    any working folder.
+    """
 
     levels: tuple[str, ...]
     seed: int
     entries: list[dict]  # {"path": str, "level": int, "split": str}
+    base: Path | None = None  # absolute folder relative paths were written from
+    location: Path | None = field(default=None, compare=False)  # the file it was loaded from
 
     def items(self, split: str) -> list[LabelledImage]:
-        return [LabelledImage(Path(e["path"]), e["level"]) for e in self.entries
+        """One split's images, each relative path resolved where it exists (``resolve``)."""
+        return [LabelledImage(self.resolve(e["path"]), e["level"]) for e in self.entries
                 if e["split"] == split]
 
+    def resolve(self, listed: str) -> Path:
+        """A listed path as it exists here: relative ones are read against the folder the
+        split was made in, then the working folder, then the run folder; the first that
+        exists wins, else the path as listed (so a message names it as written)."""
+        path = Path(listed)
+        if path.is_absolute():
+            return path
+        roots = [self.base, Path.cwd(), self.location.parent if self.location else None]
+        for root in roots:
+            if root is not None and (root / path).exists():
+                return root / path
+        return path
+
     def to_dict(self) -> dict:
+        """The split's identity (``sha256``): levels, seed and entries, not where it lives."""
         return {"levels": list(self.levels), "seed": self.seed, "entries": self.entries}
 
     @property
@@ -174,16 +196,19 @@ class SplitManifest:
     def save(self, path: str | Path) -> Path:
         from edge_smw.atomic import write_json
 
-        return write_json(path, self.to_dict())
+        base = {} if self.base is None else {"base": str(self.base)}
+        return write_json(path, {**self.to_dict(), **base})
 
     @classmethod
     def load(cls, path: str | Path) -> SplitManifest:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-            return cls(tuple(data["levels"]), int(data["seed"]), list(data["entries"]))
+            base = Path(data["base"]) if data.get("base") else None
+            return cls(tuple(data["levels"]), int(data["seed"]), list(data["entries"]),
+                       base, Path(path).absolute())
         except FileNotFoundError:
             raise DataError(f"split manifest {path} not found") from None
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DataError(f"split manifest {path} is corrupt ({exc})") from exc
 
 
@@ -209,7 +234,7 @@ def make_split(
             split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
             entries.append({"path": path, "level": level, "split": split})
     entries.sort(key=lambda e: (e["split"], e["level"], e["path"]))
-    return SplitManifest(dataset.levels, seed, entries)
+    return SplitManifest(dataset.levels, seed, entries, Path.cwd().absolute())
 
 
 def stratified_indices(levels: Sequence[int], size: int, seed: int = 0, *,

@@ -97,7 +97,7 @@ def find_split(run_or_checkpoint: str | Path) -> Path | None:
 
 
 def split_items(split_path: Path, split: str, levels: Sequence[str]) -> list[LabelledImage]:
-    """The items of one split, with relative paths resolved (cwd first, then the run folder)."""
+    """The items of one split, paths resolved by the manifest (``SplitManifest.resolve``)."""
     manifest = SplitManifest.load(split_path)
     if tuple(manifest.levels) != tuple(levels):
         raise DataError(
@@ -107,25 +107,17 @@ def split_items(split_path: Path, split: str, levels: Sequence[str]) -> list[Lab
     items = manifest.items(split)
     if not items:
         raise DataError(f"{split_path} has no '{split}' images")
-    resolved = []
-    missing = []
-    for item in items:
-        path = item.path
-        if not path.is_absolute() and not path.exists():
-            beside = split_path.parent / path
-            path = beside if beside.exists() else path
-        if not path.exists():
-            missing.append(str(item.path))
-        resolved.append(LabelledImage(path, item.level))
+    missing = [item.path for item in items if not item.path.exists()]
     if len(missing) == len(items):
         # --calib-data stands in for the training split only (calibration and tuning crops).
         instead = ", or pass --calib-data" if split == "train" else ""
+        made_in = f"the folder it was trained in ({manifest.base}), " if manifest.base else ""
         raise DataError(
             f"none of the {len(items)} '{split}' images listed in {split_path} exist here (first: "
-            f"{missing[0]}); run from the folder `edge-smw train` ran in (relative paths are "
-            f"read from the working folder, then from the run folder){instead}"
+            f"{missing[0]}); relative paths are read from {made_in}the working folder and the "
+            f"run folder: make the data reachable from one of them{instead}"
         )
-    return resolved
+    return items
 
 
 def folder_items(folder: Path, levels: Sequence[str]) -> list[LabelledImage | Path]:
