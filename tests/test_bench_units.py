@@ -301,6 +301,21 @@ def test_bad_gate_and_suite_files_name_the_problem(tmp_path: Path) -> None:
         load_suite("quick").warmup
     with pytest.raises(InputError, match="quick"):
         load_suite("medium")
+    suite.write_text('base = "quick"\ncalls_per_turn = 0\n')
+    with pytest.raises(InputError, match="calls_per_turn must be >= 1"):
+        load_suite(suite)
+
+
+def test_an_older_bench_json_suite_reads_as_the_per_call_round_robin() -> None:
+    """bench.json files written before turns have no turn fields: they timed every call."""
+    from edge_smw.bench.results import _suite
+
+    written = load_suite("full").to_dict()
+    assert (written["calls_per_turn"], written["rewarm_calls"]) == (10, 1)
+    older = {k: v for k, v in written.items() if k not in ("calls_per_turn", "rewarm_calls")}
+    suite = _suite(older)
+    assert (suite.calls_per_turn, suite.rewarm_calls) == (1, 0)
+    assert _suite(written) == load_suite("full")
 
 
 # -- parity tolerances (Polygraphy's rule) -------------------------------------------------
@@ -406,7 +421,7 @@ def test_measure_interleaved_times_everyone_and_survives_a_failure() -> None:
     cands = [lat.Candidate("a", "cpu", "fp32", fast), lat.Candidate("b", "cpu", "int8", slow),
              lat.Candidate("c", "cpu", "fp16", broken)]
     rows = lat.measure_interleaved(cands, [0, 1], 1, warmup=2, min_runs=5, max_runs=7,
-                                   seconds=0.001)
+                                   seconds=0.001, calls_per_turn=2, rewarm_calls=1)
     assert [r.model for r in rows] == ["a", "b", "c"]
     a, b, c = rows
     assert c.status == "error" and "boom" in str(c.reason) and c.p50_ms is None
@@ -417,12 +432,51 @@ def test_measure_interleaved_times_everyone_and_survives_a_failure() -> None:
         assert 0 < r.p50_ms <= r.p90_ms <= r.p99_ms
         assert r.fps is not None and r.fps > 0
         assert "reason" not in r.to_dict()
-    timed = calls[4:]  # after 2 warm-up calls each
-    assert timed.count("fast") == timed.count("slow") == a.runs
-    # interleaved: every round calls each live candidate once, in a rotating order
-    rounds = [timed[2 * r : 2 * r + 2] for r in range(a.runs)]
-    assert all(sorted(pair) == ["fast", "slow"] for pair in rounds)
-    assert rounds[0] != rounds[1]
+    after_warmup = calls[4:]  # after 2 warm-up calls each
+    # in turns: each round, each live candidate makes one untimed call then up to two timed
+    # calls back to back; the candidate that starts rotates
+    expected, done, order = [], 0, ["fast", "slow"]
+    while done < a.runs:
+        calls = min(2, a.runs - done)
+        expected += [name for name in order for _ in range(1 + calls)]
+        order, done = order[::-1], done + calls
+    assert after_warmup == expected
+
+
+def test_a_turn_times_warm_calls_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call right after another candidate's (cold: its caches were evicted) is the untimed
+    one of its turn; every timed call is warm. A fake clock makes it exact."""
+    now = [0]
+
+    class Clock:
+        @staticmethod
+        def perf_counter_ns() -> int:
+            return now[0]
+
+        @staticmethod
+        def perf_counter() -> float:
+            return now[0] / 1e9
+
+    last: list[str] = [""]
+
+    def model(name: str):
+        def call(x: object) -> None:
+            now[0] += 1_000_000 if last[0] == name else 5_000_000  # warm 1 ms, cold 5 ms
+            last[0] = name
+        return call
+
+    monkeypatch.setattr(lat, "time", Clock)
+    cands = [lat.Candidate(n, "cpu", "fp32", model(n)) for n in ("a", "b", "c")]
+    for turn in (1, 4):
+        rows = lat.measure_interleaved(cands, [0], 1, warmup=1, min_runs=9, max_runs=9,
+                                       seconds=1.0, calls_per_turn=turn,
+                                       rewarm_calls=1)
+        for r in rows:
+            assert r.runs == 9 and r.p50_ms == r.p99_ms == r.min_ms == 1.0, (turn, r)
+    # the per-call round robin (one timed call, none untimed) times every call cold
+    rows = lat.measure_interleaved(cands, [0], 1, warmup=1, min_runs=9, max_runs=9,
+                                   seconds=1.0, calls_per_turn=1, rewarm_calls=0)
+    assert all(r.p50_ms == r.min_ms == 5.0 for r in rows)
 
 
 def test_comparisons_give_speedups_on_the_same_backend() -> None:

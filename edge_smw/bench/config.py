@@ -63,6 +63,8 @@ class Suite:
     min_runs: int
     max_runs: int
     seconds_per_batch: float
+    calls_per_turn: int  # timed calls back to back per candidate and round (latency)
+    rewarm_calls: int  # untimed calls opening each turn (0: every call timed)
     threads: int
     theirs: bool
     memory: str
@@ -97,11 +99,14 @@ class Suite:
             setattr(self, name, sorted(float(b) for b in values))
         for name in ("warmup", "min_runs", "max_runs", "threads", "parity_max", "robust_n",
                      "pgd_steps", "blackbox_n", "blackbox_iterations", "e2e_frames",
-                     "peak_matmul", "peak_repeats", "features_crops", "detection_frames"):
+                     "peak_matmul", "peak_repeats", "features_crops", "detection_frames",
+                     "calls_per_turn", "rewarm_calls"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InputError(f"suite {where}: {name} must be a whole number >= 0, got "
                                  f"{value!r}")
+        if self.calls_per_turn < 1:
+            raise InputError(f"suite {where}: calls_per_turn must be >= 1")
         if self.min_runs < 1 or self.max_runs < self.min_runs:
             raise InputError(f"suite {where}: need 1 <= min_runs <= max_runs")
         if not (self.seconds_per_batch > 0 and math.isfinite(self.seconds_per_batch)):

@@ -1,11 +1,16 @@
-"""Latency, measured side by side: every candidate in one process, interleaved round-robin.
+"""Latency, measured side by side: every candidate in one process, in turns, round-robin.
 
 On a shared machine the load drifts by the second. Timing model A for a minute and then
-model B for a minute folds that drift into the A/B ratio; timing them in turn, one call
-each per round, exposes both to the same drift, so their ratio holds even when the absolute
-figures wobble. Each candidate is warmed up first (first calls pay for allocation, thread
-start-up and kernel selection), and the number of rounds is chosen from the warm-up so a
-batch size takes about the suite's time budget.
+model B for a minute folds that drift into the A/B ratio; timing them in short turns, every
+candidate once per round, exposes both to the same drift, so their ratio holds even when the
+absolute figures wobble. A turn is what a deployment does, calls of one model back to back:
+the suite's ``rewarm_calls`` untimed calls first re-warm the caches, weights and thread pool
+the candidates before took (a camera never runs another model between two frames; timing the
+first call measured the previous candidate's footprint, heavier on the smaller, faster model),
+then its ``calls_per_turn`` timed calls. One timed call and none untimed is the plain
+per-call round robin. Each candidate is warmed up first (first calls pay for
+allocation, thread start-up and kernel selection), and the number of rounds is chosen from
+the warm-up so a batch size takes about the suite's time budget.
 """
 
 from __future__ import annotations
@@ -58,9 +63,12 @@ def percentiles(times_ms: np.ndarray) -> dict[str, float]:
 
 
 def measure_interleaved(candidates: list[Candidate], inputs: list[Any], batch: int, *,
-                        warmup: int, min_runs: int, max_runs: int,
-                        seconds: float) -> list[LatencyRow]:
-    """Time every candidate on the same ``inputs`` (cycled), one call each per round.
+                        warmup: int, min_runs: int, max_runs: int, seconds: float,
+                        calls_per_turn: int = 1, rewarm_calls: int = 0) -> list[LatencyRow]:
+    """Time every candidate on the same ``inputs`` (cycled), in turns (the module's doc):
+    each round, each live candidate makes ``rewarm_calls`` untimed calls and then
+    ``calls_per_turn`` timed ones; the candidate that starts rotates every round. ``runs``
+    counts timed calls.
 
     Returns one row per candidate (``status`` ok, or error with the reason).
     """
@@ -77,20 +85,25 @@ def measure_interleaved(candidates: list[Candidate], inputs: list[Any], batch: i
         except Exception as exc:  # noqa: BLE001 - a failing candidate must not stop the others
             log.warning("latency: %s failed at batch %d: %s", cand.key, batch, exc)
             rows[cand.key] = _row(cand, batch, None, status="error", reason=str(exc))
-    round_s = sum(estimate.values())
-    runs = min_runs if round_s <= 0 else int(seconds / round_s)
+    turn = max(1, calls_per_turn)
+    per_timed_call = sum(estimate.values()) * (turn + rewarm_calls) / turn  # untimed too
+    runs = min_runs if per_timed_call <= 0 else int(seconds / per_timed_call)
     runs = max(min_runs, min(max_runs, runs))
     times = {c.key: np.empty(runs, dtype=np.float64) for c in alive}
     clock = time.perf_counter_ns
-    for r in range(runs):
-        x = inputs[r % len(inputs)]
-        # Rotate the starting candidate each round: no one always runs right after another's
-        # cache-thrashing call.
+    done = 0
+    for r in range(-(-runs // turn)):
+        calls = min(turn, runs - done)
         shift = r % max(1, len(alive))
         for cand in alive[shift:] + alive[:shift]:
-            t0 = clock()
-            cand.fn(x)
-            times[cand.key][r] = (clock() - t0) / 1e6
+            for _ in range(rewarm_calls):
+                cand.fn(inputs[done % len(inputs)])
+            for i in range(done, done + calls):
+                x = inputs[i % len(inputs)]
+                t0 = clock()
+                cand.fn(x)
+                times[cand.key][i] = (clock() - t0) / 1e6
+        done += calls
     for cand in alive:
         rows[cand.key] = _row(cand, batch, times[cand.key])
     return [rows[c.key] for c in candidates]

@@ -232,7 +232,7 @@ def markdown(report: BenchReport, plots: list[str]) -> str:
     lines += ["## Latency", "",
               "Network scope: a preprocessed batch in, probabilities out. Crop scope: a decoded "
               "BGR face crop in (resize, colour, normalise included). Candidates were timed "
-              "interleaved, round-robin, in one process.", ""]
+              f"in one process, {report.interleaving}.", ""]
     lat = [r for r in report.latency if r.status == "ok"]
     lines.append(_md_table(
         ["Model", "Backend", "Kind", "Scope", "Batch", "Threads", "p50 ms", "p90 ms", "p99 ms",

@@ -150,7 +150,8 @@ def _tolerance(data: Mapping[str, Any]) -> Tolerance:
 def _suite(data: Mapping[str, Any]) -> Suite:
     from edge_smw.bench.config import Suite
 
-    return Suite(**data)
+    # bench.json files from before turns timed every call, one call per candidate and round.
+    return Suite(**{"calls_per_turn": 1, "rewarm_calls": 0, **data})
 
 
 # -- what was benched, where ------------------------------------------------------------------

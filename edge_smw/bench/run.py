@@ -53,10 +53,16 @@ from edge_smw.metadata import OUTPUT_PROBABILITIES
 
 log = logging.getLogger("edge_smw.bench")
 GOLDEN_MODES = ("save", "check")
-INTERLEAVING = ("every candidate in turn, one call each per round; onnxruntime sessions with "
-                "intra-op spinning off and torch's OpenMP pool passive, so no candidate's idle "
-                "threads steal the next one's cores")
 NOT_REQUESTED = "not requested"
+
+
+def interleaving(suite: Suite) -> str:
+    """How the latency rows were timed, for the report (``bench.latency``'s method)."""
+    rewarm = (f"{suite.rewarm_calls} untimed call(s) that re-warm its caches, then "
+              if suite.rewarm_calls else "")
+    return (f"every candidate in turn each round: {rewarm}{suite.calls_per_turn} timed "
+            f"call(s) back to back; onnxruntime sessions with intra-op spinning off and torch's "
+            f"OpenMP pool passive, so no candidate's idle threads steal the next one's cores")
 
 
 @dataclass
@@ -339,7 +345,8 @@ class Bench:
             log.info("latency: batch %d, %d candidates interleaved", batch, len(candidates))
             rows += lat.measure_interleaved(
                 candidates, inputs, batch, warmup=suite.warmup, min_runs=suite.min_runs,
-                max_runs=suite.max_runs, seconds=suite.seconds_per_batch)
+                max_runs=suite.max_runs, seconds=suite.seconds_per_batch,
+                calls_per_turn=suite.calls_per_turn, rewarm_calls=suite.rewarm_calls)
         if suite.theirs:
             rows += self._crop_scope()
         rows += [dataclasses.replace(r) for r in self.unavailable]
@@ -389,7 +396,9 @@ class Bench:
         log.info("latency: crop scope, %d candidates interleaved", len(candidates))
         return lat.measure_interleaved(candidates, crops, 1, warmup=suite.warmup,
                                        min_runs=suite.min_runs, max_runs=suite.max_runs,
-                                       seconds=suite.seconds_per_batch)
+                                       seconds=suite.seconds_per_batch,
+                                       calls_per_turn=suite.calls_per_turn,
+                                       rewarm_calls=suite.rewarm_calls)
 
     def _theirs_crop(self) -> list[lat.Candidate]:
         """torchvision transforms (PIL resize, ToTensor, Normalize) then torch eager or a
@@ -645,7 +654,7 @@ class Bench:
         report = BenchReport(
             schema_version=SCHEMA_VERSION, command=opts.command, export_dir=str(self.export_dir),
             suite=self.suite, threads=self.threads, openmp=self.omp_note,
-            interleaving=INTERLEAVING, machine=machine,
+            interleaving=interleaving(self.suite), machine=machine,
             models=[m.describe() for m in self.models], skipped_models=self.skipped_models,
             reference=self.reference, data=self.data.summary(),
             golden=None if opts.golden_mode is None else GoldenUse(
