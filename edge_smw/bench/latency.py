@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,24 +89,36 @@ def measure_interleaved(candidates: list[Candidate], inputs: list[Any], batch: i
     per_timed_call = sum(estimate.values()) * (turn + rewarm_calls) / turn  # untimed too
     runs = min_runs if per_timed_call <= 0 else int(seconds / per_timed_call)
     runs = max(min_runs, min(max_runs, runs))
-    times = {c.key: np.empty(runs, dtype=np.float64) for c in alive}
+    times = timed_turns({c.key: c.fn for c in alive}, inputs, runs,
+                        calls_per_turn=turn, rewarm_calls=rewarm_calls)
+    for cand in alive:
+        rows[cand.key] = _row(cand, batch, times[cand.key])
+    return [rows[c.key] for c in candidates]
+
+
+def timed_turns(fns: Mapping[str, Callable[[Any], Any]], inputs: list[Any], runs: int, *,
+                calls_per_turn: int, rewarm_calls: int) -> dict[str, np.ndarray]:
+    """The timing loop (the module's doc): ``runs`` timed calls of every function, in turns
+    whose first function rotates every round; milliseconds, in call order."""
+    names = list(fns)
+    turn = max(1, calls_per_turn)
+    times = {name: np.empty(runs, dtype=np.float64) for name in names}
     clock = time.perf_counter_ns
     done = 0
     for r in range(-(-runs // turn)):
         calls = min(turn, runs - done)
-        shift = r % max(1, len(alive))
-        for cand in alive[shift:] + alive[:shift]:
+        shift = r % max(1, len(names))
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
             for _ in range(rewarm_calls):
-                cand.fn(inputs[done % len(inputs)])
+                fn(inputs[done % len(inputs)])
             for i in range(done, done + calls):
                 x = inputs[i % len(inputs)]
                 t0 = clock()
-                cand.fn(x)
-                times[cand.key][i] = (clock() - t0) / 1e6
+                fn(x)
+                times[name][i] = (clock() - t0) / 1e6
         done += calls
-    for cand in alive:
-        rows[cand.key] = _row(cand, batch, times[cand.key])
-    return [rows[c.key] for c in candidates]
+    return times
 
 
 def _row(cand: Candidate, batch: int, times_ms: np.ndarray | None, *, status: str = "ok",

@@ -7,8 +7,6 @@ contract-normalised crops, which also proves the runtime needs nothing but the .
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -77,34 +75,37 @@ def compare(probs: np.ndarray, reference: np.ndarray, true_levels: np.ndarray | 
 
 def latency(paths: Mapping[str, str | Path], size: int, *, runs: int = 30, warmup: int = 5,
             threads: int | None = None, rounds: int = 1) -> dict[str, dict[str, Any]]:
-    """Batch-1 latency of several models in ONE process, runs interleaved round-robin so a
-    busy machine slows them alike; p50/p90 in milliseconds over every run.
+    """Batch-1 latency of several models in ONE process, timed in turns as the bench's full
+    suite times them (``edge_smw.bench.latency``: a re-warming call, then calls back to back,
+    the first model rotating) so a busy machine slows them alike; p50/p90 in milliseconds
+    over every run.
 
-    ``rounds`` repeats the ``runs`` interleaved runs and also gives each round's p50
-    (``round_p50_ms``): on a shared machine one round's ratio between two models can be off
-    by a fifth (measured here: 1.51-2.06x for one pair in 42 rounds of 30 runs), and the spread
-    between rounds shows it."""
+    ``rounds`` splits the ``runs * rounds`` timed calls into ``rounds`` consecutive blocks and
+    also gives each block's p50 (``round_p50_ms``): on a shared machine one round's ratio
+    between two models can be off by a fifth (measured here: 1.51-2.06x for one pair in 42
+    rounds of 30 runs), and the spread between rounds shows it."""
+    from edge_smw.bench.config import load_suite
+    from edge_smw.bench.latency import timed_turns
+
     # Idle worker threads of one session must not spin while another session runs: with
     # several sessions in one process, spinning pools starve each other.
     settings = SessionSettings(threads=threads, spinning=False)
     sessions = {name: load_session(path, settings) for name, path in paths.items()}
     feed = {"input": np.random.default_rng(0).standard_normal((1, 3, size, size),
                                                                 dtype=np.float32)}
-    times: dict[str, list[list[float]]] = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name in sessions:
-            times[name].append([])
-        for i in range(warmup + runs):
-            for name, session in sessions.items():
-                start = time.perf_counter()
-                session.run(None, feed)
-                if i >= warmup:
-                    times[name][-1].append((time.perf_counter() - start) * 1000.0)
+    fns = {name: (lambda x, session=session: session.run(None, x))
+           for name, session in sessions.items()}
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn(feed)
+    suite = load_suite("full")
+    times = timed_turns(fns, [feed], runs * rounds, calls_per_turn=suite.calls_per_turn,
+                        rewarm_calls=suite.rewarm_calls)
     out: dict[str, dict[str, Any]] = {}
-    for name, per_round in times.items():
-        every = [t for one in per_round for t in one]
-        out[name] = {"p50_ms": statistics.median(every),
+    for name, every in times.items():
+        per_round = [every[k * runs:(k + 1) * runs] for k in range(rounds)]
+        out[name] = {"p50_ms": float(np.median(every)),
                      "p90_ms": float(np.percentile(every, 90)), "runs": len(every),
-                     "round_p50_ms": [statistics.median(one) for one in per_round],
+                     "round_p50_ms": [float(np.median(one)) for one in per_round],
                      "threads": threads or usable_cores()}
     return out
