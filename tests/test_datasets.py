@@ -116,7 +116,7 @@ def test_a_split_made_with_relative_paths_is_found_from_any_folder(tmp_path, mon
 
     (project / "data").rename(project / "moved")
     monkeypatch.chdir(elsewhere)
-    with pytest.raises(DataError, match="trained in"):
+    with pytest.raises(DataError, match=r"`edge-smw train` ran in \(.*project\), the working"):
         split_items(split, "test", ("a", "b"))
 
 

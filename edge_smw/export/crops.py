@@ -111,11 +111,14 @@ def split_items(split_path: Path, split: str, levels: Sequence[str]) -> list[Lab
     if len(missing) == len(items):
         # --calib-data stands in for the training split only (calibration and tuning crops).
         instead = ", or pass --calib-data" if split == "train" else ""
-        made_in = f"the folder it was trained in ({manifest.base}), " if manifest.base else ""
+        where = (f"relative paths are read from the folder `edge-smw train` ran in "
+                 f"({manifest.base}), the working folder and the run folder: make the data "
+                 f"reachable from one of them" if manifest.base else
+                 "run from the folder `edge-smw train` ran in (relative paths are read from the "
+                 "working folder, then from the run folder)")
         raise DataError(
             f"none of the {len(items)} '{split}' images listed in {split_path} exist here (first: "
-            f"{missing[0]}); relative paths are read from {made_in}the working folder and the "
-            f"run folder: make the data reachable from one of them{instead}"
+            f"{missing[0]}); {where}{instead}"
         )
     return items
 
