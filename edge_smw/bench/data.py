@@ -17,8 +17,9 @@ from edge_smw.artifacts.folders import RunDir
 from edge_smw.bench.results import DataSummary
 from edge_smw.contract import PreprocessContract
 from edge_smw.data.crops import SkipReport, load_crop
-from edge_smw.data.datasets import LabelledImage, SplitManifest, stratified_indices
+from edge_smw.data.datasets import LabelledImage, stratified_indices
 from edge_smw.errors import DataError
+from edge_smw.export.crops import split_items
 
 
 @dataclass
@@ -46,17 +47,8 @@ def stratified_sample(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarr
     return np.asarray(stratified_indices(labels, limit, seed), dtype=np.int64)
 
 
-def _resolve(path: Path, run_dir: Path | None) -> Path:
-    """Split manifests store paths as given at training time (often relative)."""
-    if path.is_absolute() or path.exists() or run_dir is None:
-        return path
-    beside = run_dir / path
-    return beside if beside.exists() else path
-
-
 def load_items(items: list[LabelledImage], contract: PreprocessContract, *, detect: bool,
-               source: str, limit: int = 0, run_dir: Path | None = None,
-               seed: int = 0) -> BenchData:
+               source: str, limit: int = 0, seed: int = 0) -> BenchData:
     """Read (a stratified sample of) ``items`` into model pixels."""
     if not items:
         raise DataError(f"{source}: no labelled images")
@@ -68,7 +60,7 @@ def load_items(items: list[LabelledImage], contract: PreprocessContract, *, dete
     report = SkipReport()
     pixels, kept_labels, paths = [], [], []
     for i in keep:
-        path = _resolve(Path(items[i].path), run_dir)
+        path = Path(items[i].path)  # split items come resolved (SplitManifest.resolve)
         crop = load_crop(path, contract, detect=detect, report=report)
         if crop is None:
             continue
@@ -98,14 +90,9 @@ def load_bench_data(spec: str | None, contract: PreprocessContract, *,
         if split is None:
             raise DataError("no labelled data: pass --data DIR|synthetic|smiles (the default, "
                             "the run's test split, needs the run folder with split.json)")
-        manifest = SplitManifest.load(split)
-        if tuple(manifest.levels) != contract.levels:
-            raise DataError(f"{split} has levels {list(manifest.levels)}, the "
-                            f"model {list(contract.levels)}")
-        return load_items(manifest.items("test"), contract,
+        return load_items(split_items(split, "test", contract.levels), contract,
                           detect=trained_detect if detect is None else detect,
-                          source=f"{split} (test split)", limit=limit,
-                          run_dir=run_dir, seed=seed)
+                          source=f"{split} (test split)", limit=limit, seed=seed)
     from edge_smw.data.sources import resolve_data
 
     data = resolve_data(spec, levels=contract.levels, progress=False)
