@@ -76,8 +76,8 @@ class ModelEntry:
         return self.format.intended(backend)
 
     def backend_options(self, backend: str, *, spinning: bool = True) -> dict[str, Any]:
-        """Runtime ``backend_options``; ``spinning=False`` makes onnxruntime's idle threads
-        sleep (interleaved timing: a spinning pool would steal the next candidate's cores)."""
+        """Runtime ``backend_options``; ``spinning=False`` makes onnxruntime's threads sleep
+        even inside a call (the end-to-end section's variant; ``SessionSettings.spinning``)."""
         options: dict[str, Any] = {}
         if backend == "onnxruntime-tensorrt":
             options.update(trt_fp16=self.precision == "fp16", trt_int8=self.precision == "int8")

@@ -61,8 +61,9 @@ def interleaving(suite: Suite) -> str:
     rewarm = (f"{suite.rewarm_calls} untimed call(s) that re-warm its caches, then "
               if suite.rewarm_calls else "")
     return (f"every candidate in turn each round: {rewarm}{suite.calls_per_turn} timed "
-            f"call(s) back to back; onnxruntime sessions with intra-op spinning off and torch's "
-            f"OpenMP pool passive, so no candidate's idle threads steal the next one's cores")
+            f"call(s) back to back; onnxruntime sessions as the Runtime opens them (intra-op "
+            f"threads spin inside a call and stop when it returns) and torch's OpenMP pool "
+            f"passive, so no candidate's idle threads steal the next one's cores")
 
 
 @dataclass
@@ -141,10 +142,11 @@ def quiet_openmp() -> str:
     return f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} for torch's OpenMP pool"
 
 
-# A plain session's defaults, except that idle threads sleep: in interleaved timing a
-# spinning pool steals the cores from whatever runs next (measured on 2 cores: torch eager
-# went from 18 ms to 53 ms per call right after a spinning onnxruntime call).
-PLAIN_SESSION = SessionSettings(threads=0, spinning=False, log_severity=2)
+# A plain session's defaults (its threads spin inside a call), except that they stop spinning
+# when the call returns: in interleaved timing a pool still spinning steals the cores from
+# whatever runs next (measured on 2 cores: torch eager went from 18 ms to 53 ms per call right
+# after a spinning onnxruntime call).
+PLAIN_SESSION = SessionSettings(threads=0, log_severity=2)
 
 
 def uses_onnxruntime(sessions: list[Session]) -> bool:
@@ -177,8 +179,7 @@ def open_sessions(models: list[ModelEntry], options: BenchOptions, threads: int,
                 continue
             try:
                 rt = Runtime(entry.path, backend=backend, threads=threads, detect_faces=False,
-                             warmup=True,
-                             backend_options=entry.backend_options(backend, spinning=False))
+                             warmup=True, backend_options=entry.backend_options(backend))
             except (BackendUnavailableError, ModelError) as exc:
                 status = "skipped" if isinstance(exc, BackendUnavailableError) else "error"
                 skipped.append(lat.skipped_row(entry.name, backend, entry.precision, None,
@@ -451,7 +452,7 @@ class Bench:
         for s in self.sessions:
             probes[s.key] = {"kind": "onnx", "path": str(s.entry.path), "backend": s.backend,
                              "threads": self.threads,
-                             "options": s.entry.backend_options(s.backend, spinning=False)}
+                             "options": s.entry.backend_options(s.backend)}
         if mode == "all" and self.ref is not None:
             probes[("torch", TORCH_BACKEND)] = {"kind": "torch", "checkpoint": str(self.ref.path),
                                                 "threads": self.threads}
@@ -483,8 +484,8 @@ class Bench:
         chosen = cpu if suite.e2e_models == "all" else [deployable]
         detectors = self.detector_names()
         rows: list[EndToEndRow] = []
-        # The runtime's defaults (onnxruntime threads spin-wait between runs), then variants:
-        # with spinning off, a 2-thread pool stops competing with decoding and face detection.
+        # The runtime's defaults (onnxruntime threads spin-wait inside a run), then variants:
+        # with spinning off, a 2-thread pool never competes with decoding and face detection.
         many = self.threads > 1
         configs = [("single-threaded", self.threads, True)]
         if many and uses_onnxruntime(chosen):

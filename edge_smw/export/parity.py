@@ -87,9 +87,9 @@ def latency(paths: Mapping[str, str | Path], size: int, *, runs: int = 30, warmu
     from edge_smw.bench.config import load_suite
     from edge_smw.bench.latency import timed_turns
 
-    # Idle worker threads of one session must not spin while another session runs: with
-    # several sessions in one process, spinning pools starve each other.
-    settings = SessionSettings(threads=threads, spinning=False)
+    # As the Runtime and the bench open them: threads spin inside a run and stop when it
+    # returns, so no session's pool steals the cores of the next one.
+    settings = SessionSettings(threads=threads)
     sessions = {name: load_session(path, settings) for name, path in paths.items()}
     feed = {"input": np.random.default_rng(0).standard_normal((1, 3, size, size),
                                                                 dtype=np.float32)}

@@ -57,9 +57,8 @@ class OnnxRuntimeRunner(Runner):
         self.trt_fp16 = trt_fp16
         self.trt_int8 = trt_int8
         self.trt_workspace_bytes = trt_workspace_bytes
-        # False: idle intra-op threads sleep instead of spin-waiting after each run. Spinning
-        # shaves a little latency off back-to-back runs of one model, but steals the cores from
-        # anything that runs next (another model, face detection in another thread).
+        # False: intra-op threads sleep instead of spin-waiting between a run's parallel steps
+        # (they never spin after a run returns: ``SessionSettings.spinning``).
         self.allow_spinning = bool(allow_spinning)
         self.trt_cache_dir = Path(trt_cache_dir) if trt_cache_dir else cache_root() / "ort-trt"
         self._session: Any = None
