@@ -225,6 +225,8 @@ def test_bad_infer_inputs_raise_input_error(runtime: Runtime, crops) -> None:
     nan[1, 0, 5, 5] = np.nan
     inf = good.copy()
     inf[0, 2, 0, 0] = np.inf
+    minus_inf = good.copy()
+    minus_inf[1, 1, 3, 3] = -np.inf
     cases = [
         (good.astype(np.float64), "dtype float64"),
         (good.astype(np.uint8), "dtype uint8"),
@@ -234,6 +236,7 @@ def test_bad_infer_inputs_raise_input_error(runtime: Runtime, crops) -> None:
         (np.zeros((0, 3, size, size), np.float32), "empty batch"),
         (nan, "NaN"),
         (inf, "NaN/infinite"),
+        (minus_inf, "1 NaN/infinite"),
         (good.tolist(), "numpy"),
     ]
     for value, words in cases:
