@@ -448,16 +448,6 @@ def test_runtime_scores_frames_with_each_detector(smiles_onnx: Path, face_frames
     assert all(set(f.landmarks) == set(dnn.landmarks) for f in found[str(own_file)])
 
 
-def test_the_detector_spins_as_the_scorer_does(smiles_onnx: Path) -> None:
-    """Inside a run only (``SessionSettings.spinning``); off when the scorer's is off."""
-    for options, spinning in (({}, True), ({"allow_spinning": False}, False)):
-        with Runtime(smiles_onnx, backend="onnxruntime-cpu", threads=2, detect_faces=True,
-                     detector="blazeface-short", allow_detector_mismatch=True,
-                     backend_options=options) as rt:
-            assert rt.runner.allow_spinning is spinning
-            assert rt.detector.runner.allow_spinning is spinning, options
-
-
 def _with_contract(source: Path, target: Path, *, trained_detect: bool, old: bool) -> Path:
     """A copy of ``source`` whose metadata says how it was trained (an older edge-smw's
     contract has no detector field: its crops came from Haar)."""

@@ -484,9 +484,8 @@ class Bench:
         chosen = cpu if suite.e2e_models == "all" else [deployable]
         detectors = self.detector_names()
         rows: list[EndToEndRow] = []
-        # The runtime's defaults (the scorer's and the detector's onnxruntime threads spin-wait
-        # inside a run), then variants with spinning off: two 2-thread pools running at once
-        # (pipelined frames) never wait on each other's spinning.
+        # The runtime's defaults (onnxruntime threads spin-wait inside a run), then variants:
+        # with spinning off, a 2-thread pool never competes with decoding and face detection.
         many = self.threads > 1
         configs = [("single-threaded", self.threads, True)]
         if many and uses_onnxruntime(chosen):

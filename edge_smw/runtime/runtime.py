@@ -231,13 +231,9 @@ class Runtime:
     def _open_detector(self, detector: str | Path | DetectorSpec, device: int,
                        threads: int | None, allow_mismatch: bool) -> FaceDetector:
         spec = resolve_spec(detector, self.contract)
-        # The detector's threads spin as the scorer's do: inside a run only, so never into
-        # the scorer's turn (``SessionSettings.spinning``; measured on 2 cores: BlazeFace 12-15%
-        # faster than sleeping, 8-11% more frames a second). A scorer with spinning off (two
-        # networks at once, frames pipelined) keeps the detector's off too.
-        spinning = bool(getattr(self.runner, "allow_spinning", True))
+        # Idle detector threads sleep: the scorer runs right after (or beside) them.
         opened = open_detector(spec, backend=self.runner.name, device=device, threads=threads,
-                               options={"allow_spinning": spinning})
+                               options={"allow_spinning": False})
         trained = self.contract.detector
         same = opened.name == trained.name and opened.spec.align == trained.align
         if not same and self.info.detect:
