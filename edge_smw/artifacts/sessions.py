@@ -67,13 +67,12 @@ class SessionSettings:
     ``spinning``: intra-op threads spin-wait between the parallel steps of a run instead of
     sleeping, and stop spinning the moment the run returns (onnxruntime's
     ``session.force_spinning_stop``). Spinning inside a run saves a wake-up at every layer
-    (measured on 2 cores: the EfficientNet-Lite0 int8 model 2.3-2.5 ms a call against
-    2.8-2.9 ms with spinning off, fp32 10% faster); stopping at return keeps the pool from
-    stealing the cores from whatever runs next (another model, face detection, a decode
-    thread: onnxruntime's default, spinning on after the run, slowed the next session's calls
-    by 20-30%, and back-to-back calls of one model gained nothing from it). ``threads`` None
-    means every usable core; 0 leaves onnxruntime's own thread defaults (what a plain
-    ``InferenceSession(path)`` gets: the bench's "theirs" baseline).
+    (on 2 cores the EfficientNet-Lite0 int8 model ran 1.2x, fp32 1.1x faster than with
+    spinning off: ``benchmarks/spinning.py``); stopping at return keeps the pool from stealing
+    the cores from whatever runs next (another model, face detection, a decode thread), which
+    onnxruntime's default, still spinning after the run (0.04 CPU seconds of it), does.
+    ``threads`` None means every usable core; 0 leaves onnxruntime's own thread defaults (what
+    a plain ``InferenceSession(path)`` gets: the bench's "theirs" baseline).
     """
 
     threads: int | None = None

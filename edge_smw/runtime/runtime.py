@@ -231,7 +231,10 @@ class Runtime:
     def _open_detector(self, detector: str | Path | DetectorSpec, device: int,
                        threads: int | None, allow_mismatch: bool) -> FaceDetector:
         spec = resolve_spec(detector, self.contract)
-        # Idle detector threads sleep: the scorer runs right after (or beside) them.
+        # The detector's threads sleep even inside its run (the scorer's spin there): spinning
+        # them was measured on 2 cores at 0-8% more frames a second at p50, with a heavier
+        # tail when the machine was busy (benchmarks/RESULTS.md), and pipelined frames run the
+        # scorer beside it.
         opened = open_detector(spec, backend=self.runner.name, device=device, threads=threads,
                                options={"allow_spinning": False})
         trained = self.contract.detector
