@@ -27,6 +27,8 @@ from edge_smw.artifacts.sessions import SessionSettings, load_session
 from edge_smw.bench.config import load_suite
 from edge_smw.bench.latency import timed_turns
 from edge_smw.cpu import cpu_flags, cpu_model
+from edge_smw.errors import EdgeSmwError
+from edge_smw.metadata import INPUT_NAME, ModelInfo
 
 SETTINGS = {"off": False, "on": True}
 IDLE_SECONDS = 0.3
@@ -50,12 +52,21 @@ def onnxruntime_default(path: Path, threads: int) -> object:
 
 
 def main() -> None:
+    try:
+        run()
+    except EdgeSmwError as exc:  # a bad folder, model or --threads: one line, no traceback
+        raise SystemExit(f"error: {exc}") from None
+
+
+def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("export_dir", type=Path)
     parser.add_argument("--runs", type=int, default=400, help="timed calls per session and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.runs < 1 or args.rounds < 1:
+        raise SystemExit(f"--runs ({args.runs}) and --rounds ({args.rounds}) must be >= 1")
     models = sorted(p for p in args.export_dir.glob("model*.onnx"))
     if not models:
         raise SystemExit(f"{args.export_dir}: no model*.onnx here; pass an `edge-smw export` "
@@ -65,7 +76,8 @@ def main() -> None:
     sessions = {f"{m.name} spinning {label}": load_session(
         m, SessionSettings(threads=args.threads, spinning=spinning))
         for m in models for label, spinning in SETTINGS.items()}
-    feed = {"input": np.random.default_rng(0).uniform(-1, 1, (1, 3, 224, 224))
+    size = ModelInfo.from_file(models[0]).contract.input_size
+    feed = {INPUT_NAME: np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size))
             .astype(np.float32)}
     fns = {name: (lambda x, s=s: s.run(None, x)) for name, s in sessions.items()}
     for fn in fns.values():
