@@ -8,7 +8,7 @@ after the run returns too, which steals the cores from whatever runs next (anoth
 face detector, a decode thread); edge-smw's sessions spin inside a run and stop when it
 returns (``session.force_spinning_stop``). Every model of the export folder (``model.onnx``,
 ``model.int8.onnx``, ...) is opened twice, spinning off and on, and all sessions are timed at
-batch 1 in one process, in the bench's turns (``bench.latency.timed_turns``, the full suite's
+batch 1 in one process, in the bench's turns (``export.parity.latency``: the full suite's
 turn). Each round prints p50 per session; the table gives the median over rounds. Then, per
 setting and onnxruntime's default, the CPU time the process burns in the 0.3 s after a call
 (what the next model loses).
@@ -24,10 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_smw.artifacts.sessions import SessionSettings, load_session
-from edge_smw.bench.config import load_suite
-from edge_smw.bench.latency import timed_turns
 from edge_smw.cpu import cpu_flags, cpu_model
 from edge_smw.errors import EdgeSmwError
+from edge_smw.export.parity import latency
 from edge_smw.metadata import INPUT_NAME, ModelInfo
 
 SETTINGS = {"off": False, "on": True}
@@ -73,24 +72,16 @@ def run() -> None:
                          "folder")
     flags = " ".join(name for name, present in cpu_flags().items() if present)
     print(f"{cpu_model()}, CPU flags: {flags}; {args.threads} threads, batch 1")
-    sessions = {f"{m.name} spinning {label}": load_session(
-        m, SessionSettings(threads=args.threads, spinning=spinning))
-        for m in models for label, spinning in SETTINGS.items()}
+    names = {f"{m.name} spinning {label}": (m, SessionSettings(threads=args.threads,
+                                                              spinning=spinning))
+             for m in models for label, spinning in SETTINGS.items()}
     size = ModelInfo.from_file(models[0]).contract.input_size
-    feed = {INPUT_NAME: np.random.default_rng(0).uniform(-1, 1, (1, 3, size, size))
-            .astype(np.float32)}
-    fns = {name: (lambda x, s=s: s.run(None, x)) for name, s in sessions.items()}
-    for fn in fns.values():
-        for _ in range(5):
-            fn(feed)
-    suite = load_suite("full")
-    per_round: dict[str, list[float]] = {name: [] for name in fns}
+    timed = latency({name: m for name, (m, _) in names.items()}, size, runs=args.runs,
+                    threads=args.threads, rounds=args.rounds,
+                    settings={name: how for name, (_, how) in names.items()})
+    per_round = {name: t["round_p50_ms"] for name, t in timed.items()}
     for r in range(args.rounds):
-        times = timed_turns(fns, [feed], args.runs, calls_per_turn=suite.calls_per_turn,
-                            rewarm_calls=suite.rewarm_calls)
-        for name, t in times.items():
-            per_round[name].append(float(np.median(t)))
-        print(f"round {r + 1}: " + ", ".join(f"{n} {per_round[n][-1]:.2f} ms" for n in fns))
+        print(f"round {r + 1}: " + ", ".join(f"{n} {v[r]:.2f} ms" for n, v in per_round.items()))
     p50 = {name: statistics.median(v) for name, v in per_round.items()}
     print("\n| model | p50 spinning off | p50 spinning on (edge-smw) | on vs off |")
     print("|---|---|---|---|")
@@ -109,8 +100,9 @@ def run() -> None:
                           f"(rounds {min(each):.2f}-{max(each):.2f}x)")
         print(f"{m.name} vs {reference} (its speed-up): " + ", ".join(ratios))
     print(f"\nCPU seconds the process burns in the {IDLE_SECONDS} s after one call:")
+    feed = {INPUT_NAME: np.zeros((1, 3, size, size), np.float32)}
     for m in models:
-        ours = idle_cpu_seconds(sessions[f"{m.name} spinning on"], feed)
+        ours = idle_cpu_seconds(load_session(m, SessionSettings(threads=args.threads)), feed)
         theirs = idle_cpu_seconds(onnxruntime_default(m, args.threads), feed)
         print(f"  {m.name}: edge-smw spinning on {ours:.3f}, onnxruntime's default {theirs:.3f}")
 

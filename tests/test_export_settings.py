@@ -306,7 +306,8 @@ def test_speed_is_the_median_of_rounds_and_says_its_range() -> None:
     assert once.speedup == pytest.approx(2.5) and once.to_dict()["speed_rounds"] is None
 
 
-def test_latency_rounds_time_every_model_in_each_round(tmp_path: Path) -> None:
+def test_latency_rounds_time_every_model_in_each_round(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import onnx
     from onnx import TensorProto, helper
 
@@ -325,3 +326,13 @@ def test_latency_rounds_time_every_model_in_each_round(tmp_path: Path) -> None:
         assert all(t > 0 for t in timed[name]["round_p50_ms"])
         low, high = min(timed[name]["round_p50_ms"]), max(timed[name]["round_p50_ms"])
         assert low <= timed[name]["p50_ms"] <= high
+    # a named model may be opened otherwise (benchmarks/spinning.py: spinning on and off)
+    import edge_smw.export.parity as parity
+    from edge_smw.artifacts.sessions import SessionSettings, load_session
+
+    opened = []
+    monkeypatch.setattr(parity, "load_session", lambda model, settings: (
+        opened.append(settings), load_session(model, settings))[1])
+    quiet = SessionSettings(threads=1, spinning=False)
+    latency({"on": path, "off": path}, 8, runs=2, warmup=1, threads=1, settings={"off": quiet})
+    assert opened == [SessionSettings(threads=1), quiet]

@@ -74,7 +74,9 @@ def compare(probs: np.ndarray, reference: np.ndarray, true_levels: np.ndarray | 
 
 
 def latency(paths: Mapping[str, str | Path], size: int, *, runs: int = 30, warmup: int = 5,
-            threads: int | None = None, rounds: int = 1) -> dict[str, dict[str, Any]]:
+            threads: int | None = None, rounds: int = 1,
+            settings: Mapping[str, SessionSettings] | None = None,
+            ) -> dict[str, dict[str, Any]]:
     """Batch-1 latency of several models in ONE process, timed in turns as the bench's full
     suite times them (``edge_smw.bench.latency``: a re-warming call, then calls back to back,
     the first model rotating) so a busy machine slows them alike; p50/p90 in milliseconds
@@ -83,14 +85,16 @@ def latency(paths: Mapping[str, str | Path], size: int, *, runs: int = 30, warmu
     ``rounds`` splits the ``runs * rounds`` timed calls into ``rounds`` consecutive blocks and
     also gives each block's p50 (``round_p50_ms``): on a shared machine one round's ratio
     between two models can be off by a fifth (measured here: 1.51-2.06x for one pair in 42
-    rounds of 30 runs), and the spread between rounds shows it."""
+    rounds of 30 runs), and the spread between rounds shows it. ``settings`` opens the named
+    models otherwise (``benchmarks/spinning.py`` times one model with spinning on and off)."""
     from edge_smw.bench.config import load_suite
     from edge_smw.bench.latency import timed_turns
 
     # As the Runtime and the bench open them: threads spin inside a run and stop when it
     # returns, so no session's pool steals the cores of the next one.
-    settings = SessionSettings(threads=threads)
-    sessions = {name: load_session(path, settings) for name, path in paths.items()}
+    default = SessionSettings(threads=threads)
+    sessions = {name: load_session(path, (settings or {}).get(name, default))
+                for name, path in paths.items()}
     feed = {"input": np.random.default_rng(0).standard_normal((1, 3, size, size),
                                                                 dtype=np.float32)}
     fns = {name: (lambda x, session=session: session.run(None, x))
