@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 import onnx  # noqa: E402
 
 from edge_smw.errors import GateFailure, InputError, ModelError  # noqa: E402
-from edge_smw.export.layout import STEP as STEM_STEP  # noqa: E402
+from edge_smw.export.layout import STEP as LAYOUT_STEP  # noqa: E402
 from edge_smw.export.pipeline import export_model  # noqa: E402
 from edge_smw.export.settings import ExportSettings  # noqa: E402
 from tests.skips import machine_reason  # noqa: E402
@@ -168,15 +168,17 @@ def test_int8_figures_and_steps_recorded(exported: Path, summary: dict) -> None:
         assert gate["models_compared"] == len(
             [s for s in info["steps"] if s["agreement"] is not None]) > 1
         assert gate["interval"][0] < low and "Bonferroni" in gate["method"]
-    # cpu flavour, last: the stem padded for onnxruntime's kernels, when it is int8 (exact)
-    pad = int8["flavours"]["cpu"]["steps"][-1]
-    assert pad["step"] == STEM_STEP
-    assert STEM_STEP not in [s["step"] for s in int8["flavours"]["tensorrt"]["steps"]]
+    # cpu flavour, last: laid out for onnxruntime's kernels (exact): the global pool read
+    # channels-last, the stem padded when it is int8
+    layout = int8["flavours"]["cpu"]["steps"][-1]
+    assert layout["step"] == LAYOUT_STEP and layout["kept"] and layout["max_change"] <= 1e-6
+    assert LAYOUT_STEP not in [s["step"] for s in int8["flavours"]["tensorrt"]["steps"]]
+    assert layout["pool"]["pool"]
     claimed = int8_metadata(exported / "model.int8.onnx")["stem_input_channels"]
-    if pad["kept"]:
-        assert pad["input_channels"] == claimed == [3, 4] and pad["max_change"] <= 1e-6
+    if isinstance(layout["stem"], dict):
+        assert layout["stem"]["input_channels"] == claimed == [3, 4]
     else:
-        assert pad["note"].startswith("skipped: the first Conv's weights are float")
+        assert layout["stem"].startswith("skipped: the first Conv's weights are float")
         assert claimed is None
     # the target (1.0) is not met: mixed precision tried at most two blocks in each flavour
     for info in int8["flavours"].values():
@@ -297,7 +299,7 @@ def test_int8_aware_head_within_a_point_of_fp32(big_run: Path, tmp_path: Path) -
     info = result.summary.int8.flavours["cpu"]
     head = info.aware_head
     assert head["train_crops"] >= 800 and head["plain_int8"] and head["aware"]
-    assert [s.name for s in info.steps[-2:]] == ["int8-aware head", STEM_STEP]
+    assert [s.name for s in info.steps[-2:]] == ["int8-aware head", LAYOUT_STEP]
     checkpoint = load_checkpoint(big_run)
     contract = checkpoint.contract
     test = load_crops(split_items(find_split(big_run), "test", contract.levels), contract,

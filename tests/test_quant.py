@@ -239,11 +239,17 @@ def test_input_grid_keeps_the_float_function_and_is_exact(setup: Setup) -> None:
     assert set(grid.float_nodes) <= int8_nodes  # the shift and pad stay as they are
 
 
+def unread_initializers(model: onnx.ModelProto) -> set[str]:
+    read = {t for node in model.graph.node for t in node.input}
+    return {i.name for i in model.graph.initializer} - read
+
+
 def test_padded_stem_reads_channels_in_fours_and_changes_nothing(setup: Setup) -> None:
     """onnxruntime's symmetric int8 conv kernels take a Conv whose input channels come in
-    fours: the stem gets a zero channel read by zero weights. Every logit stays as it was,
-    whether the exact input grid's Pad is widened (no new node) or the stem's input gets a
-    Pad of its own; every Conv still fuses into a QLinearConv."""
+    fours: the stem's 8-bit input gets a zero-point channel read by zero weights, and the exact
+    input grid's float Pad moves into the Conv when its border quantizes to the zero point
+    (no float Pad left), not when it does not or when another node reads the shifted input.
+    Every logit stays as it was; every Conv still fuses into a QLinearConv."""
     from dataclasses import replace
 
     import onnxruntime as ort
@@ -264,13 +270,24 @@ def test_padded_stem_reads_channels_in_fours_and_changes_nothing(setup: Setup) -
     shared.graph.node.append(onnx.helper.make_node("Identity", [grid.tensor], ["shifted"]))
     shared.graph.output.append(onnx.helper.make_tensor_value_info("shifted",
                                                                   onnx.TensorProto.FLOAT, None))
+    # a border that quantizes off the zero point (0 + shift rounds to -1): the Pad stays
+    off_grid = onnx.ModelProto()
+    off_grid.CopyFrom(on_grid)
+    add = next(n for n in off_grid.graph.node if n.op_type == "Add" and n.output[0] == grid.tensor)
+    shift = next(i for i in off_grid.graph.initializer if i.name == add.input[1])
+    shift.CopyFrom(numpy_helper.from_array(np.array(-0.8 * grid.scale, np.float32), shift.name))
     convs = sum(n.op_type == "Conv" for n in setup.fp32.graph.node)
-    for name, model, widened in (("plain", setup.int8(Q.Flavour.CPU), None),
-                                 ("grid", on_grid, grid_pad), ("shared", shared, None)):
+    for name, model, folded in (("plain", setup.int8(Q.Flavour.CPU), None),
+                                ("grid", on_grid, grid_pad), ("shared", shared, None),
+                                ("off_grid", off_grid, None)):
         assert layout.why_not(model) is None
         padded, detail = layout.pad_stem_channels(model)
-        assert detail["input_channels"] == [3, 4] and detail["widened"] == widened
-        assert len(padded.graph.node) == len(model.graph.node) + (widened is None)
+        assert detail["input_channels"] == [3, 4] and detail["folded_pad"] == folded
+        assert len(padded.graph.node) == len(model.graph.node) + (folded is None)
+        assert unread_initializers(padded) <= unread_initializers(model)
+        quantized = {n.output[0] for n in padded.graph.node if n.op_type == "QuantizeLinear"}
+        pads = [n.input[0] for n in padded.graph.node if n.op_type == "Pad"]
+        assert (set(pads) <= quantized) == (folded is not None or name == "plain")
         before = setup.logits(setup.save(model, f"{name}.onnx"), limit=16)
         path = setup.save(padded, f"{name}.padded.onnx")
         np.testing.assert_allclose(setup.logits(path, limit=16), before, rtol=0, atol=1e-6)
@@ -286,6 +303,36 @@ def test_padded_stem_reads_channels_in_fours_and_changes_nothing(setup: Setup) -
     assert "float" in layout.why_not(setup.fp32)
     with pytest.raises(ValueError, match="float"):
         layout.pad_stem_channels(setup.fp32)
+
+
+def test_pool_read_channels_last_changes_nothing_and_drops_a_transpose(setup: Setup) -> None:
+    """The global mean reads the last int8 map through an NCHW -> NHWC Transpose: the same
+    logits, and onnxruntime's optimized graph has one transpose fewer (it cancels its own
+    NHWC -> NCHW one against it)."""
+    import onnxruntime as ort
+
+    from edge_smw.export import layout
+
+    def transposes(path: Path) -> int:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(path.with_suffix(".optimized.onnx"))
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return sum(n.op_type == "Transpose"
+                   for n in onnx.load_model(options.optimized_model_filepath).graph.node)
+
+    model = setup.int8(Q.Flavour.CPU)
+    rewritten, detail = layout.pool_channels_last(model)
+    assert detail["pool"] in {n.name for n in model.graph.node if n.op_type == "ReduceMean"}
+    before = setup.save(model, "pool.onnx")
+    after = setup.save(rewritten, "pool.channels_last.onnx")
+    np.testing.assert_allclose(setup.logits(after, limit=16), setup.logits(before, limit=16),
+                               rtol=0, atol=1e-6)
+    assert transposes(after) == transposes(before) - 1
+    with pytest.raises(ValueError, match="dequantized map"):
+        layout.pool_channels_last(setup.fp32)  # a float model's mean reads no DequantizeLinear
+    both, detail = layout.for_onnxruntime(model, pad_stem=False)
+    assert detail["stem"] == "skipped: --no-pad-stem" and detail["pool"]["pool"]
+    assert "skipped" in layout.for_onnxruntime(setup.fp32)[1]["pool"]
 
 
 def test_float_tail_stays_float(setup: Setup) -> None:

@@ -22,8 +22,9 @@ Per flavour, from one calibration pass on the run's training crops:
    blocks kept float, in either flavour (the tensorrt flavour is all-integer at the target
    only with centred activations: see benchmarks/RESULTS.md);
 9. ``int8-aware head`` (on request): the head retrained on the int8 backbone's features;
-10. ``stem channels padded`` (cpu flavour): the stem's input padded to onnxruntime's int8
-    kernel width (``layout``), an exact rewrite kept when no output changes: for speed.
+10. ``layout for onnxruntime's int8 kernels`` (cpu flavour): the stem's input channels
+    padded to its kernel width and the global pool read channels-last (``layout``), exact
+    rewrites kept when no output changes: for speed.
 
 Every step is measured (agreement and accuracy against torch on the validation crops, batch-1
 latency beside fp32) and kept only when it helps: fewer crops disagree with torch, or as many
@@ -489,19 +490,20 @@ def step_aware_head(ctx: Int8Context, run: FlavourRun) -> None:
     run.model, run.figures, run.head = aware, figures, (weight, bias)
 
 
-def step_pad_stem(ctx: Int8Context, run: FlavourRun) -> None:
-    """The stem's input channels padded for onnxruntime's int8 kernels (``layout``). It must
-    change nothing: kept only when every validation crop's probabilities are the same (its
-    gain is the step's latency)."""
+def step_layout(ctx: Int8Context, run: FlavourRun) -> None:
+    """The cpu flavour laid out for onnxruntime's int8 kernels (``layout``: the stem's input
+    channels padded, unless ``pad_stem`` is off, and the global pool read channels-last). It
+    must change nothing: kept only when every validation crop's probabilities are the same
+    (its gain is the step's latency)."""
     from edge_smw.export import layout
 
     assert run.model is not None and run.figures is not None
-    reason = layout.why_not(run.model)
-    if reason is not None:
-        run.steps.append(Step(layout.STEP, None, False, f"skipped: {reason}"))
+    rewritten, detail = layout.for_onnxruntime(run.model, pad_stem=ctx.settings.pad_stem)
+    if all(isinstance(d, str) for d in detail.values()):
+        run.steps.append(Step(layout.STEP, None, False,
+                              "; ".join(f"{k} {d}" for k, d in detail.items()), detail))
         return
-    padded, detail = layout.pad_stem_channels(run.model)
-    figures = ctx.measure(padded, f"{run.flavour.value} padded stem")
+    figures = ctx.measure(rewritten, f"{run.flavour.value} onnxruntime layout")
     before, after = run.figures.probabilities, figures.probabilities
     if before is None or after is None or before.shape != after.shape:
         change = float("inf")
@@ -511,7 +513,7 @@ def step_pad_stem(ctx: Int8Context, run: FlavourRun) -> None:
     note = "" if kept else f"changed a probability by {change:.2g}: reverted"
     run.steps.append(Step(layout.STEP, figures, kept, note, {**detail, "max_change": change}))
     if kept:
-        run.model, run.figures = padded, figures
+        run.model, run.figures = rewritten, figures
 
 
 def _unit_noise(ctx: Int8Context, run: FlavourRun, units: dict[str, list[str]]
@@ -559,8 +561,8 @@ def run_flavour(ctx: Int8Context, flavour: Q.Flavour) -> FlavourRun:
         step_mixed_precision(ctx, run)
     if settings.aware_head:
         step_aware_head(ctx, run)
-    if settings.pad_stem and flavour is Q.Flavour.CPU:
-        step_pad_stem(ctx, run)
+    if flavour is Q.Flavour.CPU:
+        step_layout(ctx, run)
     if flavour is Q.Flavour.TENSORRT:
         problems = Q.tensorrt_problems(run.model)
         if problems:

@@ -1,12 +1,23 @@
-"""The stem's input channels padded to onnxruntime's int8 kernel width: an exact rewrite.
+"""onnxruntime's int8 layout: exact rewrites of a QDQ model for its channels-last kernels.
 
-Why: onnxruntime's fastest int8 convolution on x86 (MLAS's symmetric "ConvSym" kernels, for
-per-channel int8 weights with zero zero points, as the cpu flavour writes them) takes a Conv
-only when its input channels are a multiple of 4. An RGB stem has 3, so it falls back to
-im2col and a generic int8 GEMM, measured slower than the fp32 stem it replaces. One more
-input channel of zeros, read by zero weights, changes no product (0 * x), and the stem takes
-the fast kernel. OpenVINO runs the 3-channel stem a little faster than the padded one
-(benchmarks/RESULTS.md), hence a setting, ``pad_stem``, and the Runtime's note for it.
+onnxruntime runs a QDQ model's int8 Convs channels-last (NHWC), with its own transposes at
+the edges of the int8 part; these rewrites change no output, only what it costs:
+
+* **the stem's input channels padded** to the kernel width. Its fastest int8 convolution on
+  x86 (MLAS's symmetric "ConvSym" kernels, for per-channel int8 weights with zero zero points,
+  as the cpu flavour writes them) takes a Conv only when its input channels are a multiple of
+  4. An RGB stem has 3, so it falls back to im2col and a generic int8 GEMM, measured slower
+  than the fp32 stem it replaces. One more input channel, read by zero weights, changes no
+  product (0 * x). The channel is padded on the 8-bit input, after its QuantizeLinear, with
+  the zero point; and the exact input grid's float zero ``Pad`` (``input_grid``) goes back
+  into the Conv's own padding when the padded value quantizes to the zero point, which the
+  Conv pads its 8-bit input with anyway: no float copy of the input is left. OpenVINO runs the
+  3-channel stem a little faster (benchmarks/RESULTS.md), hence a setting, ``pad_stem``, and
+  the Runtime's note for it.
+* **the global pool read channels-last**: the float mean over H and W of the last int8 map
+  reads it through an explicit NCHW -> NHWC ``Transpose`` (the mean then over axes 1 and 2).
+  onnxruntime cancels it against the NHWC -> NCHW transpose it puts after its last int8 node,
+  so the map is never transposed.
 """
 
 from __future__ import annotations
@@ -19,11 +30,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edge_smw.export.padding import fold_into_conv
 from edge_smw.export.quantize import drop_value_info
 
 # onnxruntime MLAS ConvSym on x86: KernelInputChannelAlignment
 CHANNEL_MULTIPLE = 4
-STEP = "stem channels padded for onnxruntime's int8 kernels"
+STEP = "layout for onnxruntime's int8 kernels"
 
 
 def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
@@ -89,27 +101,58 @@ def _scalar(init: dict[str, onnx.TensorProto], name: str) -> bool:
     return name in init and numpy_helper.to_array(init[name]).size == 1
 
 
-def _input_pad(graph: onnx.GraphProto, quantize: onnx.NodeProto) -> onnx.NodeProto | None:
-    """The exact input grid's zero-padding ``Pad`` (``input_grid``) in front of ``quantize``,
-    when only a scalar shift lies between: widening it costs nothing more."""
+def _zero_point(graph: onnx.GraphProto, quantize: onnx.NodeProto) -> str:
+    """The name of ``quantize``'s zero point; one is added where it has none (uint8 0)."""
+    if len(quantize.input) > 2 and quantize.input[2]:
+        return quantize.input[2]
+    name = f"{quantize.output[0]}_zero_point"
+    graph.initializer.append(numpy_helper.from_array(np.array(0, np.uint8), name))
+    quantize.input.extend([""] * (2 - len(quantize.input)) + [name])
+    return name
+
+
+def _foldable_input_pad(graph: onnx.GraphProto, quantize: onnx.NodeProto,
+                        conv: onnx.NodeProto) -> onnx.NodeProto | None:
+    """The float zero-padding ``Pad`` in front of ``quantize`` (the exact input grid's), with at
+    most a scalar shift between, that the stem Conv can do itself: it pads only H and W, and
+    the padded value (0 + shift) quantizes to the zero point (ONNX QuantizeLinear: x / scale
+    rounded half to even), which is what the Conv pads its 8-bit input with."""
     producers = _producers(graph)
     init = {i.name: i for i in graph.initializer}
     node = producers.get(quantize.input[0])
+    shift = np.float32(0)
     if len(_readers(graph, quantize.input[0])) != 1:
         return None
     if node is not None and node.op_type == "Add" and _scalar(init, node.input[1]):
+        shift = numpy_helper.to_array(init[node.input[1]]).astype(np.float32).reshape(())
         node = producers.get(node.input[0])
     if (node is None or node.op_type != "Pad" or node.input[1] not in init
             or any(a.name == "mode" and a.s not in (b"", b"constant") for a in node.attribute)
             or (len(node.input) > 3 and node.input[3])
-            or len(_readers(graph, node.output[0])) != 1):
+            or len(_readers(graph, node.output[0])) != 1
+            or any(a.name == "auto_pad" and a.s not in (b"", b"NOTSET") for a in conv.attribute)):
         return None
-    return node
+    if len(node.input) > 2 and node.input[2] and (
+            not _scalar(init, node.input[2]) or numpy_helper.to_array(init[node.input[2]]) != 0):
+        return None
+    widths = numpy_helper.to_array(init[node.input[1]])
+    half = len(widths) // 2
+    if widths[:2].any() or widths[half:half + 2].any():
+        return None
+    scale, zero = quantize.input[1], quantize.input[2] if len(quantize.input) > 2 else ""
+    if not _scalar(init, scale) or (zero and not _scalar(init, zero)):
+        return None
+    point = numpy_helper.to_array(init[zero]) if zero else np.array(0, np.uint8)
+    step = numpy_helper.to_array(init[scale]).astype(np.float32).reshape(())
+    limits = np.iinfo(point.dtype)
+    padded = np.clip(np.round(shift / step) + int(point), limits.min, limits.max)
+    return node if padded == point else None
 
 
 def pad_stem_channels(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """A copy of a QDQ model whose stem reads its input padded with zero channels to a
-    multiple of ``CHANNEL_MULTIPLE``, with zero weights for them: the same function.
+    """A copy of a QDQ model whose stem reads its 8-bit input padded with zero-point channels
+    to a multiple of ``CHANNEL_MULTIPLE``, with zero weights for them, and the input grid's
+    float Pad folded into the stem Conv where that is exact: the same function.
     Raises ValueError (``why_not``) when there is no such stem."""
     if (reason := why_not(model)) is not None:
         raise ValueError(reason)
@@ -125,19 +168,75 @@ def pad_stem_channels(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str
     init[stem.weight].CopyFrom(numpy_helper.from_array(
         np.concatenate([weight, zeros], axis=1), stem.weight))
     quantize = stem.quantize
-    pad = _input_pad(graph, quantize)
-    if pad is not None:  # widen the grid's Pad: axis 1's end (NCHW begins, then ends)
-        widths = numpy_helper.to_array(init[pad.input[1]]).copy()
-        widths[len(widths) // 2 + 1] += extra
-        init[pad.input[1]].CopyFrom(numpy_helper.from_array(widths, pad.input[1]))
-    else:  # a Pad of its own on the float input, just before it is quantized
-        name = f"{quantize.input[0]}_channels"
-        graph.initializer.append(numpy_helper.from_array(
-            np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64), f"{name}_pads"))
-        node = onnx.helper.make_node("Pad", [quantize.input[0], f"{name}_pads"], [name],
-                                     name=f"{name}_pad", mode="constant")
-        graph.node.insert(list(graph.node).index(quantize), node)
-        quantize.input[0] = name
+    folded = _foldable_input_pad(graph, quantize, stem.conv)
+    if folded is not None:  # the Conv pads its 8-bit input instead: no float copy
+        fold_into_conv(stem.conv, numpy_helper.to_array(init[folded.input[1]]))
+        for node in _readers(graph, folded.output[0]):
+            node.input[:] = [folded.input[0] if t == folded.output[0] else t for t in node.input]
+        graph.node.remove(folded)
+        if not _readers(graph, folded.input[1]):
+            graph.initializer.remove(init[folded.input[1]])
+    name = f"{quantize.output[0]}_channels"
+    graph.initializer.append(numpy_helper.from_array(
+        np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64), f"{name}_pads"))
+    node = onnx.helper.make_node(
+        "Pad", [quantize.output[0], f"{name}_pads", _zero_point(graph, quantize)], [name],
+        name=f"{name}_pad", mode="constant")
+    graph.node.insert(list(graph.node).index(stem.input_dq), node)
+    stem.input_dq.input[0] = name
     drop_value_info(out)  # the stem's input now has more channels than any annotation says
     return out, {"conv": stem.conv.name, "input_channels": [channels, channels + extra],
-                 "widened": pad.name if pad is not None else None}
+                 "folded_pad": folded.name if folded is not None else None}
+
+
+def _pool(model: onnx.ModelProto) -> tuple[onnx.NodeProto | None, str | None]:
+    """The float mean over H and W (``ReduceMean``, axes 2 and 3, no kept dims) of a
+    dequantized 4-D map read by nothing else, or why there is none to read channels-last."""
+    graph = model.graph
+    producers = _producers(graph)
+    for node in graph.node:
+        if node.op_type != "ReduceMean":
+            continue
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        source = producers.get(node.input[0])
+        if (sorted(attributes.get("axes", [])) in ([2, 3], [-2, -1])
+                and attributes.get("keepdims", 1) == 0 and len(node.input) == 1
+                and source is not None and source.op_type == "DequantizeLinear"
+                and len(_readers(graph, node.input[0])) == 1):
+            return node, None
+    return None, "no float mean over H and W of a dequantized map (read by it alone)"
+
+
+def pool_channels_last(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """A copy whose global mean reads its map through an NCHW -> NHWC ``Transpose`` (the same
+    mean, over axes 1 and 2): onnxruntime then cancels its own NHWC -> NCHW transpose of the
+    map. Raises ValueError when there is no such mean (``_pool``)."""
+    out = copy.deepcopy(model)
+    pool, reason = _pool(out)
+    if pool is None:
+        raise ValueError(reason)
+    name = f"{pool.input[0]}_channels_last"
+    transpose = onnx.helper.make_node("Transpose", [pool.input[0]], [name], name=name,
+                                      perm=[0, 2, 3, 1])
+    out.graph.node.insert(list(out.graph.node).index(pool), transpose)
+    pool.input[0] = name
+    for attribute in pool.attribute:
+        if attribute.name == "axes":
+            del attribute.ints[:]
+            attribute.ints.extend([1, 2])
+    return out, {"pool": pool.name}
+
+
+def for_onnxruntime(model: onnx.ModelProto, *, pad_stem: bool = True
+                    ) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Every rewrite that applies (``pad_stem`` off: the stem as it is), and what each did or
+    why it did not: ``stem`` and ``pool`` are a detail dict or a "skipped: ..." string."""
+    detail: dict[str, Any] = {}
+    rewrites = (("stem", pad_stem_channels, why_not(model) if pad_stem else "--no-pad-stem"),
+                ("pool", pool_channels_last, _pool(model)[1]))
+    for key, rewrite, reason in rewrites:
+        if reason is None:
+            model, detail[key] = rewrite(model)
+        else:
+            detail[key] = f"skipped: {reason}"
+    return model, detail

@@ -40,3 +40,17 @@ def explicit_pad(graph: onnx.GraphProto, conv: onnx.NodeProto, source: str, name
             del attribute.ints[:]
             attribute.ints.extend([0] * len(pads))
     return onnx.helper.make_node("Pad", inputs, [name], name=f"{name}_pad", mode="constant")
+
+
+def fold_into_conv(conv: onnx.NodeProto, widths: np.ndarray) -> None:
+    """The inverse of ``explicit_pad``: a ``Pad``'s spatial ``widths`` (every axis, NCHW,
+    batch and channel widths zero) added to ``conv``'s own padding."""
+    half = len(widths) // 2
+    spatial = [int(w) for w in (*widths[2:half], *widths[half + 2:])]
+    pads = conv_pads(conv) or [0] * len(spatial)
+    attribute = next((a for a in conv.attribute if a.name == "pads"), None)
+    if attribute is None:
+        conv.attribute.append(onnx.helper.make_attribute("pads", [0] * len(spatial)))
+        attribute = conv.attribute[-1]
+    del attribute.ints[:]
+    attribute.ints.extend(p + w for p, w in zip(pads, spatial, strict=True))

@@ -252,8 +252,9 @@ def _write_int8(run: int8.FlavourRun, checkpoint: Checkpoint, calibration: Q.Cal
                             "steps": [s.name for s in run.steps if s.kept],
                             "aware_head": settings.aware_head,
                             "stem_input_channels": next(
-                                (s.detail["input_channels"] for s in run.steps
-                                 if s.kept and s.name == layout.STEP), None),
+                                (s.detail["stem"]["input_channels"] for s in run.steps
+                                 if s.kept and s.name == layout.STEP
+                                 and isinstance(s.detail["stem"], dict)), None),
                             "reduce_range": run.recipe.spec.reduce_range,
                             "target_cpu": (settings.target_cpu if run.flavour is Q.Flavour.CPU
                                            else None)})
