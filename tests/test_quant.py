@@ -328,11 +328,22 @@ def test_pool_read_channels_last_changes_nothing_and_drops_a_transpose(setup: Se
     np.testing.assert_allclose(setup.logits(after, limit=16), setup.logits(before, limit=16),
                                rtol=0, atol=1e-6)
     assert transposes(after) == transposes(before) - 1
-    with pytest.raises(ValueError, match="dequantized map"):
+    with pytest.raises(ValueError, match="dequantized 4-D map"):
         layout.pool_channels_last(setup.fp32)  # a float model's mean reads no DequantizeLinear
     both, detail = layout.for_onnxruntime(model, pad_stem=False)
     assert detail["stem"] == "skipped: --no-pad-stem" and detail["pool"]["pool"]
     assert "skipped" in layout.for_onnxruntime(setup.fp32)[1]["pool"]
+    # axes -2 and -1 of a 5-D map are not H and W: no 4-D permutation fits it, so no rewrite
+    helper = onnx.helper
+    volume = helper.make_model(helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["q", "s", "z"], ["map"]),
+         helper.make_node("ReduceMean", ["map"], ["mean"], axes=[-2, -1], keepdims=0)],
+        "volume", [helper.make_tensor_value_info("q", onnx.TensorProto.UINT8, [1, 8, 2, 3, 3])],
+        [helper.make_tensor_value_info("mean", onnx.TensorProto.FLOAT, [1, 8, 2])],
+        [helper.make_tensor("s", onnx.TensorProto.FLOAT, [], [0.1]),
+         helper.make_tensor("z", onnx.TensorProto.UINT8, [], [128])]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    assert "4-D map" in layout.for_onnxruntime(volume)[1]["pool"]
 
 
 def test_float_tail_stays_float(setup: Setup) -> None:

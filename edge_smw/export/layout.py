@@ -191,20 +191,29 @@ def pad_stem_channels(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str
 
 def _pool(model: onnx.ModelProto) -> tuple[onnx.NodeProto | None, str | None]:
     """The float mean over H and W (``ReduceMean``, axes 2 and 3, no kept dims) of a
-    dequantized 4-D map read by nothing else, or why there is none to read channels-last."""
+    dequantized 4-D map read by nothing else, or why there is none to read channels-last.
+    The rank comes from shape inference: axes -2 and -1 are H and W only of a 4-D map."""
     graph = model.graph
     producers = _producers(graph)
+    ranks: dict[str, int] | None = None
     for node in graph.node:
         if node.op_type != "ReduceMean":
             continue
         attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         source = producers.get(node.input[0])
-        if (sorted(attributes.get("axes", [])) in ([2, 3], [-2, -1])
+        if not (sorted(attributes.get("axes", [])) in ([2, 3], [-2, -1])
                 and attributes.get("keepdims", 1) == 0 and len(node.input) == 1
                 and source is not None and source.op_type == "DequantizeLinear"
                 and len(_readers(graph, node.input[0])) == 1):
+            continue
+        if ranks is None:
+            inferred = onnx.shape_inference.infer_shapes(model).graph
+            ranks = {v.name: len(v.type.tensor_type.shape.dim)
+                     for v in (*inferred.value_info, *inferred.input, *inferred.output)
+                     if v.type.tensor_type.HasField("shape")}
+        if ranks.get(node.input[0]) == 4:
             return node, None
-    return None, "no float mean over H and W of a dequantized map (read by it alone)"
+    return None, "no float mean over H and W of a dequantized 4-D map (read by it alone)"
 
 
 def pool_channels_last(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, Any]]:
