@@ -27,8 +27,9 @@ Per flavour, from one calibration pass on the run's training crops:
     rewrites kept when no output changes: for speed.
 
 Every step is measured (agreement and accuracy against torch on the validation crops, batch-1
-latency beside fp32) and kept only when it helps: fewer crops disagree with torch, or as many
-with smaller probability differences. A step that is kept changes the *recipe* (the float
+latency beside fp32) and kept only when it helps: fewer flips expected from its error on every
+validation crop (``Figures.better_than``; the flips seen differ by noise between models this
+alike). A step that is kept changes the *recipe* (the float
 source, its calibration, the rounding, the correction), so a later step that rebuilds the
 model (mixed precision) rebuilds it with everything kept so far.
 """
@@ -270,13 +271,11 @@ class FlavourRun:
 
     def consider(self, name: str, model: onnx.ModelProto, figures: Figures,
                  recipe: Recipe | None = None, **detail: Any) -> bool:
-        """Record a step; keep it when it helps (fewer disagreements, or as many with a
-        smaller mean probability difference)."""
+        """Record a step; keep it when it helps (``Figures.better_than``: fewer flips
+        expected on the validation crops)."""
         current = self.figures
-        kept = current is None or _helps(figures, current)
-        note = "" if kept else ("lowered agreement: reverted"
-                                if figures.agreement < current.agreement
-                                else "no gain: reverted")
+        kept = current is None or figures.better_than(current)
+        note = "" if kept else _why_reverted(figures, current)
         self.steps.append(Step(name, figures, kept, note, detail))
         if kept:
             self.model, self.figures = model, figures
@@ -285,11 +284,13 @@ class FlavourRun:
         return kept
 
 
-def _helps(new: Figures, old: Figures) -> bool:
-    a, b = new.parity, old.parity
-    if a.disagreements != b.disagreements:
-        return a.disagreements < b.disagreements
-    return a.mean_abs_prob_diff < b.mean_abs_prob_diff
+def _why_reverted(new: Figures, old: Figures) -> str:
+    if new.expected_flips is not None and old.expected_flips is not None:
+        return (f"{new.expected_flips:.1f} flips expected against {old.expected_flips:.1f} "
+                f"({new.parity.disagreements} against {old.parity.disagreements} seen): "
+                "reverted")
+    return ("lowered agreement: reverted" if new.agreement < old.agreement
+            else "no gain: reverted")
 
 
 def meets(parity: Parity, threshold: float, compared: int = 1) -> bool:

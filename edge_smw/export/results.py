@@ -204,7 +204,24 @@ class Figures:
         return self.fp32_latency_ms_p50 / self.latency_ms_p50
 
     def better_than(self, other: Figures) -> bool:
-        return self.parity.disagreements < other.parity.disagreements
+        """Whether this candidate should replace ``other``, both measured on the same crops:
+        fewer flips expected from its error on every crop (``DecisionMargins``). The flip
+        count itself is too coarse to rank models alike: at 99.5% agreement two of them differ
+        by one or two flips, noise that reverted the step with the least error on unseen crops
+        (benchmarks/RESULTS.md). Without margins (figures from older JSON), or at the same
+        expectation: fewer disagreements, then a smaller mean probability difference."""
+        mine, theirs = self.parity, other.parity
+        a, b = mine.decision_margins, theirs.decision_margins
+        if a is not None and b is not None and a.n == b.n and a.expected != b.expected:
+            return a.expected < b.expected
+        if mine.disagreements != theirs.disagreements:
+            return mine.disagreements < theirs.disagreements
+        return mine.mean_abs_prob_diff < theirs.mean_abs_prob_diff
+
+    @property
+    def expected_flips(self) -> float | None:
+        margins = self.parity.decision_margins
+        return margins.expected if margins is not None else None
 
     def brief(self) -> dict[str, Any]:
         p = self.parity
@@ -269,6 +286,7 @@ class Step:
         f = self.figures
         return {"step": self.name, "agreement": f.agreement if f else None,
                 "accuracy": f.parity.accuracy if f else None,
+                "expected_flips": f.expected_flips if f else None,
                 "latency_ms_p50": f.latency_ms_p50 if f else None,
                 "fp32_latency_ms_p50": f.fp32_latency_ms_p50 if f else None,
                 "kept": self.kept, "note": self.note, **self.detail}
