@@ -29,9 +29,9 @@ Per flavour, from one calibration pass on the run's training crops:
 Every step is measured (agreement and accuracy against torch on the validation crops, batch-1
 latency beside fp32) and kept only when it helps: fewer flips expected from its error on every
 validation crop (``Figures.better_than``; the flips seen differ by noise between models this
-alike). A step that is kept changes the *recipe* (the float
-source, its calibration, the rounding, the correction), so a later step that rebuilds the
-model (mixed precision) rebuilds it with everything kept so far.
+alike). A step that is kept changes the *recipe* (the float source, its calibration, the
+rounding, the correction), so a later step that rebuilds the model (mixed precision) rebuilds
+it with everything kept so far.
 """
 
 from __future__ import annotations
