@@ -320,7 +320,7 @@ def test_a_step_is_kept_on_the_flips_its_error_expects_not_on_the_few_seen() -> 
     assert "flips expected against" in note and "(0 against 3 seen)" in note, note
     assert run.steps[-1].to_dict()["expected_flips"] == loose.expected_flips
 
-    # figures without margins (read from an older export.json): the flips seen decide
+    # figures without margins (a Parity built by hand): the flips seen decide
     bare = [Figures(Parity(n=1490, disagreements=k, max_abs_prob_diff=0.5,
                            mean_abs_prob_diff=0.01)) for k in (3, 5)]
     assert bare[0].better_than(bare[1]) and not bare[1].better_than(bare[0])

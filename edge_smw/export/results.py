@@ -208,8 +208,9 @@ class Figures:
         fewer flips expected from its error on every crop (``DecisionMargins``). The flip
         count itself is too coarse to rank models alike: at 99.5% agreement two of them differ
         by one or two flips, noise that reverted the step with the least error on unseen crops
-        (benchmarks/RESULTS.md). Without margins (figures from older JSON), or at the same
-        expectation: fewer disagreements, then a smaller mean probability difference."""
+        (benchmarks/RESULTS.md). Without margins (a ``Parity`` built by hand: ``measure``
+        always adds them), or at the same expectation: fewer disagreements, then a smaller
+        mean probability difference."""
         mine, theirs = self.parity, other.parity
         a, b = mine.decision_margins, theirs.decision_margins
         if a is not None and b is not None and a.n == b.n and a.expected != b.expected:
