@@ -8,8 +8,10 @@ technique-by-technique trade-off table from ``python -m edge_smw.export.tradeoff
 tradeoff.md when ``--tradeoff`` names it. The plots are copied to benchmarks/figures/.
 Hand-written notes between the ``<!-- notes -->`` and ``<!-- /notes -->`` markers of the
 existing RESULTS.md are kept, and so is a trade-off section between ``<!-- tradeoff -->``
-markers when no ``--tradeoff`` file is given, and the Ray engine's section between
-``<!-- ray -->`` markers (``benchmarks/ray_throughput.py``'s figures, written by hand).
+markers when no ``--tradeoff`` file is given, the notes on the trade-off tables (the earlier
+tables, what each says) between ``<!-- tradeoff-notes -->`` markers, and the Ray engine's
+section between ``<!-- ray -->`` markers (``benchmarks/ray_throughput.py``'s figures, written
+by hand): a regenerated page loses no hand-written text.
 """
 
 from __future__ import annotations
@@ -28,7 +30,23 @@ from edge_smw.bench.results import BenchReport
 HERE = Path(__file__).resolve().parent
 NOTES = re.compile(r"<!-- notes -->.*?<!-- /notes -->", re.S)
 TRADEOFF = re.compile(r"<!-- tradeoff -->.*?<!-- /tradeoff -->", re.S)
+TRADEOFF_NOTES = re.compile(r"<!-- tradeoff-notes -->.*?<!-- /tradeoff-notes -->", re.S)
 RAY = re.compile(r"<!-- ray -->.*?<!-- /ray -->", re.S)
+
+
+def _kept(old: str, marker: re.Pattern[str]) -> str:
+    found = marker.search(old)
+    return found.group(0) if found else ""
+
+
+def hand_sections(old: str, table: str | None = None) -> dict[str, str]:
+    """The hand-written sections of the existing page, by marker, to carry into the new one;
+    a new trade-off ``table`` replaces the old one (its notes stay)."""
+    trade = (f"<!-- tradeoff -->\n{table.strip()}\n<!-- /tradeoff -->" if table is not None
+             else _kept(old, TRADEOFF))
+    return {"notes": _kept(old, NOTES) or "<!-- notes -->\n<!-- /notes -->",
+            "tradeoff": trade, "tradeoff_notes": _kept(old, TRADEOFF_NOTES),
+            "ray": _kept(old, RAY)}
 
 
 def tradeoff(export: dict[str, Any]) -> str:
@@ -82,14 +100,8 @@ def main() -> int:
     if args.export and (args.export / "export.json").is_file():
         export = json.loads((args.export / "export.json").read_text(encoding="utf-8"))
     old = args.out.read_text(encoding="utf-8") if args.out.is_file() else ""
-    found = NOTES.search(old)
-    notes = found.group(0) if found else "<!-- notes -->\n<!-- /notes -->"
-    if args.tradeoff:
-        table = args.tradeoff.read_text(encoding="utf-8").strip()
-        trade = f"<!-- tradeoff -->\n{table}\n<!-- /tradeoff -->"
-    else:
-        kept = TRADEOFF.search(old)
-        trade = kept.group(0) if kept else ""
+    hand = hand_sections(old, args.tradeoff.read_text(encoding="utf-8")
+                         if args.tradeoff else None)
     m = report.machine
     body = markdown(report, plots).split("\n", 1)[1]  # drop bench.md's own title
     parts = [
@@ -100,7 +112,7 @@ def main() -> int:
         f"{m.load_average_end} at the end (1, 5, 15 min), measured "
         f"{m.time_utc}. Reproduce with `{args.reproduce}`.",
         "",
-        notes,
+        hand["notes"],
         "",
         "## Targets",
         "",
@@ -113,11 +125,10 @@ def main() -> int:
         settings = json.dumps(export.get("settings", {}), sort_keys=True)
         parts += ["## INT8: what each step bought (export)", "",
                   f"Export settings: `{settings}`", "", tradeoff(export)]
-    if trade:
-        parts += ["## INT8 accuracy/speed trade-off, technique by technique", "", trade, ""]
-    ray_section = RAY.search(old)
-    if ray_section:
-        parts += [ray_section.group(0), ""]
+    if hand["tradeoff"]:
+        parts += ["## INT8 accuracy/speed trade-off, technique by technique", "",
+                  hand["tradeoff"], ""]
+    parts += [hand[key] + "\n" for key in ("tradeoff_notes", "ray") if hand[key]]
     parts.append(body)
     write_text(args.out, "\n".join(parts))
     print(f"wrote {args.out} ({len(plots)} figures in {figures})")
