@@ -22,6 +22,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 import onnx  # noqa: E402
 
 from edge_smw.errors import GateFailure, InputError, ModelError  # noqa: E402
+from edge_smw.export.int8 import OTHER_START  # noqa: E402
 from edge_smw.export.layout import STEP as LAYOUT_STEP  # noqa: E402
 from edge_smw.export.pipeline import export_model  # noqa: E402
 from edge_smw.export.settings import ExportSettings  # noqa: E402
@@ -150,8 +151,12 @@ def test_int8_figures_and_steps_recorded(exported: Path, summary: dict) -> None:
         rounding = steps[3]["rounding"]  # every int8 Conv, from the 64 calibration crops
         assert rounding["convs"] == rounding_convs(info)
         assert rounding["crops"] == 64 and rounding["output_error_vs_nearest_median"] < 1
+        # tuning starts from both bias-correction choices: the kept one, then the other
+        correction, tuned, other = info["steps"][6:9]
+        assert other["step"] == OTHER_START and other["agreement"] is not None
+        assert tuned["bias_correction"] is correction["kept"] is not other["bias_correction"]
         # a step of the chain is kept only when it helps: fewer flips expected than before
-        kept = [s["expected_flips"] for s in info["steps"][:8] if s["kept"]]
+        kept = [s["expected_flips"] for s in info["steps"][:9] if s["kept"]]
         assert kept == sorted(kept, reverse=True) and len(set(kept)) == len(kept), kept
         assert info["latency_ms_p50"] > 0 and info["fp32_latency_ms_p50"] > 0
         rounds = info["speed_rounds"]  # the kept model, timed again in five rounds

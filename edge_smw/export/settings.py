@@ -113,7 +113,8 @@ class ExportSettings:
                                      "output on the calibration crops (GPTQ), not each weight "
                                      "to nearest", group=GROUP_INT8, flag="--learned-rounding",
                                      profile="int8.learned_rounding")
-    bias_correction: bool = setting(True, help="fold the weight-rounding shift into the biases",
+    bias_correction: bool = setting(True, help="fold the weight-rounding shift into the biases "
+                                    "(with --tune: tuned from both choices, the better kept)",
                                     group=GROUP_INT8, flag="--bias-correction",
                                     profile="int8.bias_correction")
     tune: bool = setting(False, help="quantization-aware tuning: train the int8 Convs' weights "
