@@ -439,8 +439,8 @@ def step_bias_correction(ctx: Int8Context, run: FlavourRun) -> None:
 def step_tuning(ctx: Int8Context, run: FlavourRun) -> None:
     """Tuning from the kept model and, after bias correction, from the choice it did not
     keep: tuning learns the biases, so the correction only sets where tuning starts, and the
-    start that looked worse can end better (seed 1 of the fine-tuned model, cpu flavour:
-    benchmarks/RESULTS.md). The tuned model with fewer flips expected is kept."""
+    start that looked worse can end better (two of six run-flavour pairs of the fine-tuned
+    model: benchmarks/RESULTS.md). The tuned model with fewer flips expected is kept."""
     assert run.model is not None
     starts = [(TUNING, run.recipe, run.model)]
     if run.other_start is not None:
