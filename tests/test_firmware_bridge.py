@@ -9,7 +9,6 @@ encoded into each camera layout with OpenCV's own BGR->YUV conversions.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
 import re
 import shutil
@@ -33,6 +32,7 @@ from edge_smw.bridge import (
 )
 from edge_smw.errors import InputError
 from edge_smw.images import read_image
+from tests.scripts import load_script
 from tests.skips import skip_for_machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -499,10 +499,7 @@ def test_make_check_passes_and_its_comparison_catches_a_difference(
     assert "7/7 cases equal to the Python Runtime" in proc.stdout
     assert "detect: 0 faces" not in proc.stdout
 
-    spec = importlib.util.spec_from_file_location("check_parity",
-                                                  BRIDGE / "examples" / "check_parity.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = load_script(BRIDGE / "examples" / "check_parity.py")
     face = runtime_whole.score(tinted(crops[0])).faces[0]
     same = {"box": tuple(face.box), "level": face.level, "expected": face.expected_score,
             "probs": [float(p) for p in face.probabilities]}

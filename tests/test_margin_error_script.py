@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +10,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_smw.artifacts.sessions import load_session
+from tests.scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_margin_error.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("int8_margin_error", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_removing_a_quantizer_leaves_its_tensor_float() -> None:

@@ -3,18 +3,15 @@ section of the page must survive that (the figures between them are generated)."
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+
+from tests.scripts import load_script
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("render_results",
-                                                  BENCHMARKS / "render_results.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCHMARKS / "render_results.py")
 
 
 OLD = """# Benchmark results
