@@ -10,6 +10,9 @@ each int8 model of an export, the spread (standard deviation) of that error over
 crops, the error by margin band, and the fp32 margins of the crops that flipped.
 ``--sensitivity N``: on N of those crops, how much the spread falls when one activation
 quantizer at a time is removed (its tensor left in float): which tensors carry the error.
+``--split-at TENSOR``: where the error enters: the int8 model's value of TENSOR run through
+the float model from there on (the error made before TENSOR alone), and the same errors
+handed to other crops (how much of it belongs to the crop it was made on).
 ``--refit-head``: how much of the error a float head refitted to the int8 features removes
 (ridge least squares of the pooled int8 features onto the fp32 logits on the training split's
 crops, no labels, pulled toward the trained head): the part of the error that is linear in
@@ -44,9 +47,10 @@ from edge_smw.stats import DecisionMargins, decision_gaps
 BANDS = ((0.0, 0.5), (0.5, 2.0), (2.0, 5.0), (5.0, float("inf")))
 
 
-def batched(session: Any, output: str, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
+def batched(session: Any, output: str, inputs: np.ndarray, batch: int = 64,
+            input_name: str = INPUT_NAME) -> np.ndarray:
     """One output of an onnxruntime session over ``inputs``, ``batch`` crops at a time."""
-    return np.concatenate([session.run([output], {INPUT_NAME: inputs[k:k + batch]})[0]
+    return np.concatenate([session.run([output], {input_name: inputs[k:k + batch]})[0]
                            for k in range(0, len(inputs), batch)])
 
 
@@ -83,6 +87,8 @@ def main() -> int:
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--sensitivity", type=int, default=0, metavar="N",
                         help="crops for the one-quantizer-removed table (0: skip it)")
+    parser.add_argument("--split-at", metavar="TENSOR",
+                        help="the error made before this tensor alone (float after it)")
     parser.add_argument("--refit-head", action="store_true",
                         help="refit the float head to the int8 features on the training split")
     args = parser.parse_args()
@@ -128,6 +134,8 @@ def main() -> int:
         print("flipped crops' fp32 margins:", " ".join(f"{m:.2f}" for m in np.sort(base[flipped])))
         if args.sensitivity:
             sensitivity(path, inputs, reference, args.sensitivity)
+        if args.split_at:
+            split_at(path, fp32_path, args.split_at, inputs, reference)
         if training is not None:
             head_refit(path, fp32_path, training, info.contract, inputs, reference)
     return 0
@@ -175,6 +183,56 @@ def head_refit(path: Path, fp32_path: Path, training: CropSet, contract: Preproc
         out = np.hstack([evaluated, np.ones((len(evaluated), 1))]) @ theta
         error = decision_gaps(out, reference)[1]
         print(f"| {strength:g} | {int((base + error < 0).sum())} | {error.std():.3f} |")
+
+
+def with_output(model: onnx.ModelProto, tensor: str) -> bytes:
+    """The model with ``tensor`` as a further output."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
+    return out.SerializeToString()
+
+
+def rest_of(model: onnx.ModelProto, tensor: str) -> bytes:
+    """The part of ``model`` after ``tensor``: ``tensor`` in, the logits out. Raises
+    ``ValueError`` when the logits also read something computed before it."""
+    inferred = onnx.shape_inference.infer_shapes(model)  # the extractor reads value_info
+    rest = onnx.utils.Extractor(inferred).extract_model([tensor], [OUTPUT_LOGITS])
+    known = {tensor} | {i.name for i in rest.graph.initializer}
+    known |= {o for n in rest.graph.node for o in n.output}
+    if any(name and name not in known for n in rest.graph.node for name in n.input):
+        raise ValueError(f"the logits do not depend on the network input through {tensor} "
+                         "alone; pick a tensor every path to the logits crosses")
+    return rest.SerializeToString()
+
+
+def split_at(path: Path, fp32_path: Path, tensor: str, inputs: np.ndarray,
+             reference: np.ndarray, seed: int = 0) -> None:
+    fp32 = onnx.load(str(fp32_path))
+    names = {o for n in fp32.graph.node for o in n.output}
+    if tensor not in names:
+        print(f"--split-at {tensor}: no such tensor in {fp32_path.name}; its names are the "
+              "ONNX exporter's, e.g. /blocks.4.2/Add_output_0", file=sys.stderr)
+        return
+    try:
+        rest = load_session(rest_of(fp32, tensor))
+    except ValueError as error:
+        print(f"--split-at {tensor}: {error}", file=sys.stderr)
+        return
+    int8_values = batched(load_session(with_output(onnx.load(str(path)), tensor)), tensor,
+                          inputs)
+    float_values = batched(load_session(with_output(fp32, tensor)), tensor, inputs)
+    before = decision_gaps(reference, reference)[0]
+    shuffled = np.random.default_rng(seed).permutation(len(inputs))
+    rows = [("the int8 model's value, float after it", int8_values),
+            ("the same errors, each on another crop",
+             float_values + (int8_values - float_values)[shuffled])]
+    print(f"\nthe error made before {tensor} (float from there on)\n"
+          "| value entering the float rest | flips | error sd |\n|---|---|---|")
+    for label, values in rows:
+        out = batched(rest, OUTPUT_LOGITS, values, input_name=tensor)
+        error = decision_gaps(out, reference)[1]
+        print(f"| {label} | {int((before + error < 0).sum())} | {error.std():.3f} |")
 
 
 def sensitivity(path: Path, inputs: np.ndarray, reference: np.ndarray, n: int) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_smw.artifacts.sessions import load_session
@@ -77,3 +78,34 @@ def test_head_features_are_the_gemm_input_and_its_weights() -> None:
     logits, pooled = load_session(serialized).run(["logits", "pooled"], {"input": x})
     assert np.array_equal(pooled, np.maximum(x, 0))
     assert np.allclose(np.hstack([pooled, [[1.0]]]) @ head, logits)
+
+
+def _two_step_model(skip: bool) -> onnx.ModelProto:
+    """input -> Relu -> mid -> Mul(2) -> logits; ``skip``: the logits also add the input."""
+    nodes = [helper.make_node("Relu", ["input"], ["mid"]),
+             helper.make_node("Mul", ["mid", "two"], ["doubled"])]
+    nodes.append(helper.make_node("Add", ["doubled", "input"], ["logits"]) if skip
+                 else helper.make_node("Identity", ["doubled"], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "two", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, 2])],
+        [numpy_helper.from_array(np.array(2.0, np.float32), "two")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_the_rest_after_a_tensor_runs_from_that_tensor_alone() -> None:
+    """--split-at: the float rest takes the tensor's value (any value, e.g. the int8 model's)
+    and gives what the whole model gives from there; a tensor the logits bypass is refused."""
+    script = _script()
+    model = _two_step_model(skip=False)
+    rest = load_session(script.rest_of(model, "mid"))
+    assert [i.name for i in rest.get_inputs()] == ["mid"]
+    values = np.array([[0.5, 3.0], [1.25, 0.0]], np.float32)
+    assert np.array_equal(script.batched(rest, "logits", values, input_name="mid"), 2 * values)
+    x = np.array([[-1.0, 2.0]], np.float32)
+    whole = load_session(script.with_output(model, "mid")).run(["logits", "mid"],
+                                                               {"input": x})
+    assert np.array_equal(whole[1], np.maximum(x, 0))
+    assert np.array_equal(rest.run(["logits"], {"mid": whole[1]})[0], whole[0])
+    with pytest.raises(ValueError, match="alone"):
+        script.rest_of(_two_step_model(skip=True), "mid")
