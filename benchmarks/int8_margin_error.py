@@ -101,6 +101,13 @@ def main() -> int:
         print(f"{args.export}: no {FP32.file_name} with an INT8 model ({names}) beside it; give "
               "an export folder made with --int8", file=sys.stderr)
         return 2
+    rest = None
+    if args.split_at:
+        try:
+            rest = load_session(rest_of(onnx.load(str(fp32_path)), args.split_at))
+        except ValueError as error:
+            print(f"--split-at {args.split_at}: {error}", file=sys.stderr)
+            return 2
     info = ModelInfo.from_file(fp32_path)
     source = json.loads(folder.export_json.read_text())["source"]["path"]
     split = find_split(source)
@@ -134,11 +141,19 @@ def main() -> int:
         print("flipped crops' fp32 margins:", " ".join(f"{m:.2f}" for m in np.sort(base[flipped])))
         if args.sensitivity:
             sensitivity(path, inputs, reference, args.sensitivity)
-        if args.split_at:
-            split_at(path, fp32_path, args.split_at, inputs, reference)
+        if rest is not None:
+            split_at(path, fp32_path, args.split_at, rest, inputs, reference)
         if training is not None:
             head_refit(path, fp32_path, training, info.contract, inputs, reference)
     return 0
+
+
+def with_output(model: onnx.ModelProto, tensor: str) -> bytes:
+    """The model with ``tensor`` as a further output."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
+    return out.SerializeToString()
 
 
 def with_head_features(model: onnx.ModelProto) -> tuple[bytes, np.ndarray]:
@@ -150,11 +165,7 @@ def with_head_features(model: onnx.ModelProto) -> tuple[bytes, np.ndarray]:
     weight, bias = constants[head.input[1]].astype(np.float64), constants[head.input[2]]
     if any(a.name == "transB" and a.i for a in head.attribute):
         weight = weight.T
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    out.graph.output.append(helper.make_tensor_value_info(head.input[0], TensorProto.FLOAT,
-                                                          None))
-    return out.SerializeToString(), np.vstack([weight, bias[None].astype(np.float64)])
+    return with_output(model, head.input[0]), np.vstack([weight, bias[None].astype(np.float64)])
 
 
 def refit(features: np.ndarray, target: np.ndarray, head: np.ndarray,
@@ -185,17 +196,13 @@ def head_refit(path: Path, fp32_path: Path, training: CropSet, contract: Preproc
         print(f"| {strength:g} | {int((base + error < 0).sum())} | {error.std():.3f} |")
 
 
-def with_output(model: onnx.ModelProto, tensor: str) -> bytes:
-    """The model with ``tensor`` as a further output."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    out.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
-    return out.SerializeToString()
-
-
 def rest_of(model: onnx.ModelProto, tensor: str) -> bytes:
     """The part of ``model`` after ``tensor``: ``tensor`` in, the logits out. Raises
-    ``ValueError`` when the logits also read something computed before it."""
+    ``ValueError`` when the model has no such tensor or the logits also read something
+    computed before it."""
+    if tensor not in {o for n in model.graph.node for o in n.output}:
+        raise ValueError("no such tensor in the fp32 model; its names are the ONNX "
+                         "exporter's, e.g. /blocks.4.2/Add_output_0")
     inferred = onnx.shape_inference.infer_shapes(model)  # the extractor reads value_info
     rest = onnx.utils.Extractor(inferred).extract_model([tensor], [OUTPUT_LOGITS])
     known = {tensor} | {i.name for i in rest.graph.initializer}
@@ -206,22 +213,18 @@ def rest_of(model: onnx.ModelProto, tensor: str) -> bytes:
     return rest.SerializeToString()
 
 
-def split_at(path: Path, fp32_path: Path, tensor: str, inputs: np.ndarray,
+def split_at(path: Path, fp32_path: Path, tensor: str, rest: Any, inputs: np.ndarray,
              reference: np.ndarray, seed: int = 0) -> None:
-    fp32 = onnx.load(str(fp32_path))
-    names = {o for n in fp32.graph.node for o in n.output}
-    if tensor not in names:
-        print(f"--split-at {tensor}: no such tensor in {fp32_path.name}; its names are the "
-              "ONNX exporter's, e.g. /blocks.4.2/Add_output_0", file=sys.stderr)
+    """The error made before ``tensor``: the int8 model's value of it through ``rest`` (the
+    fp32 model after it), and the same errors added to other crops' float values."""
+    model = onnx.load(str(path))
+    if tensor not in {o for n in model.graph.node for o in n.output}:
+        print(f"--split-at {tensor}: {path.name} has no such tensor (the quantizer renamed "
+              "it); pick one it keeps, e.g. a residual Add's output", file=sys.stderr)
         return
-    try:
-        rest = load_session(rest_of(fp32, tensor))
-    except ValueError as error:
-        print(f"--split-at {tensor}: {error}", file=sys.stderr)
-        return
-    int8_values = batched(load_session(with_output(onnx.load(str(path)), tensor)), tensor,
-                          inputs)
-    float_values = batched(load_session(with_output(fp32, tensor)), tensor, inputs)
+    int8_values = batched(load_session(with_output(model, tensor)), tensor, inputs)
+    float_values = batched(load_session(with_output(onnx.load(str(fp32_path)), tensor)),
+                           tensor, inputs)
     before = decision_gaps(reference, reference)[0]
     shuffled = np.random.default_rng(seed).permutation(len(inputs))
     rows = [("the int8 model's value, float after it", int8_values),

@@ -109,3 +109,5 @@ def test_the_rest_after_a_tensor_runs_from_that_tensor_alone() -> None:
     assert np.array_equal(rest.run(["logits"], {"mid": whole[1]})[0], whole[0])
     with pytest.raises(ValueError, match="alone"):
         script.rest_of(_two_step_model(skip=True), "mid")
+    with pytest.raises(ValueError, match="no such tensor"):
+        script.rest_of(model, "/blocks.4.2/Add_output_0")
