@@ -124,6 +124,8 @@ def main() -> int:
     # the training split only as crops: its 6,949 inputs at once would take 4 GB
     training = split_crops("train") if args.refit_head else None
     reference = logits(fp32_path, inputs)
+    float_values = (batched(load_session(with_output(onnx.load(str(fp32_path)), args.split_at)),
+                            args.split_at, inputs) if rest is not None else None)
     base = decision_gaps(reference, reference)[0]
     print(f"{args.export}, {args.split} split: {len(inputs)} crops; fp32 |margin| median "
           f"{np.median(np.abs(base)):.2f}, {int((np.abs(base) < 0.1).sum())} below 0.1, "
@@ -141,8 +143,8 @@ def main() -> int:
         print("flipped crops' fp32 margins:", " ".join(f"{m:.2f}" for m in np.sort(base[flipped])))
         if args.sensitivity:
             sensitivity(path, inputs, reference, args.sensitivity)
-        if rest is not None:
-            split_at(path, fp32_path, args.split_at, rest, inputs, reference)
+        if float_values is not None:  # set exactly when --split-at is
+            split_at(path, args.split_at, rest, inputs, float_values, reference)
         if training is not None:
             head_refit(path, fp32_path, training, info.contract, inputs, reference)
     return 0
@@ -213,18 +215,16 @@ def rest_of(model: onnx.ModelProto, tensor: str) -> bytes:
     return rest.SerializeToString()
 
 
-def split_at(path: Path, fp32_path: Path, tensor: str, rest: Any, inputs: np.ndarray,
+def split_at(path: Path, tensor: str, rest: Any, inputs: np.ndarray, float_values: np.ndarray,
              reference: np.ndarray, seed: int = 0) -> None:
     """The error made before ``tensor``: the int8 model's value of it through ``rest`` (the
-    fp32 model after it), and the same errors added to other crops' float values."""
+    fp32 model after it), and the same errors added to other crops' ``float_values``."""
     model = onnx.load(str(path))
     if tensor not in {o for n in model.graph.node for o in n.output}:
         print(f"--split-at {tensor}: {path.name} has no such tensor (the quantizer renamed "
               "it); pick one it keeps, e.g. a residual Add's output", file=sys.stderr)
         return
     int8_values = batched(load_session(with_output(model, tensor)), tensor, inputs)
-    float_values = batched(load_session(with_output(onnx.load(str(fp32_path)), tensor)),
-                           tensor, inputs)
     before = decision_gaps(reference, reference)[0]
     shuffled = np.random.default_rng(seed).permutation(len(inputs))
     rows = [("the int8 model's value, float after it", int8_values),
