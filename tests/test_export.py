@@ -42,6 +42,7 @@ def exported(smiles_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     out = tmp_path_factory.mktemp("export") / "out"
     export_model(smiles_run, out, ExportSettings(int8=True, fp16=True, report=True, calib_size=64,
                                                  max_mixed_steps=2, equalize=True,
+                                                 equalize_clipped=True,
                                                  tune=True, tune_crops=64, tune_epochs=1,
                                                  tune_ranges=True, centre_activations=True,
                                                  target_agreement=1.0,
@@ -144,8 +145,11 @@ def test_int8_figures_and_steps_recorded(exported: Path, summary: dict) -> None:
         assert tuning["convs"] == rounding_convs(info) and tuning["crops"] == 64
         assert len(tuning["logit_mse_per_pass"]) == 2
         assert tuning["activation_scales"]["learned"] > 10  # --tune-ranges
-        equalization = steps[2]["equalization"]  # Lite0: one stream per stage, 25 tensors
-        assert equalization["streams"] == 7 and equalization["tensors"] == 25
+        # Lite0: one linear stream per stage (25 tensors) and 32 ReLU6 outputs (a Conv's and
+        # its Clip's), measured on the tuning crops
+        equalization = steps[2]["equalization"]
+        assert equalization["streams"] == 7 and equalization["clipped_streams"] == 32
+        assert equalization["tensors"] == 25 + 2 * 32 and equalization["crops"] == 64
         assert (equalization["range_spread_after_median"]
                 < equalization["range_spread_before_median"])
         rounding = steps[3]["rounding"]  # every int8 Conv, from the 64 calibration crops

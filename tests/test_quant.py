@@ -7,6 +7,7 @@ tests; every model here is quantized from the real smilesmiled-trained checkpoin
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -639,6 +640,108 @@ def test_equalization_keeps_the_float_function_and_evens_the_channels(setup: Set
         ranges = np.max([peak[t] for t in stream.tensors], axis=0)
         assert before > 1.2  # the channels did differ
         assert np.allclose(ranges, ranges.max(), rtol=1e-3)
+
+
+def test_clipped_equalization_fills_each_relu6_channel_and_keeps_the_logits(
+        setup: Setup) -> None:
+    """Lite0's 32 Conv -> ReLU6 outputs read only by Convs are found beside the linear
+    streams; on the crops measured the logits are the same (every value stays under its
+    channel's new ceiling), and a ReLU6 output only a depthwise Conv reads (full strength)
+    has every channel that used less than 1/1.25 of [0, 6] at the same largest value."""
+    from edge_smw.export.equalize import CLIP_MARGIN, MAX_SCALE, equalize
+
+    eq = equalize(setup.fp32, setup.calib, setup.contract, limit=32, clipped=True)
+    clipped = [(s, sc) for s, sc in zip(eq.streams, eq.scales, strict=True) if s.ceiling]
+    assert len(eq.streams) - len(clipped) == 7 and len(clipped) == 32
+    assert eq.describe()["clipped_streams"] == 32
+    assert sum(bool(s.depthwise) for s, _ in clipped) == 16  # the stem's and expansions'
+    rescaled = eq.apply(setup.fp32)
+    inputs = {"input": setup.calib.inputs(setup.contract, 0, 32)}  # the crops measured
+    ref = load_session(setup.fp32_path).run(["logits"], inputs)[0]
+    same = load_session(setup.save(rescaled, "clip-equalized.onnx")).run(["logits"], inputs)[0]
+    assert np.allclose(same, ref, atol=1e-4 * float(np.abs(ref).max()))
+
+    names = [s.tensors[-1] for s, _ in clipped]
+    before: dict[str, np.ndarray] = {}
+    after: dict[str, np.ndarray] = {}
+    for model, peaks in ((setup.fp32, before), (rescaled, after)):
+        for values in Q.tensor_batches(model, names, setup.calib, setup.contract, limit=32,
+                                       batch_size=16):
+            for name in names:
+                channel = values[name].max(axis=(0, 2, 3))
+                peaks[name] = np.maximum(peaks.get(name, channel), channel)
+    widened = 0
+    for stream, scale in clipped:
+        name = stream.tensors[-1]
+        # float noise of the unscaled model (about 1e-5), multiplied by the scale
+        assert np.all(np.abs(after[name] - before[name] * scale)
+                      <= 1e-3 * after[name] + 1e-5 * scale)
+        assert after[name].max() <= stream.ceiling + 1e-5
+        if stream.depthwise and not stream.consumers:
+            full = (before[name] * CLIP_MARGIN < stream.ceiling) & (scale < MAX_SCALE)
+            assert np.allclose(after[name][full], stream.ceiling / CLIP_MARGIN, rtol=1e-3)
+            widened += int(full.sum())
+    assert widened > 100  # the channels did use less than the ceiling
+
+
+def test_a_clipped_stream_is_clipped_per_channel_at_its_new_ceiling() -> None:
+    """Conv -> Clip(0, 6) -> depthwise Conv -> Clip(0, 6) -> Conv: two clipped streams, the
+    first read by the depthwise Conv's rows, the second by the last Conv's columns. Scaled by
+    ``s_c``, each channel is clipped at ``6 / s_c`` and nothing else changes; a Clip that does
+    not start at 0, or whose output a non-Conv reads, is not a stream."""
+    from onnx import TensorProto, helper
+
+    from edge_smw.export.equalize import Equalization, clipped_streams
+
+    rng = np.random.default_rng(1)
+    weights = {"w0": rng.normal(size=(4, 4, 1, 1)), "b0": rng.normal(size=4),
+               "dw": rng.normal(size=(4, 1, 3, 3)), "b1": rng.normal(size=4),
+               "w2": rng.normal(size=(4, 4, 1, 1)), "lo": np.array(0.0), "hi": np.array(6.0),
+               "lo1": np.array(0.0), "hi1": np.array(6.0)}
+    node = helper.make_node
+    nodes = [node("Conv", ["x", "w0", "b0"], ["a"], name="A"),
+             node("Clip", ["a", "lo", "hi"], ["r"], name="clip0"),
+             node("Conv", ["r", "dw", "b1"], ["d"], name="D", group=4, pads=[1, 1, 1, 1]),
+             node("Clip", ["d", "lo1", "hi1"], ["r2"], name="clip1"),
+             node("Conv", ["r2", "w2"], ["y"], name="F")]
+    def graph(outputs: tuple[str, ...]) -> onnx.GraphProto:
+        return helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
+            [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in weights.items()])
+
+    model = helper.make_model(graph(("y",)))
+    streams = clipped_streams(model)
+    assert [(s.producers, s.consumers, s.depthwise, s.ceiling) for s in streams] == [
+        (("A",), (), ("D",), 6.0), (("D",), ("F",), (), 6.0)]
+    probed = helper.make_model(graph(("y", "r")))  # r seen: no longer a stream of its own
+    assert [s.producers for s in clipped_streams(probed)] == [("D",)]
+
+    import onnxruntime as ort
+
+    def run(m: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+        return ort.InferenceSession(m.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    scales = [np.array([1.0, 2.0, 3.0, 6.0]), np.array([1.5, 1.0, 2.0, 4.0])]
+    rescaled = Equalization(streams, scales, [1.0] * 2, [1.0] * 2, 1.0, 0).apply(probed)
+    small = (0.02 * rng.normal(size=(1, 4, 8, 8))).astype(np.float32)
+    (y, r), (y_new, r_new) = run(probed, small), run(rescaled, small)
+    assert r.max() < 1.0 and np.allclose(y_new, y, rtol=1e-4, atol=1e-5)
+    assert np.allclose(r_new, r * scales[0].reshape(1, -1, 1, 1), rtol=1e-4, atol=1e-6)
+    large = (50 * rng.normal(size=(1, 4, 8, 8))).astype(np.float32)
+    a = run(helper.make_model(graph(("a",))), large)[0]
+    ceiling = (6.0 / scales[0]).reshape(1, -1, 1, 1)
+    assert np.allclose(run(rescaled, large)[1] / scales[0].reshape(1, -1, 1, 1),
+                       np.clip(a, 0.0, ceiling), rtol=1e-4, atol=1e-5)
+
+    shifted = copy.deepcopy(model)
+    next(i for i in shifted.graph.initializer if i.name == "lo").CopyFrom(
+        numpy_helper.from_array(np.array(-1.0, np.float32), "lo"))
+    assert [s.producers for s in clipped_streams(shifted)] == [("D",)]
+    pooled = copy.deepcopy(model)
+    pooled.graph.node.append(node("GlobalAveragePool", ["r2"], ["p"], name="pool"))
+    assert [s.producers for s in clipped_streams(pooled)] == [("A",)]
 
 
 def test_quant_report_knows_which_flavours_moved_tensors(tmp_path: Path) -> None:

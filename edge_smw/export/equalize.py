@@ -21,7 +21,19 @@ residual Add of the same stream or a plain (group=1) Conv, and no Add has a cons
 
 This is the activation half of cross-layer equalization (Nagel et al., 2019, "Data-Free
 Quantization"); the weight half does not apply here: weights are quantized per channel
-already, and ReLU6 is not scale-equivariant.
+already.
+
+Clipped streams (``clipped``, ``--equalize-clipped``): ReLU6 is not scale-equivariant, but a
+``Clip(0, 6)`` after a channel scaled by ``s_c`` clips that channel at ``6 / s_c``, so the one
+scalar Clip (which the quantizers fuse) becomes a per-channel ceiling. Each channel's ceiling
+is at least ``CLIP_MARGIN`` times its largest value on the crops measured (exactly that at
+full strength; at most 6): the float function is unchanged wherever a value stays under
+it, and the channel then spans the tensor's whole 8-bit range instead of the part of
+``[0, 6]`` it uses (the median channel 0.27-0.98 of it, tensor by tensor, on the fine-tuned
+smilesmiled model). A ReLU6 output is read by a depthwise Conv (one weight row per
+channel, each with its own weight scale: dividing the row costs nothing, so full strength)
+or by a projection Conv (its columns shrink under one scale per row: ``strength``, as for
+linear streams).
 """
 
 from __future__ import annotations
@@ -41,6 +53,11 @@ from edge_smw.export.rounding import node_attributes
 
 STRENGTH = 0.5
 MAX_SCALE = 64.0  # a channel that is (almost) never active gains no more than this
+# A clipped channel's ceiling over its largest value on the crops measured. On the fine-tuned
+# smilesmiled model (600 validation crops, float model only) the decision margins moved by
+# sd 0.14 log-odds with ceilings at the largest value of 128 crops, 0.04 at 1.25x that of
+# 1,024: a channel's largest value grows with the crops seen (benchmarks/RESULTS.md).
+CLIP_MARGIN = 1.25
 
 
 @dataclass(frozen=True)
@@ -50,7 +67,9 @@ class Stream:
 
     tensors: tuple[str, ...]
     producers: tuple[str, ...]
-    consumers: tuple[str, ...]
+    consumers: tuple[str, ...]  # plain Convs: their weight columns are the channels
+    depthwise: tuple[str, ...] = ()  # depthwise Convs: their weight rows are the channels
+    ceiling: float | None = None  # a clipped stream: its Clip's upper bound (kept as it is)
 
 
 @dataclass
@@ -77,10 +96,14 @@ class Equalization:
                     _scale(init[node.input[2]], scale)
             for name in stream.consumers:
                 _scale(init[nodes[name].input[1]], 1.0 / scale.reshape(1, -1, 1, 1))
+            for name in stream.depthwise:
+                _scale(init[nodes[name].input[1]], 1.0 / scale.reshape(-1, 1, 1, 1))
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {"streams": len(self.streams), "strength": self.strength, "crops": self.crops,
+        clipped = sum(s.ceiling is not None for s in self.streams)
+        return {"streams": len(self.streams) - clipped, "clipped_streams": clipped,
+                "strength": self.strength, "crops": self.crops,
                 "tensors": sum(len(s.tensors) for s in self.streams),
                 "largest_scale": float(max((s.max() for s in self.scales), default=1.0)),
                 "range_spread_before_median": _median(self.spread_before),
@@ -96,19 +119,34 @@ def _scale(tensor: onnx.TensorProto, factor: np.ndarray) -> None:
     tensor.CopyFrom(numpy_helper.from_array(value.astype(np.float32), tensor.name))
 
 
+@dataclass(frozen=True)
+class _Wiring:
+    """Who writes and who reads each tensor of a graph."""
+
+    init: dict[str, onnx.TensorProto]
+    uses: dict[str, int]  # how many node inputs name the tensor
+    producer: dict[str, onnx.NodeProto]
+    readers: dict[str, list[onnx.NodeProto]]
+    outputs: set[str]
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> _Wiring:
+        uses: dict[str, int] = {}
+        readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                uses[name] = uses.get(name, 0) + 1
+                readers.setdefault(name, []).append(node)
+        return cls({i.name: i for i in model.graph.initializer}, uses,
+                   {out: n for n in model.graph.node for out in n.output}, readers,
+                   {o.name for o in model.graph.output})
+
+
 def linear_streams(model: onnx.ModelProto) -> list[Stream]:
     """Every stream that can be rescaled without changing what the model computes."""
-    init = {i.name for i in model.graph.initializer}
-    uses: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    producer = {out: n for n in model.graph.node for out in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    outputs = {o.name for o in model.graph.output}
+    wiring = _Wiring.of(model)
+    init, uses, producer = wiring.init, wiring.uses, wiring.producer
+    readers, outputs = wiring.readers, wiring.outputs
 
     def linear(name: str) -> bool:
         node = producer.get(name)
@@ -161,13 +199,60 @@ def linear_streams(model: onnx.ModelProto) -> list[Stream]:
     return streams
 
 
+def clipped_streams(model: onnx.ModelProto) -> list[Stream]:
+    """Every ``Conv -> Clip(0, ceiling)`` whose output only Convs read (plain, or depthwise
+    with one weight row per channel), each its own stream."""
+    wiring = _Wiring.of(model)
+    init, uses, producer = wiring.init, wiring.uses, wiring.producer
+    readers, outputs = wiring.readers, wiring.outputs
+
+    def scalar(name: str) -> float | None:
+        value = numpy_helper.to_array(init[name]) if name in init else None
+        return float(value) if value is not None and value.size == 1 else None
+
+    def owned(name: str) -> bool:
+        return name in init and uses[name] == 1
+
+    streams = []
+    for clip in model.graph.node:
+        if clip.op_type != "Clip" or len(clip.input) < 3:
+            continue
+        high = scalar(clip.input[2])
+        conv = producer.get(clip.input[0])
+        if (scalar(clip.input[1]) != 0.0 or high is None or high <= 0 or conv is None
+                or conv.op_type != "Conv" or uses[clip.input[0]] != 1
+                or not owned(conv.input[1]) or clip.output[0] in outputs
+                or (len(conv.input) > 2 and conv.input[2] and not owned(conv.input[2]))):
+            continue
+        channels = numpy_helper.to_array(init[conv.input[1]]).shape[0]
+        plain, depthwise, ok = [], [], True
+        for reader in readers.get(clip.output[0], []):
+            ok &= (reader.op_type == "Conv" and reader.input[0] == clip.output[0]
+                   and owned(reader.input[1]))
+            if not ok:
+                break
+            group = int(node_attributes(reader).get("group", 1))
+            if group == 1:
+                plain.append(reader.name)
+            elif group == channels and numpy_helper.to_array(
+                    init[reader.input[1]]).shape[:2] == (channels, 1):
+                depthwise.append(reader.name)
+            else:
+                ok = False
+        if ok and (plain or depthwise):
+            streams.append(Stream((conv.output[0], clip.output[0]), (conv.name,),
+                                  tuple(plain), tuple(depthwise), high))
+    return streams
+
+
 def equalize(model: onnx.ModelProto, crops: CropSet, contract: PreprocessContract, *,
-             strength: float = STRENGTH, limit: int = 128, batch_size: int = 16
-             ) -> Equalization:
-    """Measure each stream's per-channel range on the crops and choose its scales."""
+             strength: float = STRENGTH, limit: int = 128, batch_size: int = 16,
+             clipped: bool = False) -> Equalization:
+    """Measure each stream's per-channel range on the crops and choose its scales;
+    ``clipped``: the ReLU6 outputs too (``clipped_streams``)."""
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"equalization strength {strength}: choose a value in (0, 1]")
-    streams = linear_streams(model)
+    streams = linear_streams(model) + (clipped_streams(model) if clipped else [])
     names = [t for s in streams for t in s.tensors]
     peak = {t: None for t in names}
     for values in tensor_batches(model, names, crops, contract, limit=limit,
@@ -177,10 +262,16 @@ def equalize(model: onnx.ModelProto, crops: CropSet, contract: PreprocessContrac
             peak[name] = channel if peak[name] is None else np.maximum(peak[name], channel)
     scales, before, after = [], [], []
     for stream in streams:
-        ranges = np.max([peak[t] for t in stream.tensors], axis=0).astype(np.float64)
-        widest = float(ranges.max())
-        floor = widest / MAX_SCALE ** (1.0 / strength)
-        scale = (widest / np.maximum(ranges, floor)) ** strength
+        if stream.ceiling is None:
+            ranges = np.max([peak[t] for t in stream.tensors], axis=0).astype(np.float64)
+            widest = float(ranges.max())
+        else:  # what the Clip lets through, with a margin (its input may be wider)
+            widest = stream.ceiling
+            ranges = np.minimum(peak[stream.tensors[-1]].astype(np.float64) * CLIP_MARGIN, widest)
+        # plain consumers pay for a scale, depthwise ones do not (see the module's notes)
+        power = strength if stream.consumers else 1.0
+        floor = widest / MAX_SCALE ** (1.0 / power)
+        scale = (widest / np.maximum(ranges, floor)) ** power
         scales.append(scale)
         before.append(widest / max(float(np.median(ranges)), 1e-12))
         new = ranges * scale

@@ -8,7 +8,9 @@ Per flavour, from one calibration pass on the run's training crops:
 3. ``one quantizer per Conv and activation`` (tensorrt flavour, on request): each ReLU
    output quantized once, after the ReLU, as TensorRT fuses Conv + ReLU;
 4. ``range equalization`` (on request): the linear bottleneck streams rescaled channel by
-   channel so one activation scale fits every channel (``equalize``), then recalibrated;
+   channel so one activation scale fits every channel (``equalize``), with
+   ``equalize_clipped`` the ReLU6 outputs too (each channel clipped at its measured range),
+   then recalibrated;
 5. ``learned rounding``: each Conv's int8 weights chosen for its output on calibration
    crops (``rounding``), not rounded one by one;
    ``centred activations`` (tensorrt flavour, on request): each ReLU output centred on zero
@@ -132,14 +134,15 @@ class Int8Context:
         return Figures(parity, speed["int8"]["p50_ms"], speed["fp32"]["p50_ms"], path, probs)
 
     def tuning_crops(self) -> CropSet:
-        """The crops quantization-aware tuning learns from, drawn like the calibration crops
-        (once, for both flavours)."""
+        """The crops quantization-aware tuning learns from (and clipped equalization measures
+        its ceilings on), drawn like the calibration crops (once, for both flavours)."""
         if self._tuning_crops is None:
             settings = self.settings
             self._tuning_crops = calibration_crops(
                 self.contract, detect=self.checkpoint.detect, size=settings.tune_crops,
                 run_or_checkpoint=self.source, calib_data=settings.calib_data,
-                seed=settings.seed, progress=self.progress, purpose="quantization-aware tuning",
+                seed=settings.seed, progress=self.progress,
+                purpose="quantization-aware tuning" if settings.tune else "clipped equalization",
                 size_flag="--tune-crops")
         return self._tuning_crops
 
@@ -169,7 +172,13 @@ class Int8Context:
     def _equalized(self, before: FloatSource) -> FloatSource:
         """Rescaled streams; only their tensors' ranges change (the rest of the float
         function is the same), so only those are taken from a recalibration."""
-        equalization = equalize(before.model, self.calib, self.contract)
+        if self.settings.equalize_clipped:
+            # a clipped channel's ceiling is its largest value seen: more crops than calibrate
+            crops = self.tuning_crops()
+            equalization = equalize(before.model, crops, self.contract, limit=len(crops),
+                                    clipped=True)
+        else:
+            equalization = equalize(before.model, self.calib, self.contract)
         model = equalization.apply(before.model)
         path = self.work / "equalized.onnx"
         onnx.save_model(model, str(path))

@@ -109,6 +109,13 @@ class ExportSettings:
                              "(off: no gain measured on EfficientNet-Lite0, see "
                              "benchmarks/RESULTS.md)", group=GROUP_INT8, flag="--equalize",
                              profile="int8.equalize")
+    equalize_clipped: bool = setting(False, help="with --equalize, the ReLU6 outputs too: each "
+                                     "channel clipped at 1.25x its largest value on the "
+                                     "tuning crops (--tune-crops) and widened to the whole "
+                                     "8-bit range (measured on the tensorrt flavour, see "
+                                     "benchmarks/RESULTS.md)", group=GROUP_INT8,
+                                     flag="--equalize-clipped",
+                                     profile="int8.equalize_clipped")
     learned_rounding: bool = setting(True, help="choose each Conv's int8 weights for its "
                                      "output on the calibration crops (GPTQ), not each weight "
                                      "to nearest", group=GROUP_INT8, flag="--learned-rounding",
@@ -223,6 +230,9 @@ class ExportSettings:
             if getattr(self, name) and not self.tune:
                 raise InputError(f"{_flag(name)} changes quantization-aware tuning: give --tune "
                                  "too")
+        if self.equalize_clipped and not self.equalize:
+            raise InputError("--equalize-clipped extends range equalization: give --equalize "
+                             "too")
         if self.aware_head and not self.int8:
             raise InputError("--int8-aware-head needs --int8 (it retrains the head for the int8 "
                              "backbone)")
