@@ -141,12 +141,15 @@ class _Wiring:
                    {out: n for n in model.graph.node for out in n.output}, readers,
                    {o.name for o in model.graph.output})
 
+    def owned(self, name: str) -> bool:
+        """A constant only one node reads: editing it changes nothing else."""
+        return name in self.init and self.uses[name] == 1
+
 
 def linear_streams(model: onnx.ModelProto) -> list[Stream]:
     """Every stream that can be rescaled without changing what the model computes."""
     wiring = _Wiring.of(model)
-    init, uses, producer = wiring.init, wiring.uses, wiring.producer
-    readers, outputs = wiring.readers, wiring.outputs
+    producer, readers, outputs = wiring.producer, wiring.readers, wiring.outputs
 
     def linear(name: str) -> bool:
         node = producer.get(name)
@@ -176,9 +179,8 @@ def linear_streams(model: onnx.ModelProto) -> list[Stream]:
         for name in tensors:
             node = producer[name]
             if node.op_type == "Conv":
-                ok &= node.input[1] in init and uses[node.input[1]] == 1
-                ok &= len(node.input) < 3 or not node.input[2] or (
-                    node.input[2] in init and uses[node.input[2]] == 1)
+                ok &= wiring.owned(node.input[1])
+                ok &= len(node.input) < 3 or not node.input[2] or wiring.owned(node.input[2])
                 producers.append(node.name)
             else:
                 ok &= all(i in members for i in node.input)
@@ -188,8 +190,7 @@ def linear_streams(model: onnx.ModelProto) -> list[Stream]:
                     continue
                 plain_conv = (reader.op_type == "Conv" and reader.input[0] == name
                               and int(node_attributes(reader).get("group", 1)) == 1
-                              and reader.input[1] in init
-                              and uses[reader.input[1]] == 1)
+                              and wiring.owned(reader.input[1]))
                 ok &= plain_conv
                 if plain_conv:
                     consumers.append(reader.name)
@@ -210,9 +211,6 @@ def clipped_streams(model: onnx.ModelProto) -> list[Stream]:
         value = numpy_helper.to_array(init[name]) if name in init else None
         return float(value) if value is not None and value.size == 1 else None
 
-    def owned(name: str) -> bool:
-        return name in init and uses[name] == 1
-
     streams = []
     for clip in model.graph.node:
         if clip.op_type != "Clip" or len(clip.input) < 3:
@@ -221,14 +219,14 @@ def clipped_streams(model: onnx.ModelProto) -> list[Stream]:
         conv = producer.get(clip.input[0])
         if (scalar(clip.input[1]) != 0.0 or high is None or high <= 0 or conv is None
                 or conv.op_type != "Conv" or uses[clip.input[0]] != 1
-                or not owned(conv.input[1]) or clip.output[0] in outputs
-                or (len(conv.input) > 2 and conv.input[2] and not owned(conv.input[2]))):
+                or not wiring.owned(conv.input[1]) or clip.output[0] in outputs
+                or (len(conv.input) > 2 and conv.input[2] and not wiring.owned(conv.input[2]))):
             continue
         channels = numpy_helper.to_array(init[conv.input[1]]).shape[0]
         plain, depthwise, ok = [], [], True
         for reader in readers.get(clip.output[0], []):
             ok &= (reader.op_type == "Conv" and reader.input[0] == clip.output[0]
-                   and owned(reader.input[1]))
+                   and wiring.owned(reader.input[1]))
             if not ok:
                 break
             group = int(node_attributes(reader).get("group", 1))
