@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 import onnx  # noqa: E402
 
 from edge_smw.errors import GateFailure, InputError, ModelError  # noqa: E402
-from edge_smw.export.int8 import OTHER_START  # noqa: E402
+from edge_smw.export.int8 import OTHER_CORRECTION, OTHER_START, TUNING  # noqa: E402
 from edge_smw.export.layout import STEP as LAYOUT_STEP  # noqa: E402
 from edge_smw.export.pipeline import export_model  # noqa: E402
 from edge_smw.export.settings import ExportSettings  # noqa: E402
@@ -124,43 +124,53 @@ def rounding_convs(info: dict) -> int:
     return info["qdq"]["int8_convs"] + len(info["qdq"]["float_convs"])
 
 
+def centring_kept(steps: list[dict]) -> bool:
+    return next(s["kept"] for s in steps if s["step"] == "centred activations")
+
+
 def test_int8_figures_and_steps_recorded(exported: Path, summary: dict) -> None:
     int8 = summary["int8"]
     assert int8["calibration"]["crops"] == 64 and len(int8["calibration"]["paths"]) == 64
     for flavour in ("cpu", "tensorrt"):
         info = int8["flavours"][flavour]
         steps = info["steps"]
-        assert [s["step"] for s in steps[:8]] == [
-            "naive static int8 (float tail kept)", "exact input grid",
-            "one quantizer per Conv and activation", "range equalization",
-            "learned rounding", "centred activations", "bias correction",
-            "quantization-aware tuning"]
+        chain = ["naive static int8 (float tail kept)", "exact input grid",
+                 "one quantizer per Conv and activation", "range equalization",
+                 "learned rounding", "centred activations", "bias correction",
+                 "quantization-aware tuning", OTHER_START]
+        if flavour == "tensorrt":  # corrected on both sides of the centring choice
+            chain.insert(7, OTHER_CORRECTION)
+        assert [s["step"] for s in steps[:len(chain)]] == chain
+        step = {s["step"]: s for s in steps[:len(chain)]}
         if flavour == "cpu":  # its uint8 activations have zero points: nothing to do
             assert all(steps[k]["note"].startswith("skipped") for k in (2, 5))
         else:  # every ReLU6 of Lite0 but the pooled last one
-            centring = steps[5]["centring"]
+            centring = step["centred activations"]["centring"]
             assert centring["tensors"] > 20 and centring["padded_readers"] > 10
-        steps = steps[:2] + steps[3:5] + steps[6:]  # the rest in the order checked below
-        tuning = steps[5]["tuning"]  # every int8 Conv, one pass over 64 training crops
+            corrected = step["bias correction"], step[OTHER_CORRECTION]
+            assert corrected[0]["centred"] is centring_kept(steps) is not corrected[1]["centred"]
+        tuning = step[TUNING]["tuning"]  # every int8 Conv, one pass over 64 training crops
         assert tuning["convs"] == rounding_convs(info) and tuning["crops"] == 64
         assert len(tuning["logit_mse_per_pass"]) == 2
         assert tuning["activation_scales"]["learned"] > 10  # --tune-ranges
         # Lite0: one linear stream per stage (25 tensors) and 32 ReLU6 outputs (a Conv's and
         # its Clip's), measured on the tuning crops
-        equalization = steps[2]["equalization"]
+        equalization = step["range equalization"]["equalization"]
         assert equalization["streams"] == 7 and equalization["clipped_streams"] == 32
         assert equalization["tensors"] == 25 + 2 * 32 and equalization["crops"] == 64
         assert (equalization["range_spread_after_median"]
                 < equalization["range_spread_before_median"])
-        rounding = steps[3]["rounding"]  # every int8 Conv, from the 64 calibration crops
+        # every int8 Conv, from the 64 calibration crops
+        rounding = step["learned rounding"]["rounding"]
         assert rounding["convs"] == rounding_convs(info)
         assert rounding["crops"] == 64 and rounding["output_error_vs_nearest_median"] < 1
         # tuning starts from both bias-correction choices: the kept one, then the other
-        correction, tuned, other = info["steps"][6:9]
-        assert other["step"] == OTHER_START and other["agreement"] is not None
-        assert tuned["bias_correction"] is correction["kept"] is not other["bias_correction"]
+        tuned, other = step[TUNING], step[OTHER_START]
+        assert other["agreement"] is not None
+        corrected = any(s["kept"] for s in steps if "correction" in s)
+        assert tuned["bias_correction"] is corrected is not other["bias_correction"]
         # a step of the chain is kept only when it helps: fewer flips expected than before
-        kept = [s["expected_flips"] for s in info["steps"][:9] if s["kept"]]
+        kept = [s["expected_flips"] for s in steps[:len(chain)] if s["kept"]]
         assert kept == sorted(kept, reverse=True) and len(set(kept)) == len(kept), kept
         assert info["latency_ms_p50"] > 0 and info["fp32_latency_ms_p50"] > 0
         rounds = info["speed_rounds"]  # the kept model, timed again in five rounds
