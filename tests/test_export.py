@@ -124,10 +124,6 @@ def rounding_convs(info: dict) -> int:
     return info["qdq"]["int8_convs"] + len(info["qdq"]["float_convs"])
 
 
-def centring_kept(steps: list[dict]) -> bool:
-    return next(s["kept"] for s in steps if s["step"] == "centred activations")
-
-
 def test_int8_figures_and_steps_recorded(exported: Path, summary: dict) -> None:
     int8 = summary["int8"]
     assert int8["calibration"]["crops"] == 64 and len(int8["calibration"]["paths"]) == 64
@@ -148,7 +144,8 @@ def test_int8_figures_and_steps_recorded(exported: Path, summary: dict) -> None:
             centring = step["centred activations"]["centring"]
             assert centring["tensors"] > 20 and centring["padded_readers"] > 10
             corrected = step["bias correction"], step[OTHER_CORRECTION]
-            assert corrected[0]["centred"] is centring_kept(steps) is not corrected[1]["centred"]
+            centred = step["centred activations"]["kept"]
+            assert corrected[0]["centred"] is centred is not corrected[1]["centred"]
         tuning = step[TUNING]["tuning"]  # every int8 Conv, one pass over 64 training crops
         assert tuning["convs"] == rounding_convs(info) and tuning["crops"] == 64
         assert len(tuning["logit_mse_per_pass"]) == 2
