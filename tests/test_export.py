@@ -467,6 +467,13 @@ def test_shipped_profiles_load() -> None:
     assert vnni.flavours == ("cpu",) and vnni.tune and vnni.target_cpu == "x86-vnni"
     assert vnni.equalize and not resolve_settings("cpu-int8").equalize
     assert not resolve_settings("cpu-int8").tune
+    assert vnni.equalize_clipped
+    # the GPU INT8 profiles: every step the all-integer tensorrt flavour was measured with,
+    # mixed precision left as the fallback for a model that misses the target without it
+    for name in ("desktop-gpu-int8", "jetson-orin-int8"):
+        gpu = resolve_settings(name)
+        assert gpu.flavours == ("tensorrt",) and gpu.max_mixed_steps > 0, name
+        assert gpu.centre_activations and gpu.equalize_clipped and gpu.tune, name
     for profile in profiles.values():
         assert profile.description
         if profile.engine:
@@ -517,7 +524,7 @@ def _has_tensorrt() -> bool:
 def test_engine_without_tensorrt_says_what_to_install(smiles_run: Path, tmp_path: Path) -> None:
     from edge_smw.errors import BackendUnavailableError
 
-    with pytest.raises(BackendUnavailableError, match="JetPack.*TensorRT wheels"):
+    with pytest.raises(BackendUnavailableError, match="JetPack.*TensorRT wheels.*--no-engine"):
         export_model(smiles_run, tmp_path / "o", ExportSettings(engine=True, **FAST),
                      progress=False)
     assert not (tmp_path / "o").exists()

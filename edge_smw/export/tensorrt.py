@@ -42,8 +42,9 @@ def import_tensorrt() -> Any:
     except ImportError as exc:
         raise BackendUnavailableError(
             f"building TensorRT engines (--engine) needs the `tensorrt` Python package ({exc}); "
-            f"{INSTALL_HINT}. Drop --engine (or use a profile without an engine) to export "
-            "ONNX only"
+            f"{INSTALL_HINT}. To export the ONNX models only (and build the engine on the "
+            "device, e.g. `trtexec --onnx=model.int8-trt.onnx --int8`), drop --engine, or add "
+            "--no-engine to a profile that builds one"
         ) from None
     except OSError as exc:
         raise BackendUnavailableError(
