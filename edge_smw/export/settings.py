@@ -112,9 +112,8 @@ class ExportSettings:
     equalize_clipped: bool = setting(False, help="with --equalize, the ReLU6 outputs too: each "
                                      "channel clipped at 1.25x its largest value on the "
                                      "tuning crops (--tune-crops) and widened to the whole "
-                                     "8-bit range (on in the profiles cpu-vnni-int8, "
-                                     "desktop-gpu-int8 and jetson-orin-int8; see "
-                                     "benchmarks/RESULTS.md)", group=GROUP_INT8,
+                                     "8-bit range (see benchmarks/RESULTS.md)",
+                                     group=GROUP_INT8,
                                      flag="--equalize-clipped",
                                      profile="int8.equalize_clipped")
     learned_rounding: bool = setting(True, help="choose each Conv's int8 weights for its "
