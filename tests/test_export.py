@@ -132,14 +132,14 @@ def test_int8_figures_and_steps_recorded(exported: Path, summary: dict) -> None:
         steps = info["steps"]
         chain = ["naive static int8 (float tail kept)", "exact input grid",
                  "one quantizer per Conv and activation", "range equalization",
-                 "learned rounding", "centred activations", "bias correction",
-                 "quantization-aware tuning", OTHER_START]
+                 "clipped range equalization", "learned rounding", "centred activations",
+                 "bias correction", "quantization-aware tuning", OTHER_START]
         if flavour == "tensorrt":  # corrected on both sides of the centring choice
-            chain.insert(7, OTHER_CORRECTION)
+            chain.insert(8, OTHER_CORRECTION)
         assert [s["step"] for s in steps[:len(chain)]] == chain
         step = {s["step"]: s for s in steps[:len(chain)]}
         if flavour == "cpu":  # its uint8 activations have zero points: nothing to do
-            assert all(steps[k]["note"].startswith("skipped") for k in (2, 5))
+            assert all(steps[k]["note"].startswith("skipped") for k in (2, 6))
         else:  # every ReLU6 of Lite0 but the pooled last one
             centring = step["centred activations"]["centring"]
             assert centring["tensors"] > 20 and centring["padded_readers"] > 10
@@ -150,13 +150,15 @@ def test_int8_figures_and_steps_recorded(exported: Path, summary: dict) -> None:
         assert tuning["convs"] == rounding_convs(info) and tuning["crops"] == 64
         assert len(tuning["logit_mse_per_pass"]) == 2
         assert tuning["activation_scales"]["learned"] > 10  # --tune-ranges
-        # Lite0: one linear stream per stage (25 tensors) and 32 ReLU6 outputs (a Conv's and
-        # its Clip's), measured on the tuning crops
-        equalization = step["range equalization"]["equalization"]
-        assert equalization["streams"] == 7 and equalization["clipped_streams"] == 32
-        assert equalization["tensors"] == 25 + 2 * 32 and equalization["crops"] == 64
-        assert (equalization["range_spread_after_median"]
-                < equalization["range_spread_before_median"])
+        # Lite0: one linear stream per stage (25 tensors), on the calibration crops; then, a
+        # row of its own, 32 ReLU6 outputs (a Conv's and its Clip's) on the tuning crops
+        for name, kind, streams, tensors in (("range equalization", "linear", 7, 25),
+                                             ("clipped range equalization", "clipped", 32, 64)):
+            equalization = step[name]["equalization"]
+            assert (equalization["kind"], equalization["streams"]) == (kind, streams)
+            assert equalization["tensors"] == tensors and equalization["crops"] == 64
+            assert (equalization["range_spread_after_median"]
+                    < equalization["range_spread_before_median"])
         # every int8 Conv, from the 64 calibration crops
         rounding = step["learned rounding"]["rounding"]
         assert rounding["convs"] == rounding_convs(info)

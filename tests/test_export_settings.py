@@ -91,7 +91,6 @@ def test_command_line_is_generated_from_the_settings() -> None:
     ({"int8": True, "tune_blocks": 1.0}, "--tune-blocks changes quantization-aware tuning"),
     ({"int8": True, "tune": True, "tune_drop": 1.0}, "--tune-drop 1.0: give a probability"),
     ({"int8": True, "tune": True, "tune_blocks": -1.0}, "--tune-blocks -1.0: give a weight"),
-    ({"int8": True, "equalize_clipped": True}, "give --equalize too"),
 ])
 def test_bad_settings_say_what_to_do(changes: dict, match: str) -> None:
     with pytest.raises(InputError, match=match):

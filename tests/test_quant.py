@@ -644,16 +644,17 @@ def test_equalization_keeps_the_float_function_and_evens_the_channels(setup: Set
 
 def test_clipped_equalization_fills_each_relu6_channel_and_keeps_the_logits(
         setup: Setup) -> None:
-    """Lite0's 32 Conv -> ReLU6 outputs read only by Convs are found beside the linear
-    streams; on the crops measured the logits are the same (every value stays under its
-    channel's new ceiling), and a ReLU6 output only a depthwise Conv reads (full strength)
-    has every channel that used less than 1/1.25 of [0, 6] at the same largest value."""
-    from edge_smw.export.equalize import CLIP_MARGIN, MAX_SCALE, equalize
+    """Lite0's 32 Conv -> ReLU6 outputs read only by Convs are found (a kind of stream of
+    their own: no linear one); on the crops measured the logits are the same (every value
+    stays under its channel's new ceiling), and a ReLU6 output only a depthwise Conv reads
+    (full strength) has every channel that used less than 1/1.25 of [0, 6] at the same
+    largest value."""
+    from edge_smw.export.equalize import CLIP_MARGIN, CLIPPED, MAX_SCALE, equalize
 
-    eq = equalize(setup.fp32, setup.calib, setup.contract, limit=32, clipped=True)
-    clipped = [(s, sc) for s, sc in zip(eq.streams, eq.scales, strict=True) if s.ceiling]
-    assert len(eq.streams) - len(clipped) == 7 and len(clipped) == 32
-    assert eq.describe()["clipped_streams"] == 32
+    eq = equalize(setup.fp32, setup.calib, setup.contract, kind=CLIPPED, limit=32)
+    clipped = list(zip(eq.streams, eq.scales, strict=True))
+    assert len(clipped) == 32 and all(s.ceiling == 6.0 for s in eq.streams)
+    assert eq.describe()["kind"] == CLIPPED and eq.describe()["streams"] == 32
     assert sum(bool(s.depthwise) for s, _ in clipped) == 16  # the stem's and expansions'
     rescaled = eq.apply(setup.fp32)
     inputs = {"input": setup.calib.inputs(setup.contract, 0, 32)}  # the crops measured
@@ -691,7 +692,7 @@ def test_a_clipped_stream_is_clipped_per_channel_at_its_new_ceiling() -> None:
     not start at 0, or whose output a non-Conv reads, is not a stream."""
     from onnx import TensorProto, helper
 
-    from edge_smw.export.equalize import Equalization, clipped_streams
+    from edge_smw.export.equalize import CLIPPED, Equalization, clipped_streams
 
     rng = np.random.default_rng(1)
     weights = {"w0": rng.normal(size=(4, 4, 1, 1)), "b0": rng.normal(size=4),
@@ -724,7 +725,7 @@ def test_a_clipped_stream_is_clipped_per_channel_at_its_new_ceiling() -> None:
                                     providers=["CPUExecutionProvider"]).run(None, {"x": x})
 
     scales = [np.array([1.0, 2.0, 3.0, 6.0]), np.array([1.5, 1.0, 2.0, 4.0])]
-    rescaled = Equalization(streams, scales, [1.0] * 2, [1.0] * 2, 1.0, 0).apply(probed)
+    rescaled = Equalization(CLIPPED, streams, scales, [1.0] * 2, [1.0] * 2, 1.0, 0).apply(probed)
     small = (0.02 * rng.normal(size=(1, 4, 8, 8))).astype(np.float32)
     (y, r), (y_new, r_new) = run(probed, small), run(rescaled, small)
     assert r.max() < 1.0 and np.allclose(y_new, y, rtol=1e-4, atol=1e-5)
@@ -805,7 +806,7 @@ def test_streams_stop_at_activations_depthwise_readers_and_constants() -> None:
     and an Add with a constant input are left alone."""
     from onnx import helper
 
-    from edge_smw.export.equalize import Equalization, linear_streams
+    from edge_smw.export.equalize import LINEAR, Equalization, linear_streams
 
     w = {f"w{i}": np.ones((4, 4, 1, 1)) for i in range(6)}
     w["dw"] = np.ones((4, 1, 3, 3))
@@ -831,7 +832,7 @@ def test_streams_stop_at_activations_depthwise_readers_and_constants() -> None:
     import onnxruntime as ort
 
     scales = [rng.uniform(0.2, 5.0, size=4)]
-    rescaled = Equalization(streams, scales, [1.0], [1.0], 1.0, 0).apply(model)
+    rescaled = Equalization(LINEAR, streams, scales, [1.0], [1.0], 1.0, 0).apply(model)
     x = {"x": rng.normal(size=(1, 4, 8, 8)).astype(np.float32)}
 
     def run(m: onnx.ModelProto) -> np.ndarray:

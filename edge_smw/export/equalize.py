@@ -23,9 +23,10 @@ This is the activation half of cross-layer equalization (Nagel et al., 2019, "Da
 Quantization"); the weight half does not apply here: weights are quantized per channel
 already.
 
-Clipped streams (``clipped``, ``--equalize-clipped``): ReLU6 is not scale-equivariant, but a
-``Clip(0, 6)`` after a channel scaled by ``s_c`` clips that channel at ``6 / s_c``, so the one
-scalar Clip (which the quantizers fuse) becomes a per-channel ceiling. Each channel's ceiling
+Clipped streams (``kind="clipped"``, ``--equalize-clipped``): ReLU6 is not
+scale-equivariant, but a ``Clip(0, 6)`` after a channel scaled by ``s_c`` clips that channel
+at ``6 / s_c``, so the one scalar Clip (which the quantizers fuse) becomes a per-channel
+ceiling. Each channel's ceiling
 is at least ``CLIP_MARGIN`` times its largest value on the crops measured (exactly that at
 full strength; at most 6): the float function is unchanged wherever a value stays under
 it, and the channel then spans the tensor's whole 8-bit range instead of the part of
@@ -33,7 +34,9 @@ it, and the channel then spans the tensor's whole 8-bit range instead of the par
 smilesmiled model). A ReLU6 output is read by a depthwise Conv (one weight row per
 channel, each with its own weight scale: dividing the row costs nothing, so full strength)
 or by a projection Conv (its columns shrink under one scale per row: ``strength``, as for
-linear streams).
+linear streams). The two kinds touch different tensors and are measured as two steps of the
+export (the clipped streams after the linear ones, kept or not): a Conv that reads a linear
+stream (its columns) and writes a clipped one (its rows) takes both scales in either order.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from edge_smw.export.rounding import node_attributes
 
 STRENGTH = 0.5
 MAX_SCALE = 64.0  # a channel that is (almost) never active gains no more than this
+LINEAR, CLIPPED = "linear", "clipped"  # the kinds of stream ``equalize`` rescales
 # A clipped channel's ceiling over its largest value on the crops measured. On the fine-tuned
 # smilesmiled model (600 validation crops, float model only) the decision margins moved by
 # sd 0.14 log-odds with ceilings at the largest value of 128 crops, 0.04 at 1.25x that of
@@ -74,8 +78,9 @@ class Stream:
 
 @dataclass
 class Equalization:
-    """Per-stream channel scales, measured on calibration crops."""
+    """Per-stream channel scales of one kind of stream, measured on crops."""
 
+    kind: str  # LINEAR or CLIPPED
     streams: list[Stream]
     scales: list[np.ndarray]  # one (channels,) array per stream
     spread_before: list[float]  # widest / median channel range per stream
@@ -101,8 +106,7 @@ class Equalization:
         return out
 
     def describe(self) -> dict[str, Any]:
-        clipped = sum(s.ceiling is not None for s in self.streams)
-        return {"streams": len(self.streams) - clipped, "clipped_streams": clipped,
+        return {"kind": self.kind, "streams": len(self.streams),
                 "strength": self.strength, "crops": self.crops,
                 "tensors": sum(len(s.tensors) for s in self.streams),
                 "largest_scale": float(max((s.max() for s in self.scales), default=1.0)),
@@ -244,13 +248,16 @@ def clipped_streams(model: onnx.ModelProto) -> list[Stream]:
 
 
 def equalize(model: onnx.ModelProto, crops: CropSet, contract: PreprocessContract, *,
-             strength: float = STRENGTH, limit: int = 128, batch_size: int = 16,
-             clipped: bool = False) -> Equalization:
-    """Measure each stream's per-channel range on the crops and choose its scales;
-    ``clipped``: the ReLU6 outputs too (``clipped_streams``)."""
+             kind: str = LINEAR, strength: float = STRENGTH, limit: int = 128,
+             batch_size: int = 16) -> Equalization:
+    """Measure each stream's per-channel range on the crops and choose its scales; ``kind``:
+    the linear streams (``linear_streams``) or the ReLU6 outputs (``clipped_streams``)."""
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"equalization strength {strength}: choose a value in (0, 1]")
-    streams = linear_streams(model) + (clipped_streams(model) if clipped else [])
+    finders = {LINEAR: linear_streams, CLIPPED: clipped_streams}
+    if kind not in finders:
+        raise ValueError(f"stream kind {kind!r}: choose {LINEAR!r} or {CLIPPED!r}")
+    streams = finders[kind](model)
     names = [t for s in streams for t in s.tensors]
     peak = {t: None for t in names}
     for values in tensor_batches(model, names, crops, contract, limit=limit,
@@ -274,4 +281,4 @@ def equalize(model: onnx.ModelProto, crops: CropSet, contract: PreprocessContrac
         before.append(widest / max(float(np.median(ranges)), 1e-12))
         new = ranges * scale
         after.append(float(new.max()) / max(float(np.median(new)), 1e-12))
-    return Equalization(streams, scales, before, after, strength, min(limit, len(crops)))
+    return Equalization(kind, streams, scales, before, after, strength, min(limit, len(crops)))

@@ -8,9 +8,10 @@ Per flavour, from one calibration pass on the run's training crops:
 3. ``one quantizer per Conv and activation`` (tensorrt flavour, on request): each ReLU
    output quantized once, after the ReLU, as TensorRT fuses Conv + ReLU;
 4. ``range equalization`` (on request): the linear bottleneck streams rescaled channel by
-   channel so one activation scale fits every channel (``equalize``), with
-   ``equalize_clipped`` the ReLU6 outputs too (each channel clipped at its measured range),
-   then recalibrated;
+   channel so one activation scale fits every channel (``equalize``), then recalibrated;
+   ``clipped range equalization`` (``equalize_clipped``): the ReLU6 outputs too, each channel
+   clipped at its measured range, a row of its own (judged after the linear streams, kept or
+   not: on the linear-head model the two as one step had cost the linear streams' gain);
 5. ``learned rounding``: each Conv's int8 weights chosen for its output on calibration
    crops (``rounding``), not rounded one by one;
    ``centred activations`` (tensorrt flavour, on request): each ReLU output centred on zero
@@ -55,7 +56,7 @@ from edge_smw.errors import GateFailure, InputError
 from edge_smw.export import quantize as Q
 from edge_smw.export.centring import Centring, centre_activations
 from edge_smw.export.crops import CropSet, calibration_crops, find_split, split_items
-from edge_smw.export.equalize import Equalization, equalize
+from edge_smw.export.equalize import CLIPPED, Equalization, equalize
 from edge_smw.export.input_grid import InputGrid, put_input_on_grid
 from edge_smw.export.parity import INT8_MIN_AGREEMENT, latency, runtime_probabilities
 from edge_smw.export.results import Figures, FlavourResult, Gate, Parity, SpeedRounds, Step
@@ -75,6 +76,7 @@ log = logging.getLogger("edge_smw.export")
 
 INPUT_GRID = "input grid"
 EQUALIZATION = "range equalization"  # the transform and its step
+CLIPPED_EQUALIZATION = "clipped range equalization"  # the transform and its step
 CENTRING = "centred activations"  # the transform and its step
 ONE_QUANTIZER = "one quantizer per Conv and activation"
 TUNING = "quantization-aware tuning"
@@ -135,15 +137,17 @@ class Int8Context:
         return Figures(parity, speed["int8"]["p50_ms"], speed["fp32"]["p50_ms"], path, probs)
 
     def tuning_crops(self) -> CropSet:
-        """The crops quantization-aware tuning learns from (and clipped equalization measures
-        its ceilings on), drawn like the calibration crops (once, for both flavours)."""
+        """The crops quantization-aware tuning learns from (and clipped range equalization
+        measures its ceilings on), drawn like the calibration crops (once, for both
+        flavours)."""
         if self._tuning_crops is None:
             settings = self.settings
             self._tuning_crops = calibration_crops(
                 self.contract, detect=self.checkpoint.detect, size=settings.tune_crops,
                 run_or_checkpoint=self.source, calib_data=settings.calib_data,
                 seed=settings.seed, progress=self.progress,
-                purpose="quantization-aware tuning" if settings.tune else "clipped equalization",
+                purpose=("quantization-aware tuning" if settings.tune
+                         else "clipped range equalization"),
                 size_flag="--tune-crops")
         return self._tuning_crops
 
@@ -165,23 +169,21 @@ class Int8Context:
                                   ranges={**before.calibration.ranges, grid.tensor: (low, high)})
             return replace(before, model=model, calibration=calibration, grid=grid)
         if transforms[-1] == EQUALIZATION:
-            return self._equalized(before)
+            return self._equalized(before, equalize(before.model, self.calib, self.contract))
+        if transforms[-1] == CLIPPED_EQUALIZATION:
+            # a clipped channel's ceiling is its largest value seen: more crops than calibrate
+            crops = self.tuning_crops()
+            return self._equalized(before, equalize(before.model, crops, self.contract,
+                                                    kind=CLIPPED, limit=len(crops)))
         if transforms[-1] == CENTRING:
             return self._centred(before)
         raise ValueError(f"unknown float transform {transforms[-1]!r}")
 
-    def _equalized(self, before: FloatSource) -> FloatSource:
+    def _equalized(self, before: FloatSource, equalization: Equalization) -> FloatSource:
         """Rescaled streams; only their tensors' ranges change (the rest of the float
         function is the same), so only those are taken from a recalibration."""
-        if self.settings.equalize_clipped:
-            # a clipped channel's ceiling is its largest value seen: more crops than calibrate
-            crops = self.tuning_crops()
-            equalization = equalize(before.model, crops, self.contract, limit=len(crops),
-                                    clipped=True)
-        else:
-            equalization = equalize(before.model, self.calib, self.contract)
         model = equalization.apply(before.model)
-        path = self.work / "equalized.onnx"
+        path = self.work / f"equalized-{equalization.kind}.onnx"
         onnx.save_model(model, str(path))
         fresh = calibrate(path, self.calib, self.contract, self.settings, progress=False)
         changed = {t for s in equalization.streams for t in s.tensors}
@@ -211,7 +213,7 @@ class FloatSource:
     model: onnx.ModelProto
     calibration: Q.Calibration
     grid: InputGrid | None = None
-    equalization: Equalization | None = None
+    equalization: Equalization | None = None  # the last applied (one per kind of stream)
     centring: Centring | None = None
 
 
@@ -397,20 +399,25 @@ def step_centring(ctx: Int8Context, run: FlavourRun) -> None:
     run.other_start = before if kept else (recipe, model)
 
 
-def step_equalization(ctx: Int8Context, run: FlavourRun) -> None:
-    from edge_smw.export.equalize import linear_streams
+def step_equalization(ctx: Int8Context, run: FlavourRun, transform: str) -> None:
+    """One kind of stream rescaled (``EQUALIZATION``: the linear ones,
+    ``CLIPPED_EQUALIZATION``: the ReLU6 outputs) on the kept model's float source."""
+    from edge_smw.export.equalize import clipped_streams, linear_streams
 
-    if not linear_streams(run.recipe.source(ctx).model):
-        run.steps.append(Step(EQUALIZATION, None, False, "skipped: no linear stream "
-                              "(every Conv output is read through an activation)"))
+    finder, missing = {
+        EQUALIZATION: (linear_streams, "no linear stream (every Conv output is read through "
+                                       "an activation)"),
+        CLIPPED_EQUALIZATION: (clipped_streams, "no Conv -> ReLU6 output read only by Convs"),
+    }[transform]
+    if not finder(run.recipe.source(ctx).model):
+        run.steps.append(Step(transform, None, False, f"skipped: {missing}"))
         return
-    recipe = replace(run.recipe, transforms=(*run.recipe.transforms, EQUALIZATION))
+    recipe = replace(run.recipe, transforms=(*run.recipe.transforms, transform))
     model = recipe.build(ctx)
     equalization = recipe.source(ctx).equalization
     assert equalization is not None
-    run.consider(EQUALIZATION, model, ctx.measure(model, f"{run.flavour.value} "
-                                                          "equalized"), recipe,
-                 equalization=equalization.describe())
+    run.consider(transform, model, ctx.measure(model, f"{run.flavour.value} {transform}"),
+                 recipe, equalization=equalization.describe())
 
 
 def _build_on_grid(ctx: Int8Context, recipe: Recipe, chosen: GridWeights, step: str,
@@ -581,7 +588,9 @@ def run_flavour(ctx: Int8Context, flavour: Q.Flavour) -> FlavourRun:
     if settings.centre_activations:
         step_one_quantizer(ctx, run)
     if settings.equalize:
-        step_equalization(ctx, run)
+        step_equalization(ctx, run, EQUALIZATION)
+    if settings.equalize_clipped:
+        step_equalization(ctx, run, CLIPPED_EQUALIZATION)
     if settings.learned_rounding:
         step_learned_rounding(ctx, run)
     if settings.centre_activations:

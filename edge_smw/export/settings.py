@@ -109,10 +109,11 @@ class ExportSettings:
                              "(off: no gain measured on EfficientNet-Lite0, see "
                              "benchmarks/RESULTS.md)", group=GROUP_INT8, flag="--equalize",
                              profile="int8.equalize")
-    equalize_clipped: bool = setting(False, help="with --equalize, the ReLU6 outputs too: each "
-                                     "channel clipped at 1.25x its largest value on the "
-                                     "tuning crops (--tune-crops) and widened to the whole "
-                                     "8-bit range (see benchmarks/RESULTS.md)",
+    equalize_clipped: bool = setting(False, help="rescale the ReLU6 outputs too, a step of its "
+                                     "own after --equalize's: each channel clipped at 1.25x "
+                                     "its largest value on the tuning crops (--tune-crops) "
+                                     "and widened to the whole 8-bit range (see "
+                                     "benchmarks/RESULTS.md)",
                                      group=GROUP_INT8,
                                      flag="--equalize-clipped",
                                      profile="int8.equalize_clipped")
@@ -230,9 +231,6 @@ class ExportSettings:
             if getattr(self, name) and not self.tune:
                 raise InputError(f"{_flag(name)} changes quantization-aware tuning: give --tune "
                                  "too")
-        if self.equalize_clipped and not self.equalize:
-            raise InputError("--equalize-clipped extends range equalization: give --equalize "
-                             "too")
         if self.aware_head and not self.int8:
             raise InputError("--int8-aware-head needs --int8 (it retrains the head for the int8 "
                              "backbone)")
