@@ -692,7 +692,13 @@ def test_a_clipped_stream_is_clipped_per_channel_at_its_new_ceiling() -> None:
     not start at 0, or whose output a non-Conv reads, is not a stream."""
     from onnx import TensorProto, helper
 
-    from edge_smw.export.equalize import CLIPPED, Equalization, clipped_streams
+    from edge_smw.export.equalize import (
+        CLIPPED,
+        LINEAR,
+        Equalization,
+        clipped_streams,
+        find_streams,
+    )
 
     rng = np.random.default_rng(1)
     weights = {"w0": rng.normal(size=(4, 4, 1, 1)), "b0": rng.normal(size=4),
@@ -715,6 +721,10 @@ def test_a_clipped_stream_is_clipped_per_channel_at_its_new_ceiling() -> None:
     streams = clipped_streams(model)
     assert [(s.producers, s.consumers, s.depthwise, s.ceiling) for s in streams] == [
         (("A",), (), ("D",), 6.0), (("D",), ("F",), (), 6.0)]
+    # each kind a step of its own: no Conv output here is read without a Clip
+    assert find_streams(model, CLIPPED) == streams and find_streams(model, LINEAR) == []
+    with pytest.raises(ValueError, match="choose 'linear' or 'clipped'"):
+        find_streams(model, "relu")
     probed = helper.make_model(graph(("y", "r")))  # r seen: no longer a stream of its own
     assert [s.producers for s in clipped_streams(probed)] == [("D",)]
 

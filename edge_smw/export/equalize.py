@@ -247,6 +247,14 @@ def clipped_streams(model: onnx.ModelProto) -> list[Stream]:
     return streams
 
 
+def find_streams(model: onnx.ModelProto, kind: str) -> list[Stream]:
+    """The streams of one kind (``LINEAR``, ``CLIPPED``) in ``model``."""
+    finders = {LINEAR: linear_streams, CLIPPED: clipped_streams}
+    if kind not in finders:
+        raise ValueError(f"stream kind {kind!r}: choose {LINEAR!r} or {CLIPPED!r}")
+    return finders[kind](model)
+
+
 def equalize(model: onnx.ModelProto, crops: CropSet, contract: PreprocessContract, *,
              kind: str = LINEAR, strength: float = STRENGTH, limit: int = 128,
              batch_size: int = 16) -> Equalization:
@@ -254,10 +262,7 @@ def equalize(model: onnx.ModelProto, crops: CropSet, contract: PreprocessContrac
     the linear streams (``linear_streams``) or the ReLU6 outputs (``clipped_streams``)."""
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"equalization strength {strength}: choose a value in (0, 1]")
-    finders = {LINEAR: linear_streams, CLIPPED: clipped_streams}
-    if kind not in finders:
-        raise ValueError(f"stream kind {kind!r}: choose {LINEAR!r} or {CLIPPED!r}")
-    streams = finders[kind](model)
+    streams = find_streams(model, kind)
     names = [t for s in streams for t in s.tensors]
     peak = {t: None for t in names}
     for values in tensor_batches(model, names, crops, contract, limit=limit,

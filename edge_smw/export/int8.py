@@ -56,7 +56,7 @@ from edge_smw.errors import GateFailure, InputError
 from edge_smw.export import quantize as Q
 from edge_smw.export.centring import Centring, centre_activations
 from edge_smw.export.crops import CropSet, calibration_crops, find_split, split_items
-from edge_smw.export.equalize import CLIPPED, Equalization, equalize
+from edge_smw.export.equalize import CLIPPED, LINEAR, Equalization, equalize, find_streams
 from edge_smw.export.input_grid import InputGrid, put_input_on_grid
 from edge_smw.export.parity import INT8_MIN_AGREEMENT, latency, runtime_probabilities
 from edge_smw.export.results import Figures, FlavourResult, Gate, Parity, SpeedRounds, Step
@@ -77,6 +77,7 @@ log = logging.getLogger("edge_smw.export")
 INPUT_GRID = "input grid"
 EQUALIZATION = "range equalization"  # the transform and its step
 CLIPPED_EQUALIZATION = "clipped range equalization"  # the transform and its step
+STREAM_KINDS = {EQUALIZATION: LINEAR, CLIPPED_EQUALIZATION: CLIPPED}  # what each rescales
 CENTRING = "centred activations"  # the transform and its step
 ONE_QUANTIZER = "one quantizer per Conv and activation"
 TUNING = "quantization-aware tuning"
@@ -168,20 +169,22 @@ class Int8Context:
             calibration = replace(before.calibration,
                                   ranges={**before.calibration.ranges, grid.tensor: (low, high)})
             return replace(before, model=model, calibration=calibration, grid=grid)
-        if transforms[-1] == EQUALIZATION:
-            return self._equalized(before, equalize(before.model, self.calib, self.contract))
-        if transforms[-1] == CLIPPED_EQUALIZATION:
-            # a clipped channel's ceiling is its largest value seen: more crops than calibrate
-            crops = self.tuning_crops()
-            return self._equalized(before, equalize(before.model, crops, self.contract,
-                                                    kind=CLIPPED, limit=len(crops)))
+        if transforms[-1] in STREAM_KINDS:
+            return self._equalized(before, STREAM_KINDS[transforms[-1]])
         if transforms[-1] == CENTRING:
             return self._centred(before)
         raise ValueError(f"unknown float transform {transforms[-1]!r}")
 
-    def _equalized(self, before: FloatSource, equalization: Equalization) -> FloatSource:
-        """Rescaled streams; only their tensors' ranges change (the rest of the float
-        function is the same), so only those are taken from a recalibration."""
+    def _equalized(self, before: FloatSource, kind: str) -> FloatSource:
+        """Rescaled streams of one kind; only their tensors' ranges change (the rest of the
+        float function is the same), so only those are taken from a recalibration."""
+        if kind == CLIPPED:
+            # a clipped channel's ceiling is its largest value seen: more crops than calibrate
+            crops = self.tuning_crops()
+            equalization = equalize(before.model, crops, self.contract, kind=kind,
+                                    limit=len(crops))
+        else:
+            equalization = equalize(before.model, self.calib, self.contract, kind=kind)
         model = equalization.apply(before.model)
         path = self.work / f"equalized-{equalization.kind}.onnx"
         onnx.save_model(model, str(path))
@@ -400,16 +403,13 @@ def step_centring(ctx: Int8Context, run: FlavourRun) -> None:
 
 
 def step_equalization(ctx: Int8Context, run: FlavourRun, transform: str) -> None:
-    """One kind of stream rescaled (``EQUALIZATION``: the linear ones,
-    ``CLIPPED_EQUALIZATION``: the ReLU6 outputs) on the kept model's float source."""
-    from edge_smw.export.equalize import clipped_streams, linear_streams
-
-    finder, missing = {
-        EQUALIZATION: (linear_streams, "no linear stream (every Conv output is read through "
-                                       "an activation)"),
-        CLIPPED_EQUALIZATION: (clipped_streams, "no Conv -> ReLU6 output read only by Convs"),
-    }[transform]
-    if not finder(run.recipe.source(ctx).model):
+    """One kind of stream (``STREAM_KINDS``: the linear ones, the ReLU6 outputs) rescaled
+    on the kept model's float source."""
+    kind = STREAM_KINDS[transform]
+    if not find_streams(run.recipe.source(ctx).model, kind):
+        missing = {LINEAR: "no linear stream (every Conv output is read through an "
+                           "activation)",
+                   CLIPPED: "no Conv -> ReLU6 output read only by Convs"}[kind]
         run.steps.append(Step(transform, None, False, f"skipped: {missing}"))
         return
     recipe = replace(run.recipe, transforms=(*run.recipe.transforms, transform))
