@@ -109,8 +109,9 @@ class ExportSettings:
                              "(off: no gain measured on EfficientNet-Lite0, see "
                              "benchmarks/RESULTS.md)", group=GROUP_INT8, flag="--equalize",
                              profile="int8.equalize")
-    equalize_clipped: bool = setting(False, help="rescale the ReLU6 outputs too, a step of its "
-                                     "own after --equalize's: each channel clipped at 1.25x "
+    equalize_clipped: bool = setting(False, help="rescale the ReLU6 outputs channel by channel, "
+                                     "a step of its own after --equalize's (either runs "
+                                     "alone): each channel clipped at 1.25x "
                                      "its largest value on the tuning crops (--tune-crops) "
                                      "and widened to the whole 8-bit range (see "
                                      "benchmarks/RESULTS.md)",
