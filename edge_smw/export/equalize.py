@@ -26,17 +26,17 @@ already.
 Clipped streams (``kind="clipped"``, ``--equalize-clipped``): ReLU6 is not
 scale-equivariant, but a ``Clip(0, 6)`` after a channel scaled by ``s_c`` clips that channel
 at ``6 / s_c``, so the one scalar Clip (which the quantizers fuse) becomes a per-channel
-ceiling. Each channel's ceiling
-is at least ``CLIP_MARGIN`` times its largest value on the crops measured (exactly that at
-full strength; at most 6): the float function is unchanged wherever a value stays under
-it, and the channel then spans the tensor's whole 8-bit range instead of the part of
-``[0, 6]`` it uses (the median channel 0.27-0.98 of it, tensor by tensor, on the fine-tuned
-smilesmiled model). A ReLU6 output is read by a depthwise Conv (one weight row per
-channel, each with its own weight scale: dividing the row costs nothing, so full strength)
-or by a projection Conv (its columns shrink under one scale per row: ``strength``, as for
-linear streams). The two kinds touch different tensors and are measured as two steps of the
-export (the clipped streams after the linear ones, kept or not): a Conv that reads a linear
-stream (its columns) and writes a clipped one (its rows) takes both scales in either order.
+ceiling. Each channel's ceiling is at least ``CLIP_MARGIN`` times its largest value on the
+crops measured (exactly that at full strength; at most 6): the float function is unchanged
+wherever a value stays under it, and the channel then spans the tensor's whole 8-bit range
+instead of the part of ``[0, 6]`` it uses (the median channel 0.27-0.98 of it, tensor by
+tensor, on the fine-tuned smilesmiled model). A ReLU6 output is read by a depthwise Conv
+(one weight row per channel, each with its own weight scale: dividing the row costs nothing,
+so full strength) or by a projection Conv (its columns shrink under one scale per row:
+``strength``, as for linear streams). The two kinds touch different tensors and are measured
+as two steps of the export (the clipped streams after the linear ones, kept or not): a Conv
+that reads a linear stream (its columns) and writes a clipped one (its rows) takes both
+scales in either order.
 """
 
 from __future__ import annotations

@@ -348,13 +348,12 @@ def _moved_tensors(export_json: Path) -> dict[str, list[str]]:
     float model (range equalization rescales channels, centring shifts ReLU outputs)."""
     import json
 
-    from edge_smw.export.int8 import CENTRING, CLIPPED_EQUALIZATION, EQUALIZATION
+    from edge_smw.export.int8 import CENTRING, STREAM_KINDS
 
     try:
         flavours = json.loads(export_json.read_text(encoding="utf-8"))["int8"]["flavours"]
         moved = {name: [s["step"] for s in info.get("steps", [])
-                        if s.get("step") in (EQUALIZATION, CLIPPED_EQUALIZATION, CENTRING)
-                        and s.get("kept")]
+                        if s.get("step") in (*STREAM_KINDS, CENTRING) and s.get("kept")]
                  for name, info in flavours.items()}
         return {name: steps for name, steps in moved.items() if steps}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
