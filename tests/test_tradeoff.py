@@ -28,7 +28,8 @@ def test_every_variant_runs_the_steps_that_are_on_request() -> None:
     base = ExportSettings(int8=True)
     for variant in VARIANTS:
         settings = variant.settings(base)
-        assert settings.target_cpu == variant.target_cpu and settings.equalize
+        assert settings.target_cpu == variant.target_cpu
+        assert settings.equalize and settings.equalize_clipped  # both equalization rows
         assert settings.centre_activations == (variant.flavour is Q.Flavour.TENSORRT)
 
 

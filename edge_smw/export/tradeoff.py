@@ -4,8 +4,9 @@
     python -m edge_smw.export.tradeoff --latency-only DIR [--runs 300] [--threads 2]
 
 Runs the export's own INT8 steps (``edge_smw.export.int8``), the ones on request included
-(range equalization; for the tensorrt flavour one quantizer per Conv and activation and
-centred activations; quantization-aware tuning with ``--tune``), for the cpu flavour with
+(range equalization of the linear and of the clipped ReLU6 streams; for the tensorrt flavour
+one quantizer per Conv and activation and centred activations; quantization-aware tuning with
+``--tune``), for the cpu flavour with
 8-bit weights (VNNI / ARM targets), the cpu flavour with 7-bit weights (``reduce_range``, what
 an AVX2-only x86 runs) and the tensorrt flavour, from ONE calibration pass on the run's
 training crops, plus two reference points (everything int8 including the head; fp16). Mixed
@@ -65,12 +66,12 @@ class Variant:
                               "target_cpu": self.target_cpu}, features)
 
 
+EQUALIZE = (("equalize", True), ("equalize_clipped", True))
 VARIANTS = (
-    Variant("cpu, 8-bit weights (x86-vnni / arm64)", Q.Flavour.CPU, "x86-vnni",
-            (("equalize", True),)),
-    Variant("cpu, 7-bit weights (x86-avx2)", Q.Flavour.CPU, "x86-avx2", (("equalize", True),)),
+    Variant("cpu, 8-bit weights (x86-vnni / arm64)", Q.Flavour.CPU, "x86-vnni", EQUALIZE),
+    Variant("cpu, 7-bit weights (x86-avx2)", Q.Flavour.CPU, "x86-avx2", EQUALIZE),
     Variant("tensorrt", Q.Flavour.TENSORRT, "x86-vnni",
-            (("equalize", True), ("centre_activations", True))),
+            (*EQUALIZE, ("centre_activations", True))),
 )
 
 
