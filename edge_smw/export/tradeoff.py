@@ -6,19 +6,18 @@
 Runs the export's own INT8 steps (``edge_smw.export.int8``), the ones on request included
 (range equalization of the linear and of the clipped ReLU6 streams; for the tensorrt flavour
 one quantizer per Conv and activation and centred activations; quantization-aware tuning with
-``--tune``), for the cpu flavour with
-8-bit weights (VNNI / ARM targets), the cpu flavour with 7-bit weights (``reduce_range``, what
-an AVX2-only x86 runs) and the tensorrt flavour, from ONE calibration pass on the run's
-training crops, plus two reference points (everything int8 including the head; fp16). Mixed
-precision is off: every row is all-integer but for the float tail. A variant whose weights do
-not suit this CPU (8-bit cpu-flavour weights on an x86 without VNNI, where onnxruntime's U8S8
-sums saturate) is not measured: its figures here would be this CPU's fault, not its target's;
-the table says so. Every step's model, kept or not, is measured against the torch model on
-the run's validation AND test crops (top-1 agreement with its Wilson interval, accuracy), then
-all of them are timed at batch 1 in ONE process, runs interleaved, p50 against onnxruntime
-fp32. Writes ``tradeoff.json`` and ``tradeoff.md`` (the table for benchmarks/RESULTS.md).
-``--latency-only`` re-times the models an earlier run left in DIR without redoing the
-accuracy part.
+``--tune``), for the cpu flavour with 8-bit weights (VNNI / ARM targets), the cpu flavour with
+7-bit weights (``reduce_range``, what an AVX2-only x86 runs) and the tensorrt flavour, from ONE
+calibration pass on the run's training crops, plus two reference points (everything int8
+including the head; fp16). Mixed precision is off: every row is all-integer but for the float
+tail. A variant whose weights do not suit this CPU (8-bit cpu-flavour weights on an x86 without
+VNNI, where onnxruntime's U8S8 sums saturate) is not measured: its figures here would be this
+CPU's fault, not its target's; the table says so. Every step's model, kept or not, is measured
+against the torch model on the run's validation AND test crops (top-1 agreement with its Wilson
+interval, accuracy), then all of them are timed at batch 1 in ONE process, runs interleaved,
+p50 against onnxruntime fp32. Writes ``tradeoff.json`` and ``tradeoff.md`` (the table for
+benchmarks/RESULTS.md). ``--latency-only`` re-times the models an earlier run left in DIR
+without redoing the accuracy part.
 """
 
 from __future__ import annotations
