@@ -35,21 +35,69 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def _cannot_write(folder: Path, exc: OSError, advice: str) -> InputError:
+    """One line for a folder that cannot take files; a file in the way is named as one."""
+    in_the_way = next((f for f in (folder, *folder.parents) if f.exists()), None)
+    if in_the_way is not None and not in_the_way.is_dir():
+        reason = ("it is a file, not a folder" if in_the_way == folder
+                  else f"{in_the_way} is a file, not a folder")
+    else:
+        reason = str(exc.strerror or exc)
+    return InputError(f"cannot write into {folder}: {reason}; {advice}")
+
+
+def _temp_file(folder: Path, prefix: str, advice: str) -> Path:
+    """Create ``folder`` if needed and an empty temporary file in it (closed)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=TEMP_SUFFIX, dir=folder)
+    except OSError as exc:
+        raise _cannot_write(folder, exc, advice) from exc
+    os.close(fd)
+    return Path(tmp_name)
+
+
+def _not_a_folder(target: Path, option: str = "this output") -> None:
+    """A file output whose path is a folder would fail only at the final rename."""
+    if target.is_dir():
+        raise InputError(f"{target} is a folder, not a file; give a file path for {option} "
+                         "(a new name, or a name inside that folder)")
+
+
+def check_writable_folder(folder: str | os.PathLike[str],
+                          advice: str = "choose a writable folder") -> Path:
+    """Prove before any long work that files can be written into ``folder``.
+
+    Creates it (and missing parents) only for the probe and removes what it made, so a
+    run that fails later leaves no empty folder; ``advice`` says what to do (the option).
+    """
+    folder = Path(folder)
+    made = [f for f in (folder, *folder.parents) if not f.exists()]
+    try:
+        _temp_file(folder, ".write-check.", advice).unlink()
+    finally:
+        for path in made:  # innermost first
+            with contextlib.suppress(OSError):
+                path.rmdir()
+    return folder
+
+
+def check_writable_file(target: str | os.PathLike[str], option: str = "this output") -> Path:
+    """Prove before any long work that ``atomic_path(target)`` will be able to write it;
+    ``option`` names the flag that gave it."""
+    target = Path(target)
+    _not_a_folder(target, option)
+    check_writable_folder(target.parent, f"choose a writable folder for {option}")
+    return target
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it over ``target``."""
     target = Path(target)
+    _not_a_folder(target)
     folder = target.parent if str(target.parent) else Path(".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX,
-                                        dir=folder)
-    except OSError as exc:
-        raise InputError(
-            f"cannot write into {folder}: {exc.strerror or exc}; choose a writable folder"
-        ) from exc
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _temp_file(folder, f".{target.name}.", "choose a writable folder")
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
     try:
         yield tmp

@@ -94,6 +94,55 @@ def test_export_dir_offers_the_most_deployable_model(tmp_path: Path) -> None:
         resolve_model_path(tmp_path / "export.json")
 
 
+def _tiny_model(path: Path, checkpoint_sha256: str) -> Path:
+    """An ONNX file with edge-smw metadata naming the checkpoint it was exported from."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from edge_smw.contract import PreprocessContract
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["probabilities"])], "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    info = ModelInfo(PreprocessContract(levels=("a", "b"), input_size=16), "tiny",
+                     checkpoint_sha256=checkpoint_sha256)
+    helper.set_model_props(model, info.to_props())
+    onnx.save_model(model, str(path))
+    return path
+
+
+def test_a_stale_model_of_an_earlier_export_is_refused(tmp_path: Path) -> None:
+    """A model exported from another checkpoint than export.json says is never picked."""
+    folder = ExportDir(tmp_path)
+    _tiny_model(tmp_path / formats.FP32.file_name, "b" * 64)
+    stale = _tiny_model(tmp_path / formats.INT8_CPU.file_name, "a" * 64)
+    assert folder.default_model() == stale  # no export.json: nothing to check against
+    folder.export_json.write_text(json.dumps({"source": {"checkpoint_sha256": "b" * 64}}),
+                                  encoding="utf-8")
+    assert folder.source_checkpoint() == "b" * 64
+    with pytest.raises(ModelError, match=r"model.int8.onnx was exported from checkpoint "
+                                         r"aaaaaaaaaaaa, .* from bbbbbbbbbbbb: it is a stale"):
+        resolve_model_path(tmp_path)
+    stale.unlink()
+    assert folder.default_model().name == formats.FP32.file_name
+    assert folder.model_info(tmp_path / formats.FP32.file_name).checkpoint_sha256 == "b" * 64
+
+
+def test_remove_stale_keeps_this_exports_files_and_the_users(tmp_path: Path) -> None:
+    names = [f.file_name for f in formats.FORMATS if f.kind == "onnx"]
+    engine = formats.ENGINE_INT8.engine_name("orin")
+    for name in [*names, engine, sidecar_path(tmp_path / engine).name, "mine.onnx",
+                 "notes.txt", formats.CHECKPOINT.file_name, "export.json"]:
+        (tmp_path / name).write_bytes(b"x")
+    written = [formats.FP32.file_name, "export.json"]
+    removed = ExportDir(tmp_path).remove_stale(written)
+    assert sorted(removed) == sorted([*names[1:], engine, engine + ".json"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*written, "mine.onnx", "notes.txt", formats.CHECKPOINT.file_name])
+
+
 def test_run_dir_knows_its_files(tmp_path: Path) -> None:
     run = RunDir.of(tmp_path / "checkpoint.pt")
     assert run.path == tmp_path and run.checkpoint == tmp_path / "checkpoint.pt"

@@ -190,12 +190,32 @@ def test_fool_bad_inputs(smiles_run, sample, tmp_path, capsys):
         ([str(blank), "--target", "smiling", "--detect"], "no face found"),
         ([face, "--target", "smiling", "--eps", "0", "--no-detect"], "--eps must be at least 1"),
         ([face, "--target", "smiling", "--steps", "-1", "--no-detect"], "--steps must be"),
+        ([face, "--target", "smiling", "--eps", "1000", "--no-detect"], "at most 255"),
+        ([face, "--target", "smiling", "--eps", "nan", "--no-detect"], "at most 255"),
+        ([face, "--target", "smiling", "--steps", "0", "--no-detect"],
+         "--steps must be at least 1"),
+        ([face, "--target", "smiling", "--detector", "bogus", "--no-detect"],
+         "unknown face detector 'bogus'"),
     ]
     for extra, message in cases:
         code = main(["fool", str(smiles_run), *extra, "--out", str(tmp_path / "o")])
         err = capsys.readouterr().err
         assert code == 2 and message in err, err
         assert "Traceback" not in err
+
+
+def test_fool_names_what_it_needs_for_an_export_or_an_empty_folder(smiles_run, smiles_onnx,
+                                                                    sample, tmp_path, capsys):
+    """An .onnx export is not a corrupt checkpoint, and fool cannot use an export folder."""
+    face = str(sample[0].path)
+    cases = [(smiles_onnx, "is an exported model, not a training checkpoint"),
+             (tmp_path, "give a run folder made by `edge-smw train` or its checkpoint.pt")]
+    for model, message in cases:
+        code = main(["fool", str(model), face, "--target", "smiling", "--no-detect",
+                     "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, err
+        assert "corrupt" not in err and "export folder" not in err, err
 
 
 def test_attack_api_rejects_bad_arrays(pixel_model):
@@ -207,6 +227,10 @@ def test_attack_api_rejects_bad_arrays(pixel_model):
                    steps=1)
     with pytest.raises(InputError, match="0..1"):
         pgd_attack(pixel_model, np.zeros((1, 224, 224, 3), np.uint8), target=5, eps=4, steps=1)
+    for eps, steps in ((256, 1), (float("inf"), 1), (4, 0)):
+        with pytest.raises(InputError, match="eps must be|steps must be"):
+            pgd_attack(pixel_model, np.zeros((1, 224, 224, 3), np.uint8), target=1, eps=eps,
+                       steps=steps)
     with pytest.raises(InputError, match="at least 1 pixel"):
         square_attack(lambda x: np.full((len(x), 2), 0.5), np.zeros((1, 8, 8, 3), np.uint8),
                       eps=0.5)

@@ -531,3 +531,41 @@ def test_an_int8_model_whose_weights_do_not_suit_this_cpu_is_not_run(
     sessions, skipped = open_sessions(models, options, threads=1)
     assert len(sessions) == 1 and not skipped
     sessions[0].runtime.close()
+
+
+def test_bench_output_and_gates_problems_are_said_before_any_work(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only export folder (default --out EXPORT_DIR/bench), a --golden save FILE that is
+    a folder and a missing --gates file: one line naming the option, before the bench's work
+    (an empty folder here, so any work at all would fail on its missing models instead)."""
+    from tests.test_cli import read_only
+
+    export = tmp_path / "export"
+    export.mkdir()
+    read_only(monkeypatch, export)
+    code, _, stderr = run_cli(str(export), "--no-plots")
+    assert code == 2 and stderr.count("\n") == 1
+    assert f"cannot write into {export / 'bench'}: Read-only file system" in stderr
+    assert "pass --out" in stderr and not (export / "bench").exists()
+    out = ["--out", str(tmp_path / "out")]
+    code, _, stderr = run_cli(str(export), *out, "--golden", "save", str(tmp_path))
+    assert code == 2 and "is a folder, not a file; give a file path for --golden save" in stderr
+    code, _, stderr = run_cli(str(export), *out, "--gates", str(tmp_path / "nonexist.toml"))
+    assert code == 2 and f"--gates {tmp_path / 'nonexist.toml'}: file not found" in stderr
+
+
+def test_bench_data_that_yields_nothing_gets_advice_about_data(tmp_path: Path) -> None:
+    """--data given: the advice is about that data, not to pass --data."""
+    from edge_smw.bench.data import load_bench_data
+    from edge_smw.contract import PreprocessContract
+    from edge_smw.errors import DataError
+
+    for level in ("a", "b"):
+        (tmp_path / "badlv" / level).mkdir(parents=True)
+        (tmp_path / "badlv" / level / "x.jpg").write_text("not an image")
+    with pytest.raises(DataError) as caught:
+        load_bench_data(str(tmp_path / "badlv"), PreprocessContract(levels=("a", "b")),
+                        run_dir=None, trained_detect=False, limit=0)
+    message = str(caught.value)
+    assert "none of 2 images could be used" in message and "pass --data" not in message
+    assert f"check that --data {tmp_path / 'badlv'} holds readable images" in message

@@ -304,6 +304,12 @@ def test_bad_gate_and_suite_files_name_the_problem(tmp_path: Path) -> None:
     suite.write_text('base = "quick"\ncalls_per_turn = 0\n')
     with pytest.raises(InputError, match="calls_per_turn must be >= 1"):
         load_suite(suite)
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(InputError, match="gates file .*bin.toml is not UTF-8 text"):
+        load_gates(binary)
+    with pytest.raises(InputError, match="suite .*bin.toml is not UTF-8 text"):
+        load_suite(binary)
 
 
 def test_an_older_bench_json_suite_reads_as_the_per_call_round_robin() -> None:
@@ -542,6 +548,18 @@ def test_golden_round_trip_and_mismatches(tmp_path: Path) -> None:
         load_golden(tmp_path / "bad.npz")
     with pytest.raises(InputError, match="not found"):
         load_golden(tmp_path / "none.npz")
+
+
+@pytest.mark.parametrize("content", [b"", b"hello text\n", b"\x93NUMPY not an npz"])
+def test_a_file_that_is_no_golden_file_says_so(tmp_path: Path, content: bytes) -> None:
+    """Empty, text, anything but save_golden's .npz: one line, not numpy's EOFError or its
+    allow_pickle advice."""
+    path = tmp_path / "g.onnx"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=r"g.onnx is not a golden file written by .*--golden "
+                                         "save") as refused:
+        load_golden(path)
+    assert "pickle" not in str(refused.value)
 
 
 # -- the gradient-masking verdict (torch-side module: its import needs torch) --------------------

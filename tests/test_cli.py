@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import os
 import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +103,112 @@ def test_evaluate_checkpoint_and_onnx_agree(smiles_onnx, smiles_run, small_label
     b = predict_items(smiles_onnx, items, detect=False, progress=False)
     assert a.paths == b.paths
     np.testing.assert_allclose(a.probs, b.probs, atol=1e-4)
+
+
+def read_only(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """``folder`` (and all under it) refuses new files as a read-only mount does; chmod
+    cannot stand in for one where the tests run as root."""
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir).resolve().is_relative_to(folder.resolve()):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error:" in err[0] and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_bad_train_values_and_out_are_one_clear_line_before_any_work(
+        small_labelled_folder, tmp_path, monkeypatch, capsys):
+    """Seeds numpy refuses, a non-positive --max-per-level (it used to train on every image),
+    an empty weights file and an --out that cannot be made: one line, nothing trained."""
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    a_file = small_labelled_folder / "smiling" / "broken.jpg"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    read_only(monkeypatch, locked)
+    out = tmp_path / "run"
+    for flags, words in [
+        (["--seed", "-1"], "--seed"),
+        (["--seed", "99999999999"], "--seed"),
+        (["--max-per-level", "0"], "--max-per-level"),
+        (["--max-per-level", "-2"], "--max-per-level"),
+        (["--backbone-weights", str(empty)], "is empty (0 bytes)"),
+        (["--out", str(a_file)], "it is a file, not a folder"),
+        (["--out", str(a_file / "run")], "is a file, not a folder"),
+        (["--out", "/proc/edge-smw-run"], "--out"),
+        (["--out", str(locked / "run")], "Read-only file system"),
+    ]:
+        argv = ["train", "--data", str(small_labelled_folder), "--levels",
+                ",".join(SMILES_LEVELS), "--out", str(out), *flags]
+        assert main(argv) == 2, flags
+        assert words in _one_line_error(capsys), flags
+        assert not out.exists() and not (locked / "run").exists()
+    assert a_file.read_bytes() == b"\xff\xd8 not really"
+
+
+def test_evaluate_outputs_are_checked_before_scoring(smiles_onnx, small_labelled_folder,
+                                                    tmp_path, monkeypatch, capsys):
+    """An output path that is a folder, a file or read-only: one line naming the option,
+    before any image is scored, and an existing output left as it was."""
+    import edge_smw.predict
+    from edge_smw.atomic import write_text
+    from edge_smw.errors import InputError
+
+    def no_scoring(*_a, **_k):
+        raise AssertionError("scored before the outputs were checked")
+
+    monkeypatch.setattr(edge_smw.predict, "predict_items", no_scoring)
+    kept = tmp_path / "kept.csv"
+    kept.write_text("previous predictions\n")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    read_only(monkeypatch, locked)
+    for flags, words in [
+        (["--predictions", str(tmp_path)], "is a folder, not a file; give a file path for "
+                                           "--predictions"),
+        (["--predictions", str(kept / "p.csv")], "--predictions"),
+        (["--predictions", str(locked / "p.csv")], "Read-only file system"),
+        (["--out", str(kept)], "choose a writable --out folder"),
+        (["--out", str(locked / "rep")], "Read-only file system"),
+    ]:
+        assert main(["evaluate", str(smiles_onnx), "--data", str(small_labelled_folder),
+                     "--no-detect", *flags]) == 2, flags
+        assert words in _one_line_error(capsys), flags
+    assert kept.read_text() == "previous predictions\n"
+    # the same for every writer of a file, not only the checked options (compare --out ...)
+    with pytest.raises(InputError, match="is a folder, not a file"):
+        write_text(tmp_path, "text")
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_evaluate_says_loudly_when_csv_rows_point_to_missing_files(
+        smiles_onnx, small_labelled_folder, tmp_path, capsys):
+    """A CSV read from the wrong folder used to score the one row left and report 100%."""
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    found = [p for p in sorted(small_labelled_folder.glob("*/*.jpg")) if p.name != "broken.jpg"]
+    # relative to the data's folder, not to the CSV's: all but one row miss
+    rows = [f"{p.relative_to(small_labelled_folder)},{p.parent.name}" for p in found]
+    some = lists / "some.csv"
+    some.write_text("path,score\n" + "\n".join(rows + [f"{found[0]},{found[0].parent.name}"]))
+    code = main(["evaluate", str(smiles_onnx), "--data", str(some), "--no-detect", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0 and json.loads(out)["n"] == 1
+    [warning] = err.strip().splitlines()
+    assert f"{len(rows)} of {len(rows) + 1} rows skipped" in warning
+    assert str(lists / rows[0].split(",")[0]) in warning
+    assert "relative to its folder" in warning
+    every = lists / "every.csv"
+    every.write_text("path,score\n" + "\n".join(rows))
+    assert main(["evaluate", str(smiles_onnx), "--data", str(every), "--no-detect"]) == 2
+    line = _one_line_error(capsys)
+    assert f"no usable images among {len(rows)}" in line
+    assert str(lists / rows[0].split(",")[0]) in line and "relative to its folder" in line

@@ -74,10 +74,48 @@ def test_exports_are_timed_together_and_their_int8_gate_read(smiles_run: Path,
     assert code == 0 and "1.00x (1.00-1.00)" in out, out + err
 
 
+def _a_checkpoint_file(tmp: Path) -> list[str]:
+    (tmp / "checkpoint.pt").write_bytes(b"a checkpoint, not its run folder")
+    return [str(tmp / "checkpoint.pt")]
+
+
 @pytest.mark.parametrize("make, expected", [
     (lambda tmp: [str(tmp)], "train.json not found"),
     (lambda tmp: [str(tmp), "--exports", str(tmp), str(tmp)], "2 export folders for 1 runs"),
+    (lambda tmp: [str(tmp), "--exports", str(tmp), "--latency-runs", "0"],
+     "--latency-runs must be >= 1, got 0"),
+    (lambda tmp: [str(tmp), "--exports", str(tmp), "--latency-runs", "-1"],
+     "--latency-runs must be >= 1, got -1"),
+    (_a_checkpoint_file, "checkpoint.pt is not a folder: give a run folder made by"),
+    (lambda tmp: [str(tmp / "absent")], "absent not found: give a run folder made by"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path: Path, make, expected: str) -> None:
     code, _, err = run_cli(*make(tmp_path))
     assert code == 2 and expected in err and "Traceback" not in err
+
+
+def test_an_export_of_another_run_or_a_corrupt_model_is_refused(smiles_run: Path,
+                                                                 tmp_path: Path) -> None:
+    """Export figures are only reported for the run they were exported from (by checkpoint
+    sha256, as bench checks), and a model that cannot be loaded is named, not a traceback."""
+    from edge_smw.artifacts.folders import ExportDir, RunDir
+    from edge_smw.artifacts.formats import INT8_CPU
+    from edge_smw.cache import file_sha256
+
+    export = ExportDir(tmp_path / "export")
+    export.path.mkdir()
+    export.export_json.write_text(json.dumps({"source": {
+        "checkpoint_sha256": file_sha256(RunDir(smiles_run).checkpoint)}, "models": {}}))
+    other = tmp_path / "other"
+    other.mkdir()
+    for path in (RunDir(smiles_run).train_json, RunDir(smiles_run).checkpoint):
+        (other / path.name).write_bytes(path.read_bytes())
+    RunDir(other).checkpoint.write_bytes(b"another run's checkpoint")
+    code, _, err = run_cli(str(smiles_run), str(other), "--exports", str(export.path),
+                           str(export.path))
+    assert code == 2 and "Traceback" not in err
+    assert f"{export.path} was exported from checkpoint" in err and str(other) in err
+    (export.path / INT8_CPU.file_name).write_bytes(b"\x08\x07truncated")
+    code, _, err = run_cli(str(smiles_run), "--exports", str(export.path))
+    assert code == 2 and "Traceback" not in err
+    assert f"{INT8_CPU.file_name} cannot be loaded" in err and "re-export" in err

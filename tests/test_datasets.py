@@ -43,6 +43,10 @@ def test_explicit_levels_order_and_errors(tmp_path):
     assert parse_levels("5") == ("1", "2", "3", "4", "5")
     with pytest.raises(DataError):
         parse_levels("a")
+    assert parse_levels(" a , b ") == ("a", "b")
+    for text in ("a,,b", "a,b,", ",a,b"):  # an empty name would shift every later level
+        with pytest.raises(DataError, match="a level name is empty"):
+            parse_levels(text)
 
 
 def test_fewer_than_two_levels_or_empty_level(tmp_path):

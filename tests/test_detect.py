@@ -178,6 +178,20 @@ def test_resolver_names_auto_files_and_the_contracts_settings(tmp_path: Path) ->
     assert shared_detector(DetectorSpec()) is shared_detector(DetectorSpec())
 
 
+@pytest.mark.parametrize("content", [b"", DETECTORS["blazeface-short"].path.read_bytes()[:20000]],
+                         ids=["empty", "truncated"])
+def test_a_broken_detector_file_says_what_makes_a_detector(tmp_path: Path, content: bytes) -> None:
+    """Not "re-export it with `edge-smw export`": export makes scoring models, not detectors."""
+    broken = tmp_path / "detector.onnx"
+    broken.write_bytes(content)
+    with pytest.raises(ModelError) as info:
+        open_detector(str(broken), backend="onnxruntime-cpu", threads=1)
+    message = str(info.value)
+    assert message.startswith(f"face detector {broken} is ")
+    assert "--detector blazeface-short" in message and "convert-blazeface.sh" in message
+    assert "re-export" not in message
+
+
 def test_a_gpu_backend_runs_the_detector_or_falls_back_to_the_cpu(smiles_dir: Path) -> None:
     """Next to a GPU scorer the detector asks for the same GPU; where onnxruntime has no such
     provider (this CPU machine) it runs on the CPU instead. On a machine with CUDA the same

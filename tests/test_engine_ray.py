@@ -402,6 +402,16 @@ def test_cli_score_and_rank_with_engine_ray(ray_local, smiles_onnx: Path, album:
     assert page.count("<figure>") == 3
     assert len(list((tmp_path / "ray-rank" / "thumbs").iterdir())) == 3
 
+    bad = tmp_path / "bad"  # nothing rankable: a failure, as in process, and the last CSV stays
+    bad.mkdir()
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "text.jpg").write_text("not an image")
+    last = (tmp_path / "ray-rank" / "ranking.csv").read_text(encoding="utf-8")
+    code, _, err = _cli(capsys, "rank", smiles_onnx, bad, "--out", tmp_path / "ray-rank",
+                        *ray_flags)
+    assert code == 1 and "edge-smw rank: no image could be scored" in err
+    assert (tmp_path / "ray-rank" / "ranking.csv").read_text(encoding="utf-8") == last
+
 
 def test_cli_engine_mistakes_are_one_line_exit_2(smiles_onnx: Path, album: Path,
                                                  tmp_path: Path, capsys) -> None:

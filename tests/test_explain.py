@@ -155,6 +155,34 @@ def test_explain_onnx_runs_cam_without_torch(smiles_onnx, two_faces, tmp_path):
     assert (tmp_path / "index.html").is_file()
 
 
+def test_explain_lists_sub_folders_like_score(smiles_run, two_faces, tmp_path, capsys):
+    album = tmp_path / "album"
+    (album / "2024" / "june").mkdir(parents=True)
+    shutil.copy(two_faces[0], album / "2024" / "june" / "a.png")
+    shutil.copy(two_faces[1], album / "2024" / "b.png")
+    code = main(["explain", str(smiles_run), str(album), "--no-detect", "--method", "cam",
+                 "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.cam.png")) == ["a.cam.png",
+                                                                          "b.cam.png"]
+
+
+@pytest.mark.parametrize("detect", ["--no-detect", "--detect"])
+def test_explain_refuses_an_unknown_detector_even_without_detection(smiles_run, two_faces,
+                                                                    tmp_path, capsys, detect):
+    code = main(["explain", str(smiles_run), str(two_faces[0]), detect, "--detector", "bogus",
+                 "--out", str(tmp_path / "o")])
+    assert code == 2 and "unknown face detector 'bogus'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_explain_refuses_an_unknown_backend(smiles_run, two_faces, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:  # argparse: a usage error, exit 2
+        main(["explain", str(smiles_run), str(two_faces[0]), "--backend", "foo",
+              "--out", str(tmp_path / "o")])
+    assert info.value.code == 2 and "invalid choice: 'foo'" in capsys.readouterr().err
+
+
 def test_explain_onnx_refuses_gradient_methods(smiles_onnx, two_faces, tmp_path, capsys):
     code = main(["explain", str(smiles_onnx), str(two_faces[0]), "--no-detect",
                  "--method", "gradcam", "--out", str(tmp_path)])

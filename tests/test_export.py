@@ -439,6 +439,51 @@ def test_interrupted_export_leaves_nothing(smiles_run: Path, tmp_path: Path,
     assert [p.name for p in kept.iterdir()] == ["notes.txt"]
 
 
+def test_reexport_leaves_only_its_own_models(smiles_run: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Exporting into a folder holding an earlier export: a failed run keeps every file; a
+    successful one removes the models it did not write (saying so), never the user's files,
+    so no command can pick a stale model of another checkpoint."""
+    from edge_smw.artifacts.folders import resolve_model_path
+    from edge_smw.artifacts.formats import FP16, FP32, INT8_CPU, INT8_TENSORRT
+    from edge_smw.cli.main import main
+    from edge_smw.export import pipeline
+
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = sorted([INT8_CPU.file_name, INT8_TENSORRT.file_name, FP16.file_name])
+    for name in [*stale, FP32.file_name, "export.json"]:
+        (out / name).write_bytes(b"an earlier export of another checkpoint")
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "FP32_MAX_ABS_DIFF", -1.0)
+        with pytest.raises(GateFailure):
+            export_model(smiles_run, out, ExportSettings(val_limit=16, **FAST), progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main(["export", str(smiles_run), "--out", str(out), "--val-limit", "16",
+                 "--quiet"]) == 0
+    assert f"removed {', '.join(stale)}: an earlier export's" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", FP32.file_name,
+                                                     "notes.txt"]
+    assert resolve_model_path(out).name == FP32.file_name
+
+
+def test_bad_calibration_data_fails_before_any_work(smiles_run: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_smw.export import pipeline
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the validation crops were loaded before --calib-data was checked")
+
+    monkeypatch.setattr(pipeline, "validation_crops", loaded)
+    with pytest.raises(InputError, match="--calib-data .*nowhere: not a folder"):
+        export_model(smiles_run, tmp_path / "o", ExportSettings(
+            int8=True, calib_data=tmp_path / "nowhere", **FAST), progress=False)
+    assert not (tmp_path / "o").exists()
+
+
 def test_gate_failure_and_force(smiles_run: Path, tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """An fp32 gate the export cannot meet: refused with the figures, or forced."""

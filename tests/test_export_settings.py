@@ -91,6 +91,12 @@ def test_command_line_is_generated_from_the_settings() -> None:
     ({"int8": True, "tune_blocks": 1.0}, "--tune-blocks changes quantization-aware tuning"),
     ({"int8": True, "tune": True, "tune_drop": 1.0}, "--tune-drop 1.0: give a probability"),
     ({"int8": True, "tune": True, "tune_blocks": -1.0}, "--tune-blocks -1.0: give a weight"),
+    # checked when the settings are made, before an export loads any crop; the default the
+    # message quotes is the one --help shows
+    ({"calib_size": 0}, rf"--calib-size 0: give at least 64 .*default {default_of('calib_size')}"),
+    ({"tune_crops": 10}, "--tune-crops 10: give at least 64"),
+    ({"num_bins": 0}, rf"--num-bins 0: .* at least 256 .*\(default {default_of('num_bins')}\)"),
+    ({"percentile": 150.0}, r"--percentile 150.0: choose a value in \[90, 100\)"),
 ])
 def test_bad_settings_say_what_to_do(changes: dict, match: str) -> None:
     with pytest.raises(InputError, match=match):
@@ -110,6 +116,21 @@ def test_bad_profile_values(tmp_path: Path, text: str, match: str) -> None:
     file.write_text(text)
     with pytest.raises(InputError, match=match):
         resolve_profile(file)
+
+
+def test_unusable_profile_files_say_why(tmp_path: Path) -> None:
+    """A folder, an empty file or one that is not UTF-8 text: one line each, no traceback."""
+    from edge_smw.export.profiles import resolve_profile
+
+    (tmp_path / "dir.toml").mkdir()
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00binary")
+    for name, match in (("dir.toml", "is a folder"), ("empty.onnx", "is empty"),
+                        ("bin.csv", "is not UTF-8 text"), ("absent.toml", "not found")):
+        with pytest.raises(InputError, match=f"profile .*{name} {match}"):
+            resolve_settings(str(tmp_path / name))
+    with pytest.raises(InputError, match="is a folder"):
+        resolve_profile(tmp_path / "dir.toml")
 
 
 def test_profiles_are_package_data() -> None:

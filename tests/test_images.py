@@ -126,6 +126,8 @@ def test_to_bgr_validates_frames():
                        (np.zeros((4, 5), np.uint8), "bgr"), (frame, "hsv")]:
         with pytest.raises(InputError):
             images.to_bgr(bad, color)
+    with pytest.raises(InputError, match="4-channel .*COLOR_BGRA2BGR"):  # not "pass gray"
+        images.to_bgr(np.zeros((4, 5, 4), np.uint8))
 
 
 def test_decode_upload_bytes():

@@ -64,12 +64,16 @@ def test_cli_serves_saves_and_stops_cleanly(smiles_dir: Path, tmp_path: Path) ->
     (["{folder}", "--levels", "1"], "at least 2"),
     (["{folder}", "--order", "uncertainty"], "--model"),
     (["{folder}", "--model", "{folder}/nothing.onnx"], "not found"),
+    (["{folder}", "--levels", "a,,b"], "a level name is empty"),
+    (["{folder}", "--labels", "{semi}", "--levels", "a,b"], "expected a 'path,score' row"),
 ])
 def test_cli_errors_are_one_line_exit_2(smiles_dir: Path, tmp_path: Path, args: list[str],
                                         message: str) -> None:
     folder = tmp_path / "photos"
     copy_crops(smiles_dir, folder, 1)
-    argv = [a.format(folder=folder, missing=tmp_path / "missing") for a in args]
+    semi = tmp_path / "semi.csv"
+    semi.write_text("crop000.jpg;a\n", encoding="utf-8")
+    argv = [a.format(folder=folder, missing=tmp_path / "missing", semi=semi) for a in args]
     result = subprocess.run(
         [sys.executable, "-m", "edge_smw.cli.main", "label", *argv, "--no-browser"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -77,6 +81,7 @@ def test_cli_errors_are_one_line_exit_2(smiles_dir: Path, tmp_path: Path, args: 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("edge-smw label: error:"), result.stderr
     assert message in lines[0]
+    assert semi.read_text(encoding="utf-8") == "crop000.jpg;a\n"  # a refused file is untouched
 
 
 def test_a_second_cli_on_the_same_csv_is_refused(smiles_dir: Path, tmp_path: Path) -> None:

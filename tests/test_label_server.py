@@ -226,6 +226,23 @@ def test_csv_with_other_levels_is_refused_with_what_to_do(photos: Path) -> None:
     assert state["hints"] == ["", ""]  # the poster's words belong to the 1..5 scale only
 
 
+def test_labels_file_in_another_format_is_refused_untouched(photos: Path) -> None:
+    """A ``file;label`` CSV would turn into a mixed file train rejects after the first label."""
+    other = photos / "semi.csv"
+    text = "crop000.jpg;smiling\ncrop001.jpg;not_smiling\n"
+    other.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError, match=r"semi\.csv:1: expected a 'path,score' row"):
+        LabelSession(photos, labels_csv=other, levels="not_smiling,smiling")
+    assert other.read_text(encoding="utf-8") == text
+    assert not list(photos.glob(".*.lock"))
+
+
+@pytest.mark.parametrize("levels", ["a,,b", "a,b,", ",a,b", ["a", "", "b"]])
+def test_empty_level_names_are_refused(photos: Path, levels: str | list[str]) -> None:
+    with pytest.raises(InputError, match="a level name is empty"):
+        LabelSession(photos, levels=levels)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"levels": "11"}, "at most 10"),
     ({"order": "uncertainty"}, "--model"),

@@ -778,6 +778,51 @@ def test_quant_report_knows_which_flavours_moved_tensors(tmp_path: Path) -> None
     assert _moved_tensors(tmp_path / "missing.json") == {}
 
 
+def test_quant_report_bad_input_is_one_line(smiles_int8: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """--top below 1 (as rank refuses it), a missing folder, a truncated int8 model (as a
+    truncated model.onnx is): one line each, exit 2."""
+    import shutil
+
+    from edge_smw.artifacts.formats import INT8_CPU
+    from edge_smw.cli.main import main
+
+    export = smiles_int8.parent
+    truncated = tmp_path / "truncated"
+    shutil.copytree(export, truncated)
+    (truncated / INT8_CPU.file_name).write_bytes(smiles_int8.read_bytes()[:10000])
+    for argv, expected in (([str(export), "--top", "0"], "--top must be >= 1, got 0"),
+                           ([str(export), "--top", "-1"], "--top must be >= 1, got -1"),
+                           ([str(tmp_path / "nonexist")], "nonexist not found"),
+                           ([str(truncated)], f"{INT8_CPU.file_name} cannot be loaded")):
+        assert main(["quant-report", *argv, "--out", str(tmp_path / "r"), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and "\n" not in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_quant_report_writes_nothing_into_the_export_folder(
+        smiles_int8: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime's shape-inferred copies go to a private temporary folder: a read-only
+    export folder works, and two reports at once cannot clash on a fixed name there."""
+    from edge_smw.export.sensitivity import report_for_export
+
+    export = smiles_int8.parent
+    written: list[Path] = []
+    infer = onnx.shape_inference.infer_shapes_path
+
+    def spy(source: str, target: str, *args, **kwargs) -> None:
+        written.append(Path(target))
+        infer(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes_path", spy)
+    before = sorted(p.name for p in export.iterdir())
+    report_for_export(export, out=tmp_path / "r", limit=4, progress=False)
+    assert written and not [p for p in written if p.parent.resolve() == export.resolve()]
+    assert sorted(p.name for p in export.iterdir()) == before
+    assert (tmp_path / "r" / "quant_report.cpu.json").is_file()
+
+
 def _graph(nodes: list[onnx.NodeProto], weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     from onnx import TensorProto, helper
 

@@ -253,10 +253,29 @@ def test_bad_infer_inputs_raise_input_error(runtime: Runtime, crops) -> None:
     ({"max_faces": 0}, "max_faces"),
     ({"device": -1}, "device"),
     ({"backend_options": {"trt_fp61": True}}, "trt_fp61"),
+    ({"detect_faces": "no"}, "detect_faces must be True, False or None"),
+    ({"detect_faces": False, "detector": "bogus"}, "unknown face detector 'bogus'"),
+    ({"detect_faces": None, "detector": "bogus"}, "unknown face detector 'bogus'"),
 ])
 def test_bad_settings_raise_input_error(smiles_onnx: Path, kwargs, words) -> None:
     with pytest.raises(InputError, match=words):
         Runtime(smiles_onnx, warmup=False, **{"backend": "onnxruntime-cpu", **kwargs})
+
+
+def test_no_model_path_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="model_path must be the path"):
+        Runtime(None)  # type: ignore[arg-type]
+
+
+def test_auto_names_the_backend_it_chose_for_unknown_options(smiles_onnx: Path) -> None:
+    """Not the first backend it tried (onnxruntime-tensorrt, absent on a CPU machine)."""
+    with Runtime(smiles_onnx, warmup=False, threads=1) as chosen:
+        backend = chosen.backend
+    with pytest.raises(InputError, match="does not take option") as info:
+        Runtime(smiles_onnx, warmup=False, threads=1, backend_options={"foo": 1})
+    message = str(info.value)
+    assert f"backend {backend!r} does not take" in message
+    assert f"'auto' chose {backend!r}" in message
 
 
 def test_missing_gpu_providers_are_backend_unavailable(smiles_onnx: Path, caplog) -> None:
@@ -324,7 +343,7 @@ def test_bad_model_files_raise_model_error(smiles_onnx: Path, runtime: Runtime,
     props = runtime.runner.metadata()
     size = runtime.contract.input_size
     cases = [
-        (tmp_path / "missing.onnx", "not found"),
+        (tmp_path / "missing.onnx", "not found; give an export folder or the .onnx"),
         (truncated, "truncated"),
         (text, "not an ONNX model"),
         (empty, "empty"),

@@ -220,3 +220,35 @@ def test_score_detector_flag_and_the_mismatch_error(smiles_onnx: Path, album, ca
     assert code == 0 and json.loads(out.splitlines()[0])["face"] == 1
     code, _, err = _run(capsys, "score", smiles_onnx, face, "--detect", "--detector", "yolo")
     assert code == 2 and "unknown face detector 'yolo'" in err
+
+
+def test_an_out_that_is_a_file_is_one_line_exit_2(smiles_onnx: Path, album, capsys) -> None:
+    """score/rank --out naming a file: one line before any work (Ray's used to trace back)."""
+    pytest.importorskip("ray")
+    root, a_file = album["face_a"].parent, album["gradient"]
+    before = a_file.read_bytes()
+    for argv in (["score", smiles_onnx, root, "--engine", "ray", "--out", a_file],
+                 ["rank", smiles_onnx, root, "--engine", "ray", "--out", a_file],
+                 ["rank", smiles_onnx, root, "--out", a_file]):
+        code, _, err = _run(capsys, *argv)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, argv
+        assert f"cannot write into {a_file}: it is a file" in err and "--out" in err
+    assert a_file.read_bytes() == before
+
+
+def test_rank_with_nothing_rankable_fails_and_keeps_the_last_report(
+        smiles_onnx: Path, album, capsys, tmp_path: Path) -> None:
+    """As score: exit 1 when no photo could be scored, and the last good report stays."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for key in ("corrupt", "empty", "text"):
+        shutil.copy(album[key], bad / album[key].name)
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "ranking.csv").write_text("the last good ranking\n")
+    code, stdout, err = _run(capsys, "rank", smiles_onnx, bad, "--no-detect", "--out", out,
+                             "--threads", "1", "--backend", "onnxruntime-cpu")
+    assert code == 1 and "edge-smw rank: no image could be scored" in err
+    assert stdout.count("unreadable:") == 3
+    assert (out / "ranking.csv").read_text() == "the last good ranking\n"
+    assert sorted(p.name for p in out.iterdir()) == ["ranking.csv"]

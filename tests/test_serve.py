@@ -148,6 +148,104 @@ def test_serve_listens_on_loopback_by_default():
     assert args.host == "127.0.0.1" and args.token is None and args.port == 8080
 
 
+def test_folder_of_undecodable_images_is_a_camera_error(footage, tmp_path):
+    """Not a camera that is lost and reopened every second, forever: an error naming it."""
+    folder = tmp_path / "badalbum"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (folder / name).write_bytes(b"not an image")
+    with pytest.raises(CameraError, match="badalbum: none of its 2 image files can be decoded"):
+        open_source(parse_source(str(folder)))
+    # one readable image among them is enough; the bad ones are skipped
+    cv2.imwrite(str(folder / "c.png"), footage.frames[0])
+    source = open_source(parse_source(str(folder), loop=True))
+    assert [source.read()[1] for _ in range(2)] == ["c.png", "c.png"]
+
+
+def _serve_error(argv: list[str], capsys) -> str:
+    from edge_smw.cli.main import main
+
+    rc = main(["serve", "--port", "0", *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["--fps", "nan"], "--fps must be a finite number"),
+    (["--fps", "inf"], "--fps must be a finite number"),
+    (["--cooldown", "nan"], "--cooldown must be a finite number"),
+    (["--cooldown", "inf"], "--cooldown must be a finite number"),
+    (["--min-free-mb", "nan"], "--min-free-mb must be a finite number"),
+    # capture settings are checked with or without --captures
+    (["--capture-frames", "0"], "--capture-frames"),
+    (["--cooldown", "-1"], "--cooldown"),
+    (["--max-captures", "-1"], "--max-captures"),
+    (["--min-free-mb", "-1"], "--min-free-mb"),
+])
+def test_non_finite_and_bad_capture_numbers_are_refused_before_the_model(tmp_path, capsys,
+                                                                         extra, words):
+    # the model does not exist: these are refused before it is looked at
+    err = _serve_error(["--model", str(tmp_path / "none.onnx"), "--camera", str(tmp_path),
+                        *extra], capsys)
+    assert words in err, err
+
+
+def test_api_refuses_non_finite_numbers(tmp_path):
+    with pytest.raises(InputError, match="--fps"):
+        parse_source(str(tmp_path), fps=float("nan"))
+    with pytest.raises(InputError, match="--cooldown"):
+        CaptureOptions(tmp_path, threshold=1.5, cooldown_s=float("nan"))
+    with pytest.raises(InputError, match="--min-free-mb"):
+        CaptureOptions(tmp_path, threshold=1.5, min_free_mb=float("inf"))
+
+
+def test_unresolvable_host_blames_the_host_not_the_port(footage, smiles_onnx, tmp_path,
+                                                        capsys):
+    folder = footage.write_folder(tmp_path / "frames", step=40)
+    err = _serve_error(["--model", str(smiles_onnx), "--camera", str(folder), "--threads", "1",
+                        "--host", "999.1.1.1"], capsys)
+    assert "--host 999.1.1.1" in err and "--port" not in err, err
+
+
+def test_port_in_use_still_blames_the_port():
+    import errno
+    import socket
+
+    from edge_smw.serve.app import listen_error
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with socket.socket() as other, pytest.raises(OSError) as info:
+            other.bind(("127.0.0.1", port))
+    finally:
+        taken.close()
+    assert info.value.errno == errno.EADDRINUSE
+    assert "choose one with --port" in listen_error("127.0.0.1", port, info.value)
+
+
+def test_camera_errors_are_one_line_without_opencv_noise(smiles_onnx, tmp_path):
+    """OpenCV's ``[ WARN:0@...] cap.cpp`` and FFmpeg's ``[mjpeg @ ...]`` stay off stderr."""
+    import subprocess
+    import sys
+
+    cases = {"zeros.mjpeg": bytes(5000),  # FFmpeg: "No JPEG data found in image"
+             "text.mp4": b"not a video at all\n" * 50}  # "moov atom not found", cap.cpp:212
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        result = subprocess.run(
+            [sys.executable, "-m", "edge_smw.cli.main", "serve", "--model", str(smiles_onnx),
+             "--camera", str(tmp_path / name), "--port", "0", "--threads", "1"],
+            capture_output=True, text=True, timeout=120,
+            env=dict(os.environ, OMP_NUM_THREADS="1"))
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert lines[0].startswith("edge-smw serve: error:") and name in lines[0]
+
+
 # -- smoothing and tracking --------------------------------------------------------------------
 def _face(box, p_high):
     probs = np.array([1 - p_high, p_high])
@@ -287,7 +385,9 @@ def test_capture_writer_survives_a_broken_folder_and_retries(footage, tmp_path, 
         assert kept is not None
         wait_until(lambda: not cap.writable and cap.write_errors >= 2, 30,
                    what="failed attempts")
-        assert "File exists" in cap.write_error or "Not a directory" in cap.write_error
+        # the OS's words, or edge_smw.atomic's own ("it is a file, not a folder")
+        assert any(words in cap.write_error
+                   for words in ("File exists", "Not a directory", "not a folder"))
         assert cap.observe(third) is None and skipped == ["unwritable"]
         folder.unlink()  # put right: the writer's next attempt recreates the folder
         wait_until(lambda: cap.writable and len(saved) == 2, 30, what="the kept capture saved")

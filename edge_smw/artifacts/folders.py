@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import errno
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_smw.artifacts.formats import (
     CHECKPOINT,
     ENGINE_SUFFIXES,
+    FORMATS,
     MODEL_SUFFIXES,
     ONNX_SUFFIX,
     offered_models,
 )
 from edge_smw.errors import InputError, ModelError
+
+if TYPE_CHECKING:
+    from edge_smw.metadata import ModelInfo
 
 CHECKPOINT_NAME = CHECKPOINT.file_name
 SPLIT_NAME = "split.json"
@@ -97,10 +102,13 @@ class ExportDir:
                       and p.suffix in MODEL_SUFFIXES)
 
     def default_model(self) -> Path:
-        """The model ``Runtime`` takes from this folder: the most deployable one present."""
+        """The model ``Runtime`` takes from this folder: the most deployable one present
+        (refused when it is a stale model of an earlier export, see ``model_info``)."""
         for fmt in offered_models():
             candidate = self.path / fmt.file_name
             if candidate.is_file():
+                if self.source_checkpoint():
+                    self.model_info(candidate)
                 return candidate
         names = ", ".join(f.file_name for f in offered_models())
         raise ModelError(f"{self.path} holds no exported model ({names}); run `edge-smw export "
@@ -116,6 +124,63 @@ class ExportDir:
         except (OSError, ValueError) as exc:
             raise ModelError(f"{path} is not valid JSON ({exc}); re-export the folder") from None
         return data if isinstance(data, dict) else None
+
+    def source_checkpoint(self) -> str | None:
+        """The sha256 of the checkpoint ``export.json`` says this folder was exported from."""
+        source = (self.read_export_json() or {}).get("source")
+        digest = source.get("checkpoint_sha256") if isinstance(source, dict) else None
+        return digest if isinstance(digest, str) and digest else None
+
+    def check_source(self, model: str | Path, checkpoint_sha256: str | None) -> None:
+        """Refuse a model exported from another checkpoint than ``export.json`` says: a file
+        an earlier export of another run left here, whose figures belong to that run."""
+        expected = self.source_checkpoint()
+        if expected and checkpoint_sha256 and checkpoint_sha256 != expected:
+            raise ModelError(f"{self.path / Path(model).name} was exported from checkpoint "
+                             f"{checkpoint_sha256[:12]}, but {self.export_json} from "
+                             f"{expected[:12]}: it is a stale model of an earlier export; "
+                             f"re-export the folder (`edge-smw export RUN_DIR --out {self.path}`)")
+
+    def model_info(self, model: str | Path) -> ModelInfo:
+        """A model's metadata, read the one way (a corrupt file is a clear error) and checked
+        to come from this export's checkpoint (``check_source``)."""
+        from edge_smw.metadata import ModelInfo
+
+        info = ModelInfo.from_file(model)
+        self.check_source(model, info.checkpoint_sha256)
+        return info
+
+    def format_files(self) -> list[Path]:
+        """The files here that the formats table names (every model an export writes, and
+        each engine's sidecar), sorted; a user's own files are not among them."""
+        from edge_smw.metadata import sidecar_path
+
+        found: set[Path] = set()
+        for fmt in FORMATS:
+            if fmt is CHECKPOINT:
+                continue
+            for path in self.path.glob(fmt.file_name.format(gpu="*")):
+                found.add(path)
+                if fmt.kind == "engine":
+                    found.add(sidecar_path(path))
+        return sorted(p for p in found if p.is_file())
+
+    def remove_stale(self, written: Collection[str]) -> list[str]:
+        """Remove the format-table files an export did not write (``written``: the names it
+        did), so the folder holds only this export's models; returns the names removed."""
+        removed = []
+        for path in self.format_files():
+            if path.name in written:
+                continue
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise ModelError(f"cannot remove {path}, a model of an earlier export "
+                                 f"({exc.strerror or exc}): delete it by hand") from None
+            removed.append(path.name)
+        return removed
 
 
 def is_exported_model(model: str | Path) -> bool:
@@ -137,7 +202,8 @@ def resolve_model_path(model: str | Path) -> Path:
     if path.is_dir():
         return ExportDir(path).default_model()
     if not path.is_file():
-        raise ModelError(f"model {path} not found")
+        raise ModelError(f"model {path} not found; give an export folder or the .onnx / .engine "
+                         "file `edge-smw export` wrote")
     if path.suffix not in MODEL_SUFFIXES:
         raise ModelError(f"{path}: expected an .onnx or .engine model (or an export folder); a "
                          "training checkpoint must be exported first with `edge-smw export`")

@@ -16,9 +16,10 @@ import cv2
 import numpy as np
 
 from edge_smw.atomic import write_json
-from edge_smw.attacks.pgd import pgd_attack, torch_probs_fn
+from edge_smw.attacks.pgd import check_budget, pgd_attack, torch_probs_fn
 from edge_smw.attacks.result import AttackResult
 from edge_smw.contract import PreprocessContract
+from edge_smw.detect import with_detector
 from edge_smw.errors import InputError
 from edge_smw.explain.inputs import load_crops, resolve_level, unique_stems
 from edge_smw.explain.render import new_figure, plain, probabilities_line, save_figure
@@ -87,19 +88,18 @@ def fool_images(
     steps: int = 50,
     step_size: float | None = None,
     detect: bool | None = None,
+    detector: str = "auto",
 ) -> FoolReport:
-    """Targeted fooling images for every face in ``inputs`` (files or folders)."""
-    if not eps >= 1:
-        raise InputError(f"--eps must be at least 1 pixel unit of 0-255 (uint8 images move in "
-                         f"whole grey levels), got {eps}")
-    if steps < 0:
-        raise InputError(f"--steps must be >= 0, got {steps}")
+    """Targeted fooling images for every face in ``inputs`` (files or folders); ``detector``
+    finds the faces (``auto``: the model's own, from its contract)."""
+    check_budget(eps, steps, names=("--eps", "--steps"))  # before the checkpoint loads
     ckpt = load_checkpoint(checkpoint)
     contract = ckpt.contract
+    crops_with = with_detector(contract, detector)  # an unknown name is refused, detect or not
     target_index = resolve_level(target, contract.levels)
     if target_index is None:
         raise InputError("a fooling image needs --target LEVEL (a level name or 1-based position)")
-    batch = load_crops(inputs, contract, detect=ckpt.detect if detect is None else detect)
+    batch = load_crops(inputs, crops_with, detect=ckpt.detect if detect is None else detect)
     pixels = np.stack([contract.to_model_pixels(c.crop_bgr) for c in batch.crops])
     pixel_model = PixelModel(contract, ckpt.build_model()).eval()
     results = pgd_attack(pixel_model, pixels, target=target_index, eps=eps, steps=steps,

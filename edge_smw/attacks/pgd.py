@@ -26,6 +26,20 @@ from edge_smw.errors import InputError
 BATCH = 8  # crops per forward/backward pass
 
 
+MAX_EPS = 255.0  # the whole 0-255 pixel range: a larger budget is no budget at all
+
+
+def check_budget(eps: float, steps: int, *, names: tuple[str, str] = ("eps", "steps")) -> None:
+    """The attack's budget: ``eps`` whole grey levels within the pixel range, at least one
+    step (``names``: how the caller spells them, e.g. the CLI's --eps, --steps)."""
+    if not (math.isfinite(eps) and 1 <= eps <= MAX_EPS):
+        raise InputError(f"{names[0]} must be at least 1 and at most {MAX_EPS:g} pixel units of "
+                         f"0-255 (uint8 images move in whole grey levels; 4 = 4/255 is nearly "
+                         f"invisible), got {eps:g}")
+    if steps < 1:
+        raise InputError(f"{names[1]} must be at least 1 gradient step, got {steps}")
+
+
 def default_step_size(eps: float, steps: int) -> float:
     """Big enough to cross the ball in a few steps, small enough to stop near the boundary,
     and at least one grey level (the image is judged after rounding to uint8)."""
@@ -52,11 +66,7 @@ def pgd_attack(
     budget in pixel units (4 = 4/255); ``steps``: most gradient steps per crop.
     """
     pixels = check_pixels(pixels_uint8_nhwc)
-    if not (eps >= 1 and math.isfinite(eps)):
-        raise InputError(f"eps must be at least 1 pixel unit (uint8 images move in whole grey "
-                         f"levels), got {eps}")
-    if steps < 0:
-        raise InputError(f"steps must be >= 0, got {steps}")
+    check_budget(eps, steps)
     step = default_step_size(eps, steps) if step_size is None else float(step_size)
     if not step > 0:
         raise InputError(f"step size must be positive, got {step_size}")

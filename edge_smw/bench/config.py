@@ -16,6 +16,7 @@ from typing import Any
 from edge_smw.bench.results import GateVerdict
 from edge_smw.contract import DEFAULT_DETECTOR
 from edge_smw.errors import InputError
+from edge_smw.export.profiles import read_toml
 from edge_smw.stats import CONFIDENCE, Proportion, min_n_to_show
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
@@ -32,25 +33,6 @@ STATISTICS = ("value", "proportion")
 STATS = ("max", "mean", "median", "quantile", "elemwise")
 SECTIONS = ("latency", "comparisons", "parity", "robustness", "end_to_end", "limit",
             "detection")
-
-
-def _toml(path: Path) -> dict[str, Any]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            raise InputError(f"reading {path} needs Python 3.11+ or `pip install tomli`") from None
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise InputError(f"{path} not found") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{path} is not valid TOML: {exc}") from None
 
 
 @dataclass
@@ -135,12 +117,12 @@ def load_suite(spec: str | Path) -> Suite:
         if not path.suffix == ".toml":
             raise InputError(f"--suite must be one of {list(SUITE_NAMES)} or a .toml file, got "
                              f"{text!r}")
-    data = _toml(path)
+    data = read_toml(path, "suite")
     base = data.pop("base", None)
     if base is not None:
         if base not in SUITE_NAMES:
             raise InputError(f"{path}: base must be one of {list(SUITE_NAMES)}, got {base!r}")
-        merged = _toml(CONFIG_DIR / f"{base}.toml")
+        merged = read_toml(CONFIG_DIR / f"{base}.toml")
         merged.update(data)
         data = merged
     known = {f.name for f in dataclasses.fields(Suite)} - {"source"}
@@ -287,7 +269,7 @@ class GateSet:
 
 def load_gates(path: str | Path | None = None) -> GateSet:
     path = Path(path) if path is not None else DEFAULT_GATES
-    data = _toml(path)
+    data = read_toml(path, "gates file")
     unknown = sorted(set(data) - {"tolerances", "gate", "target"})
     if unknown:
         raise InputError(f"{path}: unknown top-level key(s) {unknown}; expected [tolerances], "

@@ -47,9 +47,14 @@ def stratified_sample(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarr
     return np.asarray(stratified_indices(labels, limit, seed), dtype=np.int64)
 
 
+SPLIT_ADVICE = "run from the folder the model was trained in, or pass --data"
+
+
 def load_items(items: list[LabelledImage], contract: PreprocessContract, *, detect: bool,
-               source: str, limit: int = 0, seed: int = 0) -> BenchData:
-    """Read (a stratified sample of) ``items`` into model pixels."""
+               source: str, limit: int = 0, seed: int = 0,
+               advice: str = SPLIT_ADVICE) -> BenchData:
+    """Read (a stratified sample of) ``items`` into model pixels; ``advice`` is what to do
+    when none can be used (it depends on where the items came from)."""
     if not items:
         raise DataError(f"{source}: no labelled images")
     labels = np.array([item.level for item in items], dtype=np.int64)
@@ -74,8 +79,7 @@ def load_items(items: list[LabelledImage], contract: PreprocessContract, *, dete
     if not pixels:
         missing = report.unreadable[0] if report.unreadable else ("?", "no face found")
         raise DataError(f"{source}: none of {len(keep)} images could be used (first: "
-                        f"{missing[0]}: {missing[1]}); run from the folder the model was "
-                        "trained in, or pass --data")
+                        f"{missing[0]}: {missing[1]}); {advice}")
     return BenchData(np.stack(pixels), np.array(kept_labels, dtype=np.int64), paths,
                      contract.levels, source, report)
 
@@ -100,4 +104,6 @@ def load_bench_data(spec: str | None, contract: PreprocessContract, *,
         raise DataError(f"--data {spec} has levels {list(data.dataset.levels)}, the model "
                         f"{list(contract.levels)}")
     return load_items(data.dataset.items, contract, detect=data.detect_for(trained_detect, detect),
-                      source=spec, limit=limit, seed=seed)
+                      source=spec, limit=limit, seed=seed,
+                      advice=f"check that --data {spec} holds readable images (a CSV's paths "
+                             "are read relative to the CSV's folder)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,13 +81,18 @@ def save_golden(path: str | Path, pixels: np.ndarray, labels: np.ndarray | None,
 
 def load_golden(path: str | Path) -> Golden:
     path = Path(path)
+    # ``save_golden`` writes a .npz (a zip): anything else (empty, text, a bare .npy) is not
+    # one, whatever numpy's own reason for refusing it would say.
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise InputError(f"{path} is not a golden file written by `edge-smw bench EXPORT_DIR "
+                         "--golden save FILE`; give one, or save one where torch is installed")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise InputError(f"golden file {path} not found; make one with `edge-smw bench "
                          "EXPORT_DIR --golden save FILE` where torch is installed") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"{path} is not a readable golden file ({exc}); save it again") from None
     try:
         header = json.loads(arrays["header"].tobytes().decode())

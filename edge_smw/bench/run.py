@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge_smw.artifacts.sessions import SessionSettings, load_session, usable_cores
+from edge_smw.atomic import check_writable_file
 from edge_smw.bench import latency as lat
 from edge_smw.bench.config import GateSet, Suite, load_gates, load_suite
 from edge_smw.bench.data import BenchData, load_bench_data
@@ -98,6 +99,11 @@ class BenchOptions:
             raise InputError(f"--golden mode must be save or check, got {self.golden_mode!r}")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be >= 1, got {self.threads}")
+        if self.gates is not None and not Path(self.gates).exists():
+            raise InputError(f"--gates {self.gates}: file not found; give a gates TOML or "
+                             "leave --gates out for the packaged gates")
+        if self.golden_mode == "save" and self.golden_file is not None:
+            check_writable_file(self.golden_file, "--golden save")  # before the bench's work
 
 
 @dataclass

@@ -86,6 +86,7 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_smw.atomic import check_writable_folder
     from edge_smw.bench.report import console_table, gates_lines, write_report
     from edge_smw.bench.run import BenchOptions, run_bench
 
@@ -99,8 +100,11 @@ def run(args: argparse.Namespace) -> int:
         detectors=[d.strip() for d in args.detector.split(",")] if args.detector else None,
         command=_command(args),
     )
-    report = run_bench(options)
     out = Path(args.out) if args.out else Path(args.export_dir) / "bench"
+    # probed before the work: a read-only export folder must not cost a whole bench
+    check_writable_folder(out, "choose a writable --out folder" if args.out else
+                          "pass --out with a writable folder (the default is EXPORT_DIR/bench)")
+    report = run_bench(options)
     paths = write_report(report, out, plots=not args.no_plots)
     if args.json:
         print_json(report.to_dict())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from edge_smw.cli.common import add_detect, add_json, print_json
 
@@ -29,17 +31,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_smw.atomic import check_writable_file, check_writable_folder
     from edge_smw.data.sources import resolve_data
     from edge_smw.errors import DataError
     from edge_smw.evaluate import poster_table, write_predictions_csv, write_report
     from edge_smw.predict import model_contract, predict_items
 
+    if args.predictions:  # before the scoring, not after it
+        check_writable_file(args.predictions, "--predictions")
+    if args.out:
+        check_writable_folder(args.out, "choose a writable --out folder")
     contract, trained_detect = model_contract(args.model)
     source = resolve_data(args.data, levels=contract.levels, from_dir=args.from_dir,
                           progress=not args.json)
     if tuple(source.dataset.levels) != contract.levels:
         raise DataError(f"data levels {list(source.dataset.levels)} differ from the model's "
                         f"{list(contract.levels)}")
+    _check_missing_files(source.dataset)
     detect = source.detect_for(trained_detect, args.detect)
     preds = predict_items(args.model, source.dataset.items, detect=detect, backend=args.backend,
                           detector=args.detector,
@@ -64,3 +72,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: the model was trained with face detection {'on' if trained_detect else 'off'}"
               f", evaluated with it {'on' if detect else 'off'}")
     return 0
+
+
+def _check_missing_files(dataset) -> None:  # noqa: ANN001 - a LabelledDataset, lazy import
+    """Rows pointing to missing files (a CSV read from the wrong folder) said loudly up front:
+    an accuracy over the few rows left must not pass for the whole set's."""
+    from edge_smw.errors import DataError
+
+    items = dataset.items
+    missing = [str(item.path) for item in items if not Path(item.path).exists()]
+    if not missing:
+        return
+    first = ", ".join(missing[:2])
+    source = Path(dataset.source)
+    where = (f"; paths in {source} are read relative to its folder {source.parent}"
+             if source.is_file() else "")
+    if len(missing) == len(items):
+        raise DataError(f"no usable images among {len(items)} ({len(items)} unreadable, 0 "
+                        f"without a face): no file exists, first {first}{where}; fix the "
+                        "paths (or put the CSV beside the images)")
+    print(f"edge-smw evaluate: warning: {len(missing)} of {len(items)} rows skipped, their "
+          f"files do not exist (first {first}){where}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from edge_smw.cli.common import add_detect, add_json, print_json
+from edge_smw.cli.score import BACKEND_CHOICES
 
 HELP = "heat maps: which pixels drove a face's level (saliency, gradcam, cam)"
 EXAMPLES = """
@@ -29,7 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="explain", help="folder for the PNGs and index.html")
     add_detect(p)
     add_json(p)
-    p.add_argument("--backend", default="auto", help="runtime backend for an exported model")
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                   help="runtime backend for an exported model (default: the fastest "
+                        "available)")
     p.add_argument("--check-synthetic", action="store_true",
                    help="measure how much heat falls on the eyes and mouth of held-out "
                         "synthetic faces, per method (MODEL: a run trained on --data synthetic;"
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from edge_smw.explain.api import explain_images
 
     report = explain_images(args.model, args.images, out=args.out, method=args.method,
-                            level=args.level, detect=args.detect, backend=args.backend)
+                            level=args.level, detect=args.detect, backend=args.backend,
+                            detector=args.detector)
     if args.json:
         print_json(report.to_dict())
         return 0

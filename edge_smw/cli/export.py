@@ -109,3 +109,6 @@ def _print_summary(result) -> None:  # noqa: ANN001 - ExportResult, imported laz
     for message in result.forced:
         print(f"FORCED: {message}")
     print(f"wrote {', '.join(result.files)} into {result.out}")
+    if result.removed:
+        print(f"removed {', '.join(result.removed)}: an earlier export's, not rebuilt by this "
+              "one")

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = fool_images(args.checkpoint, args.images, target=args.target, out=args.out,
                          eps=args.eps, steps=args.steps, step_size=args.step_size,
-                         detect=args.detect)
+                         detect=args.detect, detector=args.detector)
     if args.json:
         print_json(report.to_dict())
         return 0

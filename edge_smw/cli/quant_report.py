@@ -30,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.crops < 1:
         raise InputError(f"--crops {args.crops}: give at least 1")
+    if args.top < 1:
+        raise InputError(f"--top must be >= 1, got {args.top}")
     written = report_for_export(args.export_dir, out=args.out, limit=args.crops,
                                 progress=not args.quiet)
     for flavour, files in written.items():

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from edge_smw.cli.common import add_engine_arguments, ray_options
-from edge_smw.cli.score import add_runtime_arguments, open_runtime, run_on_ray
+from edge_smw.cli.score import add_runtime_arguments, open_runtime, run_on_ray, verdict
 
 HELP = "rank an album's photos by their best face's score; write a CSV and contact sheets"
 EXAMPLES = """
@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_smw.atomic import check_writable_folder
     from edge_smw.errors import InputError
     from edge_smw.rank import rank_album, write_report
 
@@ -46,21 +47,28 @@ def run(args: argparse.Namespace) -> int:
     if options is not None:
         summary, ranking = run_on_ray(args, options, [args.album], str(out),
                                       thumbnails=args.top, exclude=str(out))
+        if not ranking.ranked:  # as score: a failure, and the last good report stays
+            print("\n".join(summary.lines()))
+            return verdict(ranking.all, 0, False, "rank")
         paths = write_report(ranking, out, top=args.top, title=title)
         _print_top(ranking, args.top)
         print("\n".join(summary.lines()))
         print(f"wrote {paths['csv']}, {paths['html']}, {paths['png']}; every face in "
               f"{out / 'faces'}, photos left out (and why) in {out / 'skipped'}")
         return 0
+    check_writable_folder(out, "choose a writable --out folder")  # before the scoring
     with open_runtime(args) as runtime:
         ranking = rank_album(runtime, [album], progress=True, thumbnails=True,
                              exclude=out)
-    paths = write_report(ranking, out, top=args.top, title=title)
-    _print_top(ranking, args.top)
+        detect = runtime.detect
     for photo in ranking.no_face:
         print(f"  -  no face found: {photo.path}")
     for photo in ranking.unreadable:
         print(f"  -  unreadable: {photo.path} ({photo.error})")
+    if not ranking.ranked:  # as score: a failure, and the last good report stays
+        return verdict(ranking.all, 0, detect, "rank")
+    paths = write_report(ranking, out, top=args.top, title=title)
+    _print_top(ranking, args.top)
     print(f"{len(ranking.ranked)} ranked, {len(ranking.no_face)} without a face, "
           f"{len(ranking.unreadable)} unreadable; wrote {paths['csv']}, {paths['html']}, "
           f"{paths['png']}")

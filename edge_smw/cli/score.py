@@ -76,8 +76,10 @@ def run_on_ray(args: argparse.Namespace, options: Any, inputs: list[str], out: s
     """Score on Ray Data into ``out``: (RunSummary, AlbumRanking), as
     ``edge_smw.engines.ray.score_library`` returns them."""
     check_engine_flags(args)
+    from edge_smw.atomic import check_writable_folder
     from edge_smw.engines.ray import score_library
 
+    check_writable_folder(out, "choose a writable --out folder")  # before Ray starts
     return score_library(args.model, inputs, out, backend=args.backend,
                          detect=args.detect, max_faces=getattr(args, "max_faces", 5),
                          options=options, exclude=exclude, thumbnails=thumbnails)
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         for photo in photos:
             for record in photo.records():
                 print(json.dumps(record))
-        return _verdict(photos, scored, detect)
+        return verdict(photos, scored, detect)
     rows = []
     for photo in photos:
         if photo.error is not None:
@@ -134,17 +136,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(photos)} image(s): {scored} face(s) scored, "
           f"{no_face} without a face, {unreadable} unreadable; score = expected level 1.."
           f"{len(levels)}")
-    return _verdict(photos, scored, detect)
+    return verdict(photos, scored, detect)
 
 
-def _verdict(photos: list, scored: int, detect: bool) -> int:
+def verdict(photos: list, scored: int, detect: bool, command: str = "score") -> int:
     """Exit 1 when nothing could be scored; say which flag helps when faces were not found."""
     no_face = sum(p.error is None and not p.faces for p in photos)
     if detect and no_face and 2 * no_face > len(photos):
-        print(f"edge-smw score: {no_face} of {len(photos)} image(s) yield no face with face "
-              "detection on; if they are face crops already, score them whole with "
+        print(f"edge-smw {command}: {no_face} of {len(photos)} image(s) yield no face with "
+              "face detection on; if they are face crops already, score them whole with "
               "--no-detect", file=sys.stderr)
     if scored == 0:
-        print("edge-smw score: no image could be scored", file=sys.stderr)
+        print(f"edge-smw {command}: no image could be scored", file=sys.stderr)
         return 1
     return 0

@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from edge_smw.artifacts.sessions import check_threads
     from edge_smw.errors import InputError
     from edge_smw.serve.app import load_token, run_service
-    from edge_smw.serve.capture import CaptureOptions
+    from edge_smw.serve.capture import CaptureOptions, check_capture_settings
     from edge_smw.serve.scoring import SmoothingOptions
     from edge_smw.serve.service import ServeOptions, Service
     from edge_smw.serve.sources import parse_source
@@ -110,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--stream-max-side must be >= 64, got {args.stream_max_side}")
     if args.threshold is not None and args.captures is None:
         raise InputError("--threshold needs --captures DIR (where to save the frames)")
+    check_capture_settings(min_frames=args.capture_frames, cooldown_s=args.cooldown,
+                           max_count=args.max_captures, min_free_mb=args.min_free_mb)
     check_threads(args.threads, "--threads")
     token = load_token(args.token, args.token_file)
     # Fail on a bad --camera before loading the model.

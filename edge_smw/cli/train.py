@@ -75,11 +75,9 @@ def run(args: argparse.Namespace) -> int:
     from edge_smw.data.datasets import parse_levels
     from edge_smw.data.sources import resolve_data
     from edge_smw.evaluate import poster_table
-    from edge_smw.train.pipeline import TrainOptions, train_run
+    from edge_smw.train.pipeline import TrainOptions, train_run, validate_options
 
     engine_options = ray_options(args, progress=not args.json)  # flag mistakes first
-    source = resolve_data(args.data, levels=parse_levels(args.levels), from_dir=args.from_dir,
-                          seed=args.seed, synthetic_count=args.synthetic_count)
     options = TrainOptions(
         backbone=args.backbone, backbone_weights=args.backbone_weights, loss=args.loss,
         compare_losses=not args.no_compare, seed=args.seed, detect=not args.no_detect,
@@ -90,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         finetune=FinetuneConfig(lr=args.finetune_lr, average_epochs=args.finetune_average),
         engine=args.engine, ray=engine_options,
     )
+    validate_options(options)  # before the data: 'synthetic' is generated, folders scanned
+    source = resolve_data(args.data, levels=parse_levels(args.levels), from_dir=args.from_dir,
+                          seed=args.seed, synthetic_count=args.synthetic_count)
     result = train_run(source, args.out, options)
     if args.json:
         print_json({"run_dir": str(result.run_dir), "checkpoint": str(result.checkpoint),

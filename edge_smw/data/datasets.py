@@ -48,7 +48,10 @@ def parse_levels(text: str | None) -> tuple[str, ...] | None:
         if k < 2:
             raise DataError(f"--levels {text}: need at least 2 levels")
         return tuple(str(i) for i in range(1, k + 1))
-    levels = tuple(part.strip() for part in text.split(",") if part.strip())
+    levels = tuple(part.strip() for part in text.split(","))
+    if "" in levels and len(levels) > 1:  # "a,,b": dropping it would shift every later level
+        raise DataError(f"--levels {text!r}: a level name is empty (two commas in a row, or one "
+                        "at an end); give names such as not_smiling,smiling")
     if len(levels) < 2:
         raise DataError(f"--levels {text!r}: give at least 2 comma-separated level names")
     if len(set(levels)) != len(levels):
@@ -126,7 +129,7 @@ def _load_csv(csv_path: Path, levels: Sequence[str] | None) -> LabelledDataset:
         order = tuple(levels)
         unknown = sorted(seen - set(order))
         if unknown:
-            raise DataError(f"{csv_path}: scores {unknown} are not among --levels {list(order)}")
+            raise DataError(f"{csv_path}: scores {unknown} are not among the levels {list(order)}")
     index = {name: i for i, name in enumerate(order)}
     base = csv_path.parent
     items = [

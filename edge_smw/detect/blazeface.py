@@ -122,6 +122,13 @@ def decode(regressors: np.ndarray, logits: np.ndarray, anchors: np.ndarray, widt
     return weighted_nms(boxes, scores, points, nms_iou)
 
 
+# What makes a detector: `edge-smw export` makes scoring models, never detectors.
+DETECTOR_ADVICE = ("use a shipped detector (--detector blazeface-short or haar), or a BlazeFace "
+                   ".onnx converted by scripts/convert-blazeface.sh (see "
+                   "edge_smw/detect/weights/PROVENANCE.md); `edge-smw export` does not make "
+                   "detectors")
+
+
 class BlazeFaceDetector(FaceDetector):
     """A BlazeFace ONNX file on any runner backend; gives boxes and six landmarks."""
 
@@ -135,7 +142,12 @@ class BlazeFaceDetector(FaceDetector):
         self.path = Path(path)
         self.runner: Runner = open_runner(backend, self.path, device=device, threads=threads,
                                           options=options)
-        self.runner.activate()
+        try:
+            self.runner.activate()
+        except ModelError:  # the runner's advice is for scoring models ("re-export it")
+            empty = self.path.is_file() and self.path.stat().st_size == 0
+            what = "is empty (0 bytes)" if empty else "is truncated, corrupt or not an ONNX model"
+            raise ModelError(f"face detector {self.path} {what}; {DETECTOR_ADVICE}") from None
         try:
             self.recipe = Recipe.from_metadata(self.runner.metadata(), self.path)
             outputs = set(self.runner.output_names)

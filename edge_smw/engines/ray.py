@@ -461,7 +461,8 @@ def score_library(model: str | Path, inputs: Sequence[str | Path], out: str | Pa
     ranking = store.ranking([p.path for p in photos])
     if thumbnails:
         _add_thumbnails(ranking, thumbnails, {p.path: p.source for p in photos})
-    write_csv(ranking, out / CSV_NAME)
+    if ranking.ranked or not (out / CSV_NAME).exists():  # nothing ranked: keep the last one
+        write_csv(ranking, out / CSV_NAME)
     write_json(out / SUMMARY, summary.to_dict())
     return summary, ranking
 

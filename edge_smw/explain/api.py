@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_smw.artifacts.folders import is_exported_model
+from edge_smw.detect import with_detector
 from edge_smw.errors import InputError
 from edge_smw.explain import METHODS
 from edge_smw.explain.cam_numpy import HeatMap, runtime_cam
@@ -50,9 +51,11 @@ def explain_images(
     level: str | int | None = None,
     detect: bool | None = None,
     backend: str = "auto",
+    detector: str = "auto",
 ) -> ExplainReport:
     """Heat maps for every face in ``inputs`` (files or folders); ``level`` None = predicted;
-    ``detect`` None finds faces only if the model was trained on detected faces."""
+    ``detect`` None finds faces only if the model was trained on detected faces, with
+    ``detector`` (``auto``: the model's own)."""
     exported = is_exported_model(model)
     method = method or ("cam" if exported else "saliency")
     if method not in METHODS:
@@ -64,9 +67,9 @@ def explain_images(
             "export made with --feature-map)"
         )
     if exported:
-        heatmaps, skipped = _explain_exported(model, inputs, level, detect, backend)
+        heatmaps, skipped = _explain_exported(model, inputs, level, detect, backend, detector)
     else:
-        heatmaps, skipped = _explain_checkpoint(model, inputs, method, level, detect)
+        heatmaps, skipped = _explain_checkpoint(model, inputs, method, level, detect, detector)
     out = Path(out)
     stems = unique_stems([Path(h.name) for h in heatmaps])
     figures = [heatmap_figure(h, out / f"{stem}.{method}.png")
@@ -87,12 +90,13 @@ Explained = tuple[list[HeatMap], list[tuple[str, str]]]  # heat maps, (skipped p
 
 
 def _explain_exported(model: str | Path, inputs: Sequence[str | Path], level: str | int | None,
-                      detect: bool | None, backend: str) -> Explained:
+                      detect: bool | None, backend: str, detector: str) -> Explained:
     from edge_smw.runtime import Runtime
 
+    # Crops come from the loader (with ``detector``): the Runtime only infers.
     with Runtime(model, backend=backend, detect_faces=False, warmup=False) as runtime:
         chosen = resolve_level(level, runtime.levels)
-        batch = load_crops(inputs, runtime.contract,
+        batch = load_crops(inputs, with_detector(runtime.contract, detector),
                            detect=runtime.info.detect if detect is None else detect)
         heatmaps: list[HeatMap] = []
         for start in range(0, len(batch.crops), _CHUNK):
@@ -103,14 +107,14 @@ def _explain_exported(model: str | Path, inputs: Sequence[str | Path], level: st
 
 
 def _explain_checkpoint(model: str | Path, inputs: Sequence[str | Path], method: str,
-                        level: str | int | None,
-                        detect: bool | None) -> Explained:
+                        level: str | int | None, detect: bool | None,
+                        detector: str) -> Explained:
     from edge_smw.explain.methods import build_method
     from edge_smw.train.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(model)
     chosen = resolve_level(level, checkpoint.levels)
-    batch = load_crops(inputs, checkpoint.contract,
+    batch = load_crops(inputs, with_detector(checkpoint.contract, detector),
                        detect=checkpoint.detect if detect is None else detect)
     explainer = build_method(method, checkpoint.build_model(), checkpoint.contract)
     heatmaps = explainer.explain_crops([c.crop_bgr for c in batch.crops], level=chosen,

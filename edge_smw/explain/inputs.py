@@ -14,7 +14,8 @@ import numpy as np
 from edge_smw.contract import Box, PreprocessContract
 from edge_smw.detect import largest_face
 from edge_smw.errors import ImageReadError, InputError
-from edge_smw.images import IMAGE_SUFFIXES, is_image_path, read_image
+from edge_smw.images import IMAGE_SUFFIXES, read_image
+from edge_smw.rank import collect_images
 
 
 @dataclass
@@ -48,7 +49,8 @@ def resolve_level(spec: str | int | None, levels: Sequence[str]) -> int | None:
 
 
 def expand_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[bool]]:
-    """Files stay as given; a folder becomes its image files (sorted, not recursive).
+    """Files stay as given; a folder becomes its image files, sub-folders too, as ``score``
+    lists them (``edge_smw.rank.collect_images``: sorted, dot-files left out).
 
     Returns the paths and, for each, whether the user named it explicitly (an explicit file
     that fails is an error; a folder's file that fails is skipped and reported).
@@ -58,10 +60,12 @@ def expand_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[bool]]
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and is_image_path(p))
-            if not found:
+            try:
+                found = collect_images([path])
+            except InputError:
                 suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
-                raise InputError(f"{path} holds no image files ({suffixes})")
+                raise InputError(f"{path} holds no image files ({suffixes}), nor do its "
+                                 "sub-folders") from None
             paths += found
             explicit += [False] * len(found)
         elif path.exists():

@@ -21,7 +21,7 @@ import platform
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import onnx
 import torch
 
 from edge_smw import __version__
-from edge_smw.artifacts.folders import CALIBRATION_DIR, EXPORT_JSON
+from edge_smw.artifacts.folders import CALIBRATION_DIR, EXPORT_JSON, ExportDir
 from edge_smw.artifacts.formats import FP16, FP32, int8_format
 from edge_smw.atomic import write_json
 from edge_smw.cache import file_sha256
@@ -38,7 +38,7 @@ from edge_smw.cpu import cpu_features
 from edge_smw.errors import GateFailure, InputError
 from edge_smw.export import int8, layout
 from edge_smw.export import quantize as Q
-from edge_smw.export.crops import CropSet, calibration_crops, validation_crops
+from edge_smw.export.crops import CropSet, calibration_crops, folder_items, validation_crops
 from edge_smw.export.onnx import export_fp32, model_info, save_model, set_metadata
 from edge_smw.export.parity import FP32_MAX_ABS_DIFF, runtime_probabilities, torch_probabilities
 from edge_smw.export.results import ExportSummary, Gate, Int8Result, ModelEntry, Parity
@@ -54,6 +54,7 @@ class ExportResult:
     out: Path
     files: list[str]
     summary: ExportSummary
+    removed: list[str] = field(default_factory=list)  # an earlier export's models, removed
 
     @property
     def forced(self) -> list[str]:
@@ -115,6 +116,8 @@ def export_model(source: str | Path, out: str | Path, settings: ExportSettings |
     started = time.perf_counter()
     settings = settings or ExportSettings()
     checkpoint = load_checkpoint(source)
+    if settings.int8 and settings.calib_data is not None:
+        folder_items(settings.calib_data, checkpoint.contract.levels)  # now, not after parity
     if settings.engine:
         from edge_smw.export.tensorrt import import_tensorrt
 
@@ -123,10 +126,13 @@ def export_model(source: str | Path, out: str | Path, settings: ExportSettings |
     stage = _Stage(out)
     try:
         summary = _export(Path(source), checkpoint, settings, stage, progress)
-        files = stage.commit()
+        files = [*stage.commit(), EXPORT_JSON]
         summary.seconds = round(time.perf_counter() - started, 1)
         write_json(out / EXPORT_JSON, summary.to_dict())
-        return ExportResult(out, [*files, EXPORT_JSON], summary)
+        # Only now, with this export in place: models an earlier export left (another
+        # checkpoint's, or formats this one did not build) would be picked in its stead.
+        removed = ExportDir(out).remove_stale(files)
+        return ExportResult(out, files, summary, removed)
     finally:
         stage.cleanup()
 

@@ -43,7 +43,7 @@ class Profile:
                              for k, v in sorted(self.values.items())}}
 
 
-def _toml():
+def _toml(name: str) -> Any:
     if sys.version_info >= (3, 11):
         import tomllib
 
@@ -53,9 +53,34 @@ def _toml():
 
         return tomli
     except ImportError:
-        raise InputError("reading export profiles needs Python >= 3.11 (tomllib) or, on 3.10, "
-                         "`pip install tomli`; or pass the settings as flags instead of "
-                         "--profile") from None
+        raise InputError(f"reading {name} needs Python >= 3.11 (tomllib) or, on 3.10, "
+                         "`pip install tomli`") from None
+
+
+def read_toml(path: str | Path, what: str = "") -> dict[str, Any]:
+    """A settings file (export profile, bench suite or gates) parsed: the one TOML reader, so
+    every way a file can be unusable (missing, a folder, empty, not UTF-8 text, bad TOML) is
+    one line naming it; ``what`` says what kind of file it is in that line."""
+    path = Path(path)
+    name = f"{what} {path}" if what else str(path)
+    toml = _toml(name)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{name} not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{name} is a folder: give a TOML file") from None
+    except OSError as exc:
+        raise InputError(f"{name} cannot be read ({exc.strerror or exc})") from None
+    if not data.strip():
+        raise InputError(f"{name} is empty: give a TOML file with the settings")
+    try:
+        return toml.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{name} is not UTF-8 text, so not a TOML file: give a .toml "
+                         "file") from None
+    except toml.TOMLDecodeError as exc:
+        raise InputError(f"{name} is not valid TOML ({exc})") from None
 
 
 def packaged_folder() -> Path:
@@ -84,8 +109,6 @@ def resolve_profile(name_or_file: str | Path) -> Profile:
     """A profile by name (``cpu-int8``) or by .toml path."""
     path = Path(name_or_file)
     if path.suffix == ".toml" or path.is_file():
-        if not path.is_file():
-            raise InputError(f"--profile {path}: file not found")
         return load_profile(path)
     for folder in search_folders():
         candidate = folder / f"{name_or_file}.toml"
@@ -100,13 +123,7 @@ def load_profile(path: str | Path) -> Profile:
     from edge_smw.export.settings import ExportSettings, profile_values
 
     path = Path(path)
-    toml = _toml()
-    try:
-        data = toml.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"profile {path}: cannot be read ({exc.strerror or exc})") from None
-    except toml.TOMLDecodeError as exc:
-        raise InputError(f"profile {path}: not valid TOML ({exc})") from None
+    data = read_toml(path, "profile")
     values = profile_values(data, path)
     try:  # the profile alone must make valid settings (batch order, ranges, choices)
         ExportSettings(**values)

@@ -65,11 +65,11 @@ from edge_smw.contract import PreprocessContract
 from edge_smw.cpu import cpu_features, cpu_kind, needs_reduce_range
 from edge_smw.errors import InputError, ModelError
 from edge_smw.export.crops import CropSet
+from edge_smw.export.settings import ENTROPY_BINS, MIN_NUM_BINS, PERCENTILE_RANGE
 from edge_smw.metadata import INPUT_NAME, OUTPUT_LOGITS
 
 log = logging.getLogger("edge_smw.export")
 
-ENTROPY_BINS = 2048  # the default 128 bins leave the KL search one candidate: minmax's range
 ENTROPY_QUANTIZED_BINS = 128
 PERCENTILE = 99.999
 POOL_OPS = ("ReduceMean", "GlobalAveragePool")
@@ -289,11 +289,12 @@ def calibrate(
     """
     from tqdm.auto import tqdm
 
-    if num_bins < 256:
-        raise InputError(f"num_bins {num_bins}: the entropy search needs >= 256 bins (2048 is "
-                         "a good value; the default 128 reproduces minmax)")
-    if not 90.0 <= percentile < 100.0:
-        raise InputError(f"percentile {percentile}: choose a value in [90, 100)")
+    if num_bins < MIN_NUM_BINS:
+        raise InputError(f"num_bins {num_bins}: the entropy search needs >= {MIN_NUM_BINS} bins "
+                         f"(default {ENTROPY_BINS})")
+    low, high = PERCENTILE_RANGE
+    if not low <= percentile < high:
+        raise InputError(f"percentile {percentile}: choose a value in [{low:g}, {high:g})")
     started = time.perf_counter()
     histograms = method is not CalibMethod.MINMAX
     with tempfile.TemporaryDirectory(prefix="edge-smw-calib-") as scratch:

@@ -115,9 +115,13 @@ def tensor_errors(
     n = min(limit, len(crops))
     energy: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory(prefix="edge-smw-sens-") as scratch:
+        # onnxruntime writes a shape-inferred copy beside the model it augments: the models go
+        # to this private folder first, never touching (or clashing in) the export folder.
         aug_f, aug_q = Path(scratch) / "float.onnx", Path(scratch) / "qdq.onnx"
-        modify_model_output_intermediate_tensors(str(fp32_path), str(aug_f))
-        modify_model_output_intermediate_tensors(str(qdq_path), str(aug_q))
+        for model, augmented in ((fp32, aug_f), (qdq, aug_q)):
+            source = augmented.with_name(f"source-{augmented.name}")
+            onnx.save_model(model, str(source))
+            modify_model_output_intermediate_tensors(str(source), str(augmented))
         sessions = (load_session(aug_f, UNOPTIMIZED), load_session(aug_q, UNOPTIMIZED))
         for start in tqdm(range(0, n, batch_size), desc="sensitivity", unit="batch",
                           disable=not progress, leave=False):
@@ -254,10 +258,12 @@ def report_for_export(export_dir: str | Path, *, out: str | Path | None = None, 
     from edge_smw.errors import InputError, ModelError
     from edge_smw.export.crops import load_crops
     from edge_smw.export.quantize import Flavour
-    from edge_smw.metadata import ModelInfo
 
     folder = ExportDir(Path(export_dir))
     fp32 = folder.path / FP32.file_name
+    if not folder.path.is_dir():
+        state = "is not a folder" if folder.path.exists() else "not found"
+        raise InputError(f"{folder.path} {state}: give a folder written by `edge-smw export`")
     if not fp32.is_file():
         raise InputError(f"{folder.path} holds no {FP32.file_name}: give a folder written by "
                          "`edge-smw export`")
@@ -266,6 +272,9 @@ def report_for_export(export_dir: str | Path, *, out: str | Path | None = None, 
     if not models:
         names = " / ".join(f.file_name for f in Flavour)
         raise InputError(f"{folder.path} holds no INT8 model ({names}): export with --int8 first")
+    info = folder.model_info(fp32)  # each model readable and of this export, before any work
+    for path in models.values():
+        folder.model_info(path)
     crops_json = folder.calibration / "crops.json"
     try:
         listed = json.loads(crops_json.read_text(encoding="utf-8"))
@@ -275,7 +284,6 @@ def report_for_export(export_dir: str | Path, *, out: str | Path | None = None, 
                          "(re-export with --int8)") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(f"{crops_json} is corrupt ({exc}); re-export with --int8") from None
-    info = ModelInfo.from_file(fp32)
     detect = info.detect
     crops = load_crops(paths[:limit], info.contract, detect=detect, source=str(crops_json),
                        progress=progress, desc="calibration crops")

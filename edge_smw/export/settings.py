@@ -25,6 +25,11 @@ REDUCE_RANGE = ("auto", "on", "off")
 # saturate, so it needs 7-bit weights (reduce_range); VNNI and ARM do not.
 TARGET_CPUS = ("x86-avx2", "x86-vnni", "arm64", "build-machine")
 PRECISIONS = ("fp32", "fp16", "int8")
+# onnxruntime's entropy (KL) search needs this many histogram bins at least; the percentile
+# method takes a percentile in [low, high).
+MIN_NUM_BINS = 256
+ENTROPY_BINS = 2048  # onnxruntime's default, 128, leaves the KL search one candidate: minmax's
+PERCENTILE_RANGE = (90.0, 100.0)
 
 GROUP_WHAT = "what to build"
 GROUP_CALIB = "INT8 calibration"
@@ -77,7 +82,7 @@ class ExportSettings:
     calib_method: str = setting("minmax", help="activation ranges (auto picks per tensor)",
                                 group=GROUP_CALIB, flag="--calib-method",
                                 profile="calibration.method", choices=CALIB_METHODS)
-    num_bins: int = setting(2048, help="histogram bins for entropy/percentile/auto",
+    num_bins: int = setting(ENTROPY_BINS, help="histogram bins for entropy/percentile/auto",
                             group=GROUP_CALIB, flag="--num-bins",
                             profile="calibration.num_bins", metavar="N")
     percentile: float = setting(99.999, help="percentile of the percentile method",
@@ -213,6 +218,7 @@ class ExportSettings:
             value = getattr(self, name)
             if value not in allowed:
                 raise InputError(f"{_flag(name)} {value!r}: choose one of {', '.join(allowed)}")
+        self._check_calibration()
         if not 0.0 < self.target_agreement <= 1.0:
             raise InputError(f"--int8-target-agreement {self.target_agreement}: give a fraction "
                              "in (0, 1], e.g. 0.98")
@@ -242,6 +248,23 @@ class ExportSettings:
         if not 1 <= self.batch_min <= self.batch_opt <= self.batch_max:
             raise InputError(f"engine batches: need 1 <= batch_min <= batch_opt <= batch_max, got "
                              f"{self.batch_min}, {self.batch_opt}, {self.batch_max}")
+
+    def _check_calibration(self) -> None:
+        """The calibration values, here rather than where they are used: a bad one must fail
+        before the export loads its validation crops, not minutes later."""
+        from edge_smw.export.crops import MIN_CALIBRATION  # cv2: not at import (--help)
+
+        for name in ("calib_size", "tune_crops"):
+            if getattr(self, name) < MIN_CALIBRATION:
+                raise InputError(f"{_flag(name)} {getattr(self, name)}: give at least "
+                                 f"{MIN_CALIBRATION} face crops (default {default_of(name)})")
+        if self.num_bins < MIN_NUM_BINS:
+            raise InputError(f"--num-bins {self.num_bins}: the entropy search needs at least "
+                             f"{MIN_NUM_BINS} histogram bins (default {default_of('num_bins')})")
+        low, high = PERCENTILE_RANGE
+        if not low <= self.percentile < high:
+            raise InputError(f"--percentile {self.percentile}: choose a value in [{low:g}, "
+                             f"{high:g}) (default {default_of('percentile')})")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (export.json's ``settings``)."""

@@ -104,6 +104,9 @@ class LabelSession:
               backend: str, progress: bool) -> None:
         wanted = parse_levels(levels) if isinstance(levels, str) or levels is None else tuple(
             str(level) for level in levels)
+        if wanted is not None and any(not name.strip() for name in wanted):
+            raise InputError(f"levels {list(wanted)}: a level name is empty; give names such "
+                             "as not_smiling,smiling")
         if model is not None:
             from edge_smw.runtime.runtime import Runtime
 

@@ -99,8 +99,11 @@ class LabelStore:
                                                                            ["path", "level"]):
                         self._extra_header = row[2:]
                         continue
-                    if len(cells) < 2:
-                        cells.append(SKIPPED)
+                    if len(cells) < 2:  # another format (``file;label``): never rewrite it
+                        raise InputError(
+                            f"{self.csv_path}:{line_no}: expected a 'path,score' row (the CSV "
+                            f"edge-smw label writes and train reads), got {row[0][:60]!r}; "
+                            "give another --labels file, or convert this one to path,score")
                     path, score = cells[0], cells[1]
                     if score not in allowed:
                         raise InputError(

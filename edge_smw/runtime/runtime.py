@@ -8,6 +8,7 @@ Everything about preprocessing, the detector and levels comes from the model's o
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -173,6 +174,13 @@ class Runtime:
             raise InputError(f"max_faces must be a whole number >= 1, got {max_faces!r}")
         if not isinstance(device, Integral) or device < 0:
             raise InputError(f"device must be a GPU index >= 0, got {device!r}")
+        if not isinstance(model_path, (str, os.PathLike)):
+            raise InputError(f"model_path must be the path of an export folder or an .onnx or "
+                             f".engine file (made by `edge-smw export`), got {model_path!r}")
+        if detect_faces is not None and not isinstance(detect_faces, (bool, np.bool_)):
+            # "no" would be truthy: a camera would look for faces the caller turned off
+            raise InputError(f"detect_faces must be True, False or None, got {detect_faces!r}")
+        resolve_spec(detector)  # a wrong detector name is wrong whether or not faces are found
         self.path = resolve_model_path(model_path)
         self.max_faces = int(max_faces)
         device = int(device)
@@ -216,13 +224,24 @@ class Runtime:
         candidates = ENGINE_BACKENDS if not is_onnx(self.path) else _AUTO_ORDER
         reasons = []
         for name in candidates:
+            refused: InputError | None = None
             try:
-                runner = open_runner(name, self.path, device=device, threads=threads,
-                                     options=options)
+                try:
+                    runner = open_runner(name, self.path, device=device, threads=threads,
+                                         options=options)
+                except InputError as exc:
+                    # Options this backend does not take matter only if auto chooses it:
+                    # open it without them to learn whether it would be chosen here.
+                    refused = exc
+                    runner = open_runner(name, self.path, device=device, threads=threads)
                 runner.activate()
             except BackendUnavailableError as exc:
                 reasons.append(f"{name}: {exc}")
                 continue
+            if refused is not None:
+                runner.deactivate()
+                raise InputError(f"{refused} (backend 'auto' chose {name!r} on this "
+                                 "machine)") from None
             _log_choice_once(name, reasons)
             return runner
         raise BackendUnavailableError("no backend can run " + str(self.path) + ": "

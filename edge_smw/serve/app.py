@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import ipaddress
 import json
@@ -488,8 +489,7 @@ async def _serve(service: Service, host: str, port: int, token: str | None,
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise InputError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); is another "
-                         "server using the port? choose one with --port") from exc
+        raise InputError(listen_error(host, port, exc)) from exc
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -508,6 +508,18 @@ async def _serve(service: Service, host: str, port: int, token: str | None,
         await runner.cleanup()
         logging.getLogger("aiohttp.server").removeFilter(malformed)
         log.info("stopped cleanly")
+
+
+def listen_error(host: str, port: int, exc: OSError) -> str:
+    """Why ``host:port`` cannot be listened on, blaming the part that is wrong: a name that
+    does not resolve or an address not on this machine is the --host, anything else the port."""
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        return (f"cannot listen on --host {host} ({reason}): give an address of this machine "
+                "(127.0.0.1 for this machine only, 0.0.0.0 for every network) or a name that "
+                "resolves to one")
+    return (f"cannot listen on {host}:{port} ({reason}); is another server using the port? "
+            "choose one with --port")
 
 
 def run_service(service: Service, *, host: str = "127.0.0.1", port: int = 8080,

@@ -36,6 +36,7 @@ import cv2
 
 from edge_smw.atomic import sweep_temp_files, write_bytes, write_json
 from edge_smw.errors import InputError
+from edge_smw.serve.checks import check_number
 from edge_smw.serve.scoring import ScoredFrame
 
 log = logging.getLogger("edge_smw.serve.capture")
@@ -59,16 +60,22 @@ class CaptureOptions:
     jpeg_quality: int = 95
 
     def __post_init__(self) -> None:
-        if self.min_frames < 1:
-            raise InputError(f"--capture-frames must be >= 1, got {self.min_frames}")
-        if self.cooldown_s < 0:
-            raise InputError(f"--cooldown must be >= 0 seconds, got {self.cooldown_s}")
-        if self.max_count < 1:
-            raise InputError(f"--max-captures must be >= 1, got {self.max_count}")
-        if self.min_free_mb < 0:
-            raise InputError(f"--min-free-mb must be >= 0, got {self.min_free_mb}")
+        check_capture_settings(min_frames=self.min_frames, cooldown_s=self.cooldown_s,
+                               max_count=self.max_count, min_free_mb=self.min_free_mb)
         if not 1 <= self.jpeg_quality <= 100:
             raise InputError(f"JPEG quality must be 1..100, got {self.jpeg_quality}")
+
+
+def check_capture_settings(*, min_frames: int, cooldown_s: float, max_count: int,
+                           min_free_mb: float) -> None:
+    """The auto-capture flags, checked whether or not --captures is given: a bad value is a
+    typo either way, and saying so before the model loads costs nothing."""
+    if min_frames < 1:
+        raise InputError(f"--capture-frames must be >= 1, got {min_frames}")
+    check_number(cooldown_s, "--cooldown", unit=" seconds")
+    if max_count < 1:
+        raise InputError(f"--max-captures must be >= 1, got {max_count}")
+    check_number(min_free_mb, "--min-free-mb", unit=" MB")
 
 
 @dataclass

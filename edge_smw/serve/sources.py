@@ -17,7 +17,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import numpy as np
 
 from edge_smw.errors import BackendUnavailableError, InputError
 from edge_smw.images import IMAGE_SUFFIXES, read_image
+from edge_smw.serve.checks import check_number
 
 log = logging.getLogger("edge_smw.serve.sources")
 
@@ -91,8 +92,8 @@ def parse_source(text: str, *, width: int | None = None, height: int | None = No
     for name, value in (("--width", width), ("--height", height)):
         if value is not None and not 0 < value <= MAX_FRAME_SIDE:
             raise CameraError(f"{name} must be 1..{MAX_FRAME_SIDE} pixels, got {value}")
-    if fps is not None and fps <= 0:
-        raise CameraError(f"--fps must be positive, got {fps}")
+    if fps is not None:
+        check_number(fps, "--fps", positive=True, unit=" frames a second")
     common: dict[str, Any] = {"width": width, "height": height, "fps": fps, "loop": loop}
     lower = text.lower()
     if lower.startswith("csi://"):
@@ -175,7 +176,8 @@ class VideoCaptureSource(FrameSource):
         if spec.kind == "file":
             native = self.cap.get(cv2.CAP_PROP_FPS)
             self.pace_fps = spec.fps or (native if 0 < native < 1000 else 25.0)
-        ok, frame = self.cap.read()  # a source that opens but yields nothing is not a camera
+        with _quiet_opencv():  # FFmpeg says why a file does not decode in its own words
+            ok, frame = self.cap.read()  # a source that opens but yields nothing: no camera
         if not ok or frame is None:
             self.cap.release()
             raise CameraError(f"{spec.raw}: opened but delivered no frame; " + self._hint())
@@ -197,6 +199,10 @@ class VideoCaptureSource(FrameSource):
         return "check the file is a video FFmpeg can decode (try `ffprobe FILE`)"
 
     def _open(self) -> cv2.VideoCapture:
+        with _quiet_opencv():
+            return self._open_capture()
+
+    def _open_capture(self) -> cv2.VideoCapture:
         spec = self.spec
         if spec.kind == "device":
             path = Path(str(spec.target))
@@ -289,10 +295,26 @@ class FolderSource(FrameSource):
             raise CameraError(f"folder {spec.raw} holds no images ({kinds})")
         self.pace_fps = spec.fps or DEFAULT_FOLDER_FPS
         self._index = 0
+        # Like a video that opens but yields nothing, a folder none of whose images decodes
+        # is no camera: say so now, instead of reopening it forever.
+        self._first: tuple[np.ndarray, int | str | None] | None = None
+        try:
+            self._first = self._next(logging.DEBUG)  # not one warning per file: one error
+        except SourceLost as exc:
+            raise CameraError(f"folder {spec.raw}: none of its {len(self.files)} image files "
+                              f"can be decoded (e.g. {exc.__cause__}); give a folder of "
+                              "readable images") from exc
         log.info("camera %s open: folder of %d images at %.3g fps", spec.raw, len(self.files),
                  self.pace_fps)
 
     def read(self) -> tuple[np.ndarray, int | str | None]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return self._next(logging.WARNING)
+
+    def _next(self, skip_level: int) -> tuple[np.ndarray, int | str | None]:
+        """The next decodable image; undecodable ones are logged at ``skip_level``."""
         failures = 0
         while True:
             if self._index >= len(self.files):
@@ -304,7 +326,7 @@ class FolderSource(FrameSource):
             try:
                 return self._resize(read_image(path)), path.name
             except InputError as exc:  # one bad file in the folder is skipped, not fatal
-                log.warning("skipping %s", exc)
+                log.log(skip_level, "skipping %s", exc)
                 failures += 1
                 if failures >= len(self.files):
                     raise SourceLost(f"no image in {self.spec.raw} can be read") from exc
@@ -315,6 +337,28 @@ def open_source(spec: SourceSpec) -> FrameSource:
     if spec.kind == "folder":
         return FolderSource(spec)
     return VideoCaptureSource(spec)
+
+
+@contextlib.contextmanager
+def _quiet_opencv() -> Iterator[None]:
+    """Keep OpenCV's and FFmpeg's own warnings (``[ WARN:0@...] cap.cpp``, ``[mjpeg @ ...]``)
+    off the terminal while a source opens: our error already says what failed and what to
+    check. ``-v`` (debug logging) keeps them. FFmpeg reads ``OPENCV_FFMPEG_LOGLEVEL`` once,
+    when OpenCV first uses it, so it is set before the first open (a user's value wins)."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    cv_log = getattr(getattr(cv2, "utils", None), "logging", None)  # absent in old builds
+    if cv_log is None:
+        yield
+        return
+    level = cv_log.getLogLevel()
+    cv_log.setLogLevel(cv_log.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv_log.setLogLevel(level)
 
 
 def _error_text(exc: BaseException) -> str:

@@ -17,7 +17,13 @@ import torch
 from torch import nn
 
 from edge_smw import __version__
-from edge_smw.artifacts.folders import CHECKPOINT_NAME, EXPORT_JSON, ExportDir, checkpoint_file
+from edge_smw.artifacts.folders import (
+    CHECKPOINT_NAME,
+    EXPORT_JSON,
+    ExportDir,
+    checkpoint_file,
+    is_exported_model,
+)
 from edge_smw.atomic import atomic_path
 from edge_smw.cache import file_sha256
 from edge_smw.contract import PreprocessContract
@@ -145,10 +151,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
                 "training run: this command needs the run folder made by `edge-smw train` (or "
                 f"its {CHECKPOINT_NAME}), the one {EXPORT_JSON}'s source names"
             )
+        # Commands that also take an export folder route it away before they get here.
         raise ModelError(
             f"{given} holds neither a training checkpoint ({CHECKPOINT_NAME}) nor an exported "
-            "model (.onnx, .engine): give a run folder made by `edge-smw train`, its "
-            f"{CHECKPOINT_NAME}, or an export folder"
+            "model (.onnx, .engine): give a run folder made by `edge-smw train` or its "
+            f"{CHECKPOINT_NAME}"
+        )
+    if given.is_file() and is_exported_model(given):  # another kind of model, not corrupt
+        raise ModelError(
+            f"{given} is an exported model, not a training checkpoint: this command needs the "
+            f"torch model (gradients), i.e. the run folder made by `edge-smw train` (or its "
+            f"{CHECKPOINT_NAME}) that it was exported from"
         )
     if not path.is_file():
         raise ModelError(

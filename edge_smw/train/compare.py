@@ -19,9 +19,19 @@ from edge_smw.artifacts.formats import FP32, INT8_CPU
 from edge_smw.errors import InputError
 
 TIMED_FORMATS = (FP32, INT8_CPU)
+RUN_FOLDER = "a run folder made by `edge-smw train`"
+EXPORT_FOLDER = "an export folder made by `edge-smw export`"
 # Rounds of interleaved runs: a run's latency against the first is the median of the rounds'
 # ratios, with their range (one round of the same pair can be off by a fifth on a shared CPU).
 ROUNDS = 5
+
+
+def _folder(path: Path, what: str) -> Path:
+    """``path`` when it is a folder; else one line saying which folder was expected."""
+    if not path.is_dir():
+        state = "is not a folder" if path.exists() else "not found"
+        raise InputError(f"{path} {state}: give {what}")
+    return path
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -35,8 +45,8 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 def run_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     """One row per loss trained in ``run_dir`` (the saved loss first)."""
-    run_dir = Path(run_dir)
-    summary = _read_json(RunDir(run_dir).train_json, "a run folder made by `edge-smw train`")
+    run_dir = _folder(Path(run_dir), RUN_FOLDER)
+    summary = _read_json(RunDir(run_dir).train_json, RUN_FOLDER)
     seconds = summary.get("seconds") or {}
     rows = []
     for loss, result in summary["losses"].items():
@@ -59,18 +69,42 @@ def run_rows(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def export_facts(export_dir: str | Path) -> dict[str, Any]:
-    """What an export folder says about its INT8 model (agreement, gate), and its files."""
-    folder = ExportDir(Path(export_dir))
-    summary = _read_json(folder.export_json, "an export folder made by `edge-smw export`")
+def export_facts(export_dir: str | Path, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """What an export folder says about its INT8 model (agreement, gate), and its files:
+    each readable and of this export (``ExportDir.model_info``), and the export made from
+    ``run_dir``'s checkpoint where one is given (figures of another run's would be
+    reported as this run's)."""
+    folder = ExportDir(_folder(Path(export_dir), EXPORT_FOLDER))
+    summary = _read_json(folder.export_json, EXPORT_FOLDER)
+    if run_dir is not None:
+        _check_made_from(folder, Path(run_dir))
     int8 = (summary.get("models") or {}).get(INT8_CPU.key) or {}
+    files = {fmt.key: folder.path / fmt.file_name for fmt in TIMED_FORMATS
+             if (folder.path / fmt.file_name).is_file()}
+    for path in files.values():
+        folder.model_info(path)
     return {
         "export": str(folder.path),
         "int8_agreement": (int8.get("parity") or {}).get("top1_agreement"),
         "int8_gate_passed": (int8.get("gate") or {}).get("passed"),
-        "files": {fmt.key: str(folder.path / fmt.file_name) for fmt in TIMED_FORMATS
-                  if (folder.path / fmt.file_name).is_file()},
+        "files": {key: str(path) for key, path in files.items()},
     }
+
+
+def _check_made_from(folder: ExportDir, run_dir: Path) -> None:
+    """Refuse an export that ``export.json`` says was made from another checkpoint than the
+    run's own (the bench's ``--checkpoint`` check: by the file's sha256)."""
+    from edge_smw.cache import file_sha256
+
+    expected = folder.source_checkpoint()
+    checkpoint = RunDir(run_dir).checkpoint
+    if expected is None or not checkpoint.is_file():
+        return
+    digest = file_sha256(checkpoint)
+    if digest != expected:
+        raise InputError(f"{folder.path} was exported from checkpoint {expected[:12]}, not from "
+                         f"{checkpoint} ({digest[:12]}): give each run's own export, in the "
+                         "order of the runs")
 
 
 def compare(runs: list[str | Path], exports: list[str | Path] | None = None, *,
@@ -80,6 +114,8 @@ def compare(runs: list[str | Path], exports: list[str | Path] | None = None, *,
     interleaved in this process, and each relative to the first run's."""
     if not runs:
         raise InputError("give at least one run folder")
+    if latency_runs < 1:
+        raise InputError(f"--latency-runs must be >= 1, got {latency_runs}")
     if exports and len(exports) != len(runs):
         raise InputError(f"{len(exports)} export folders for {len(runs)} runs: give one export "
                          "per run, in the same order")
@@ -90,7 +126,7 @@ def compare(runs: list[str | Path], exports: list[str | Path] | None = None, *,
     from edge_smw.export.parity import latency
     from edge_smw.metadata import ModelInfo
 
-    facts = [export_facts(e) for e in exports]
+    facts = [export_facts(e, run) for e, run in zip(exports, runs, strict=True)]
     paths = {f"{i}:{name}": path for i, f in enumerate(facts) for name, path in f["files"].items()}
     if not paths:
         raise InputError("the export folders hold no "

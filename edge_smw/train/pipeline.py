@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from edge_smw.artifacts.folders import RunDir
-from edge_smw.atomic import write_json
+from edge_smw.atomic import check_writable_folder, write_json
 from edge_smw.data.crops import SkipReport
 from edge_smw.data.datasets import LabelledImage, SplitManifest, make_split
 from edge_smw.data.sources import DataSource
@@ -48,6 +48,7 @@ from edge_smw.train.settings import (
     LOSSES,
     FinetuneConfig,
     HeadKind,
+    check_seed,
     get_head_kind,
 )
 
@@ -128,6 +129,15 @@ def validate_options(options: TrainOptions) -> HeadKind:
         raise InputError(f"--epochs must be >= 1, got {options.epochs}")
     if options.patience < 1:
         raise InputError(f"--patience must be >= 1, got {options.patience}")
+    check_seed(options.seed)
+    if options.max_per_level is not None and options.max_per_level < 1:
+        raise InputError(f"--max-per-level must be >= 1 (leave it out to use every image), "
+                         f"got {options.max_per_level}")
+    weights = options.backbone_weights
+    if weights and Path(weights).is_file() and Path(weights).stat().st_size == 0:
+        # torch's own error for it is an empty pair of brackets
+        raise InputError(f"--backbone-weights {weights} is empty (0 bytes), likely an "
+                         "interrupted download or copy; download or copy the weights again")
     if options.finetune_last < 0:
         raise InputError(f"--finetune-last must be >= 0, got {options.finetune_last}")
     if options.finetune.lr <= 0:
@@ -147,7 +157,7 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
     clock = PhaseClock()
     kind = validate_options(options)
     seed_everything(options.seed)
-    out = Path(out)
+    out = check_writable_folder(out, "choose a writable --out folder")
     out.mkdir(parents=True, exist_ok=True)
     run = RunDir(out)
     with clock("data"):

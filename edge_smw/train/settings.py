@@ -12,6 +12,14 @@ LOSSES = ("ce", "emd")
 AUTO_LOSS = "auto"
 LOSS_CHOICES = (*LOSSES, AUTO_LOSS)
 DEFAULT_PATIENCE = 5  # epochs without a better validation score before a head stops
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which training uses, takes 0..2**32-1
+
+
+def check_seed(seed: int) -> int:
+    """``--seed`` as every seeded generator of a run accepts it (numpy's range is narrowest)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {seed}")
+    return seed
 
 
 @dataclass(frozen=True)
