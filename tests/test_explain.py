@@ -183,6 +183,17 @@ def test_explain_refuses_an_unknown_backend(smiles_run, two_faces, tmp_path, cap
     assert info.value.code == 2 and "invalid choice: 'foo'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["explain", "fool"])
+def test_no_detector_mismatch_flag_where_nothing_checks_it(command, smiles_run, two_faces,
+                                                          tmp_path, capsys):
+    """explain and fool cut crops with whichever --detector is asked for: a flag allowing a
+    mismatch would do nothing there, so they do not offer it."""
+    with pytest.raises(SystemExit) as info:
+        main([command, str(smiles_run), str(two_faces[0]), "--allow-detector-mismatch",
+              "--out", str(tmp_path / "o"), *(["--target", "1"] if command == "fool" else [])])
+    assert info.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
 def test_explain_onnx_refuses_gradient_methods(smiles_onnx, two_faces, tmp_path, capsys):
     code = main(["explain", str(smiles_onnx), str(two_faces[0]), "--no-detect",
                  "--method", "gradcam", "--out", str(tmp_path)])

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level", help="explain this level (name or 1-based position); default: "
                                    "each face's predicted level")
     p.add_argument("--out", default="explain", help="folder for the PNGs and index.html")
-    add_detect(p)
+    add_detect(p, mismatch=False)  # crops are cut by the --detector asked for, no check
     add_json(p)
     p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="runtime backend for an exported model (default: the fastest "

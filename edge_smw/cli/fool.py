@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-size", type=float,
                    help="pixel units per step (default max(1, eps/8, 2.5*eps/steps), at most eps)")
     p.add_argument("--out", default="fooled", help="folder for fooled PNGs and figures")
-    add_detect(p)
+    add_detect(p, mismatch=False)  # crops are cut by the --detector asked for, no check
     add_json(p)
 
 
