@@ -154,11 +154,11 @@ def to_bgr(frame: np.ndarray, color: str = "bgr") -> np.ndarray:
         if frame.ndim == 3 and frame.shape[2] != 1:
             raise InputError(f"color='gray' needs an HxW frame, got shape {frame.shape}")
         return cv2.cvtColor(frame.reshape(frame.shape[:2]), cv2.COLOR_GRAY2BGR)
-    if frame.ndim == 3 and frame.shape[2] == 4:
-        raise InputError(f"color={color!r} needs an HxWx3 frame, got a 4-channel one (shape "
-                         f"{frame.shape}); drop its alpha channel first, e.g. "
-                         "cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)")
     if frame.ndim != 3 or frame.shape[2] != 3:
+        if frame.ndim == 3 and frame.shape[2] == 4:
+            raise InputError(f"color={color!r} needs an HxWx3 frame, got a 4-channel one "
+                             f"(shape {frame.shape}); drop its alpha channel first, e.g. "
+                             "cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)")
         raise InputError(
             f"color={color!r} needs an HxWx3 frame, got shape {frame.shape}; pass color='gray' "
             "for single-channel frames"
