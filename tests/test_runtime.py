@@ -512,3 +512,18 @@ def test_a_model_trained_on_haar_crops_refuses_another_detector(smiles_onnx: Pat
     with Runtime(crops, backend="onnxruntime-cpu", threads=1, detect_faces=True,
                  detector="blazeface-short") as rt:
         assert rt.detector.name == "blazeface-short"
+
+
+def test_tensorrt_options_are_refused_where_they_would_do_nothing(smiles_onnx: Path) -> None:
+    """trt_fp16 on the CPU provider used to be accepted and ignored."""
+    with pytest.raises(InputError, match=r"does not take option\(s\) \['trt_fp16'\]") as info:
+        Runtime(smiles_onnx, backend="onnxruntime-cpu", warmup=False,
+                backend_options={"trt_fp16": True})
+    assert "trt_" not in str(info.value).split("it takes", 1)[1]
+    with Runtime(smiles_onnx, backend="onnxruntime-cpu", warmup=False,
+                 backend_options={"allow_spinning": False}) as runtime:
+        assert runtime.backend == "onnxruntime-cpu"
+    from edge_smw.runtime.backends import open_runner
+
+    runner = open_runner("onnxruntime-tensorrt", smiles_onnx, options={"trt_fp16": True})
+    assert runner.trt_fp16 is True  # created only: this machine need not have TensorRT

@@ -142,8 +142,9 @@ class Runtime:
     ``detect_faces``: find faces in each frame (True, the default: camera frames hold faces
     to find) or score the whole frame as one face crop (False); None does what the model was
     trained on (files that may be face crops already: ``score``, ``evaluate``).
-    ``backend_options`` go to the backend (onnxruntime: ``trt_fp16``, ``trt_int8``,
-    ``trt_cache_dir``, ``trt_workspace_bytes``; tensorrt: ``profile``).
+    ``backend_options`` go to the backend (onnxruntime: ``allow_spinning``;
+    onnxruntime-tensorrt also ``trt_fp16``, ``trt_int8``, ``trt_cache_dir``,
+    ``trt_workspace_bytes``; tensorrt: ``profile``); one it would not use is refused.
     ``detector``: ``auto`` (the model's own, from its contract: Haar for models made before
     detectors were recorded), ``haar``, a shipped detector's name, an ``.onnx`` file or a
     ``DetectorSpec``. It runs on the scorer's backend where it can (on a GPU both networks

@@ -72,9 +72,11 @@ def open_runner(backend: str, path: str | Path, *, device: int = 0,
     if backend.startswith("onnxruntime-"):
         from edge_smw.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
-        _check_options(OnnxRuntimeRunner, backend, options)
-        return OnnxRuntimeRunner(path, provider=backend.split("-", 1)[1], device=device,
-                                 threads=threads, **options)
+        provider = backend.split("-", 1)[1]
+        _check_options(OnnxRuntimeRunner, backend, options,
+                       not_taken=OnnxRuntimeRunner.options_not_taken(provider))
+        return OnnxRuntimeRunner(path, provider=provider, device=device, threads=threads,
+                                 **options)
     if backend == "openvino-cpu":
         from edge_smw.runtime.backends.openvino import OpenVinoRunner
 
@@ -88,15 +90,18 @@ def open_runner(backend: str, path: str | Path, *, device: int = 0,
     raise InputError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)} or 'auto'")
 
 
-def _check_options(cls: type[Runner], backend: str, options: dict) -> None:
-    """Name an unknown ``backend_options`` key instead of failing with a bare TypeError."""
+def _check_options(cls: type[Runner], backend: str, options: dict,
+                   not_taken: tuple[str, ...] = ()) -> None:
+    """Name an unknown ``backend_options`` key instead of failing with a bare TypeError, or
+    silently ignoring one this backend's runner would not use (``not_taken``)."""
     import inspect
 
     from edge_smw.errors import InputError
 
     params = inspect.signature(cls.__init__).parameters
     allowed = sorted(n for n, p in params.items()
-                     if p.kind is p.KEYWORD_ONLY and n not in ("device", "threads", "provider"))
+                     if p.kind is p.KEYWORD_ONLY
+                     and n not in ("device", "threads", "provider", *not_taken))
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise InputError(f"backend {backend!r} does not take option(s) {unknown}; it takes "

@@ -32,6 +32,13 @@ GPU_HINT = (
 class OnnxRuntimeRunner(Runner):
     """An ONNX model in an ``onnxruntime.InferenceSession`` on one execution provider."""
 
+    TENSORRT_OPTIONS = ("trt_fp16", "trt_int8", "trt_cache_dir", "trt_workspace_bytes")
+
+    @classmethod
+    def options_not_taken(cls, provider: str) -> tuple[str, ...]:
+        """Keyword options that do nothing on ``provider``: the TensorRT provider's, elsewhere."""
+        return () if provider == "tensorrt" else cls.TENSORRT_OPTIONS
+
     def __init__(
         self,
         path: str | Path,
