@@ -17,6 +17,7 @@ from edge_smw.artifacts.folders import (
     RunDir,
     checkpoint_file,
     is_exported_model,
+    quant_report_name,
     resolve_model_path,
 )
 from edge_smw.artifacts.sessions import SessionSettings, load_session, read_metadata
@@ -136,11 +137,30 @@ def test_remove_stale_keeps_this_exports_files_and_the_users(tmp_path: Path) -> 
     for name in [*names, engine, sidecar_path(tmp_path / engine).name, "mine.onnx",
                  "notes.txt", formats.CHECKPOINT.file_name, "export.json"]:
         (tmp_path / name).write_bytes(b"x")
+    reports = [f"{quant_report_name('cpu')}.{suffix}" for suffix in ("json", "md", "png")]
+    for name in reports:
+        (tmp_path / name).write_bytes(b"x")
+    folder = ExportDir(tmp_path)
+    folder.calibration.mkdir()
+    (folder.calibration / "crops.json").write_text("{}", encoding="utf-8")
     written = [formats.FP32.file_name, "export.json"]
-    removed = ExportDir(tmp_path).remove_stale(written)
-    assert sorted(removed) == sorted([*names[1:], engine, engine + ".json"])
+    removed = folder.remove_stale(written)
+    assert sorted(removed) == sorted([*names[1:], engine, engine + ".json", *reports,
+                                      folder.calibration.name])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [*written, "mine.onnx", "notes.txt", formats.CHECKPOINT.file_name])
+
+
+def test_remove_stale_keeps_the_reports_and_calibration_this_export_wrote(
+        tmp_path: Path) -> None:
+    folder = ExportDir(tmp_path)
+    folder.calibration.mkdir()
+    kept = [formats.FP32.file_name, f"{quant_report_name('cpu')}.md", folder.calibration.name]
+    for name in kept[:2]:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / f"{quant_report_name('tensorrt')}.md").write_bytes(b"x")
+    assert folder.remove_stale(kept) == [f"{quant_report_name('tensorrt')}.md"]
+    assert folder.report_files() == [tmp_path / kept[1]] and folder.calibration.is_dir()
 
 
 def test_run_dir_knows_its_files(tmp_path: Path) -> None:

@@ -443,8 +443,8 @@ def test_reexport_leaves_only_its_own_models(smiles_run: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     """Exporting into a folder holding an earlier export: a failed run keeps every file; a
-    successful one removes the models it did not write (saying so), never the user's files,
-    so no command can pick a stale model of another checkpoint."""
+    successful one removes the models, reports and calibration it did not write (saying so),
+    never the user's files, so no command can pick a stale model of another checkpoint."""
     from edge_smw.artifacts.folders import resolve_model_path
     from edge_smw.artifacts.formats import FP16, FP32, INT8_CPU, INT8_TENSORRT
     from edge_smw.cli.main import main
@@ -456,15 +456,21 @@ def test_reexport_leaves_only_its_own_models(smiles_run: Path, tmp_path: Path,
     for name in [*stale, FP32.file_name, "export.json"]:
         (out / name).write_bytes(b"an earlier export of another checkpoint")
     (out / "notes.txt").write_text("mine")
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    report = "quant_report.cpu.md"
+    (out / report).write_text("the earlier int8 model's report")
+    (out / "calibration").mkdir()
+    (out / "calibration" / "crops.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     with monkeypatch.context() as patch:
         patch.setattr(pipeline, "FP32_MAX_ABS_DIFF", -1.0)
         with pytest.raises(GateFailure):
             export_model(smiles_run, out, ExportSettings(val_limit=16, **FAST), progress=False)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert (out / "calibration" / "crops.json").is_file()
     assert main(["export", str(smiles_run), "--out", str(out), "--val-limit", "16",
                  "--quiet"]) == 0
-    assert f"removed {', '.join(stale)}: an earlier export's" in capsys.readouterr().out
+    assert (f"removed {', '.join(stale)}, {report}, calibration: an earlier export's"
+            in capsys.readouterr().out)
     assert sorted(p.name for p in out.iterdir()) == ["export.json", FP32.file_name,
                                                      "notes.txt"]
     assert resolve_model_path(out).name == FP32.file_name

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,12 @@ TRAIN_JSON = "train.json"
 SKIPPED_JSON = "skipped.json"
 EXPORT_JSON = "export.json"
 CALIBRATION_DIR = "calibration"
+QUANT_REPORT = "quant_report"
+
+
+def quant_report_name(flavour: str) -> str:
+    """The stem of an INT8 flavour's sensitivity report (``.json``, ``.md``, ``.png``)."""
+    return f"{QUANT_REPORT}.{flavour}"
 
 
 @dataclass(frozen=True)
@@ -165,19 +172,27 @@ class ExportDir:
                     found.add(sidecar_path(path))
         return sorted(p for p in found if p.is_file())
 
+    def report_files(self) -> list[Path]:
+        """The INT8 sensitivity reports here (an export's or ``quant-report``'s), sorted."""
+        return sorted(p for p in self.path.glob(f"{QUANT_REPORT}.*") if p.is_file())
+
     def remove_stale(self, written: Collection[str]) -> list[str]:
-        """Remove the format-table files an export did not write (``written``: the names it
-        did), so the folder holds only this export's models; returns the names removed."""
+        """Remove what an earlier export left and this one did not write (``written``: the
+        names it did): format-table models, INT8 reports, the calibration folder, so the
+        folder describes only this export; returns the names removed."""
         removed = []
-        for path in self.format_files():
-            if path.name in written:
-                continue
+        stale = [p for p in (*self.format_files(), *self.report_files(), self.calibration)
+                 if p.name not in written and p.exists()]
+        for path in stale:
             try:
-                path.unlink()
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                raise ModelError(f"cannot remove {path}, a model of an earlier export "
+                raise ModelError(f"cannot remove {path}, left by an earlier export "
                                  f"({exc.strerror or exc}): delete it by hand") from None
             removed.append(path.name)
         return removed

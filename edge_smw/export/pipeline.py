@@ -30,7 +30,7 @@ import onnx
 import torch
 
 from edge_smw import __version__
-from edge_smw.artifacts.folders import CALIBRATION_DIR, EXPORT_JSON, ExportDir
+from edge_smw.artifacts.folders import CALIBRATION_DIR, EXPORT_JSON, ExportDir, quant_report_name
 from edge_smw.artifacts.formats import FP16, FP32, int8_format
 from edge_smw.atomic import write_json
 from edge_smw.cache import file_sha256
@@ -54,7 +54,7 @@ class ExportResult:
     out: Path
     files: list[str]
     summary: ExportSummary
-    removed: list[str] = field(default_factory=list)  # an earlier export's models, removed
+    removed: list[str] = field(default_factory=list)  # an earlier export's files, removed
 
     @property
     def forced(self) -> list[str]:
@@ -283,7 +283,7 @@ def _int8_report(ctx: int8.Int8Context, run: int8.FlavourRun, stage: _Stage) -> 
     onnx.save_model(run.recipe.source(ctx).model, str(reference))
     errors = tensor_errors(reference, figures.path, ctx.calib, ctx.contract,
                            progress=ctx.progress)
-    name = f"quant_report.{run.flavour.value}"
+    name = quant_report_name(run.flavour.value)
     for key in ("json", "md", "png"):
         stage.file(f"{name}.{key}")
     kept = ", ".join(s.name for s in run.steps if s.kept and s.name != "all int8")

@@ -253,7 +253,7 @@ def report_for_export(export_dir: str | Path, *, out: str | Path | None = None, 
     """
     import json
 
-    from edge_smw.artifacts.folders import ExportDir
+    from edge_smw.artifacts.folders import ExportDir, quant_report_name
     from edge_smw.artifacts.formats import FP32
     from edge_smw.errors import InputError, ModelError
     from edge_smw.export.crops import load_crops
@@ -302,7 +302,7 @@ def report_for_export(export_dir: str | Path, *, out: str | Path | None = None, 
                 FP32.file_name)
         errors = tensor_errors(fp32, path, crops, info.contract, limit=limit, progress=progress)
         written[flavour] = write_report(
-            errors, target, name=f"quant_report.{flavour}",
+            errors, target, name=quant_report_name(flavour),
             title=f"INT8 sensitivity, {flavour} flavour ({path.name})",
             meta={"crops": len(crops), "model": path.name, "export": str(folder.path)})
     return written
