@@ -250,12 +250,6 @@ def test_default_gates_and_suites_load() -> None:
     assert {"fp32_parity", "int8_top1_agreement", "int8_accuracy_drop",
             "int8_faster_than_fp32"} <= names
     fp32 = next(g for g in gates.gates if g.name == "fp32_parity")
-    # the bench re-checks the export's INT8 claim: one threshold (parity.py is torch-side)
-    pytest.importorskip("torch")
-    from edge_smw.export.parity import INT8_MIN_AGREEMENT
-
-    int8 = next(g for g in gates.gates if g.name == "int8_top1_agreement")
-    assert int8.threshold == INT8_MIN_AGREEMENT and int8.statistic == "proportion"
     assert fp32.threshold == pytest.approx(1e-4) and fp32.op == "<="
     assert gates.tolerance("fp32").atol == pytest.approx(1e-4)
     assert load_suite("quick").batches == [1]
@@ -271,6 +265,16 @@ def test_default_gates_and_suites_load() -> None:
     agreement = load_suite(repo / "benchmarks" / "suites" / "agreement.toml")
     assert agreement.parity_max == 0 and agreement.robust_n == load_suite("full").robust_n
     assert agreement.e2e_frames == 0 and agreement.detection_frames == 0
+
+
+def test_the_bench_rechecks_the_exports_int8_agreement_threshold() -> None:
+    """One threshold for the INT8 claim, the export's and the bench's (parity.py is
+    torch-side, so only this part needs torch)."""
+    pytest.importorskip("torch")
+    from edge_smw.export.parity import INT8_MIN_AGREEMENT
+
+    int8 = next(g for g in load_gates().gates if g.name == "int8_top1_agreement")
+    assert int8.threshold == INT8_MIN_AGREEMENT and int8.statistic == "proportion"
 
 
 def test_bad_gate_and_suite_files_name_the_problem(tmp_path: Path) -> None:

@@ -90,7 +90,9 @@ def test_crop_face_adds_margin_and_pads_at_edges():
     assert crop.shape == (30, 30, 3)
     np.testing.assert_array_equal(crop, image[35:65, 35:65])
     edge = c.crop_face(image, (0, 0, 20, 20))  # the square leaves the frame: edge-padded
-    assert edge.shape == (30, 30, 3)
+    assert c.face_square((0, 0, 20, 20), image.shape) == (-5, -5, 30, 30)
+    np.testing.assert_array_equal(
+        edge, np.pad(image[0:25, 0:25], ((5, 0), (5, 0), (0, 0)), mode="edge"))
 
 
 @pytest.mark.skipif(not has_torch(), reason="torch not installed (pip install edge-smw[train])")

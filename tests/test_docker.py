@@ -299,6 +299,7 @@ def test_runs_as_non_root_with_an_entrypoint(name: str) -> None:
 
 def test_python_base_image_meets_requires_python() -> None:
     floor = SpecifierSet(project()["requires-python"])
+    checked = 0
     for name in DOCKERFILES:
         instructions = parse(DOCKER / name)
         values = arg_defaults(instructions)
@@ -306,6 +307,8 @@ def test_python_base_image_meets_requires_python() -> None:
             match = re.match(r"python:(\d+\.\d+)", expand(ins.args, values))
             if ins.keyword == "FROM" and match:
                 assert floor.contains(match.group(1) + ".0"), f"{name}: {ins.args}"
+                checked += 1
+    assert checked, "no Dockerfile starts FROM a python:X.Y image: nothing was checked"
 
 
 # -- the GPU/Jetson entry point, run for real on CPU ------------------------------------------

@@ -19,10 +19,10 @@ def save(img: Image.Image, path, **kw):
 
 
 def test_plain_rgb_jpeg_is_bgr(tmp_path):
-    path = save(Image.new("RGB", (20, 10), (255, 0, 0)), tmp_path / "red.png")
+    path = save(Image.new("RGB", (20, 10), (255, 0, 0)), tmp_path / "red.jpg", quality=95)
     out = images.read_image(path)
     assert out.shape == (10, 20, 3) and out.dtype == np.uint8
-    assert out[0, 0].tolist() == [0, 0, 255]
+    assert np.abs(out[0, 0].astype(int) - [0, 0, 255]).max() <= 3  # JPEG's own error
 
 
 def test_grayscale_rgba_16bit_and_palette_decode(tmp_path):
@@ -122,9 +122,11 @@ def test_to_bgr_validates_frames():
     frame = np.zeros((4, 5, 3), np.uint8)
     assert images.to_bgr(frame) is frame
     assert images.to_bgr(np.zeros((4, 5), np.uint8), "gray").shape == (4, 5, 3)
-    for bad, color in [(frame.astype(np.float32), "bgr"), (np.zeros((0, 3, 3), np.uint8), "bgr"),
-                       (np.zeros((4, 5), np.uint8), "bgr"), (frame, "hsv")]:
-        with pytest.raises(InputError):
+    for bad, color, words in [(frame.astype(np.float32), "bgr", "uint8 image, got dtype float32"),
+                              (np.zeros((0, 3, 3), np.uint8), "bgr", r"shape \(0, 3, 3\)"),
+                              (np.zeros((4, 5), np.uint8), "bgr", "pass color='gray'"),
+                              (frame, "hsv", "got 'hsv'")]:
+        with pytest.raises(InputError, match=words):
             images.to_bgr(bad, color)
     with pytest.raises(InputError, match="4-channel .*COLOR_BGRA2BGR"):  # not "pass gray"
         images.to_bgr(np.zeros((4, 5, 4), np.uint8))

@@ -187,6 +187,7 @@ def test_rank_no_detect_and_default_out_folder(smiles_onnx: Path, album, capsys,
     inner = root / "report"
     code, _, _ = _run(capsys, "rank", smiles_onnx, root, "--no-detect", "--out", inner,
                       "--threads", "1", "--backend", "onnxruntime-cpu")
+    assert code == 0
     code, _, _ = _run(capsys, "rank", smiles_onnx, root, "--no-detect", "--out", inner,
                       "--threads", "1", "--backend", "onnxruntime-cpu")
     rows = list(csv.DictReader((inner / "ranking.csv").open(encoding="utf-8")))

@@ -286,8 +286,10 @@ def test_window_smoothing_and_track_expiry():
 
 
 def test_smoothing_options_are_checked():
-    for kwargs in ({"method": "median"}, {"alpha": 0.0}, {"window": 0}):
-        with pytest.raises(InputError):
+    for kwargs, words in (({"method": "median"}, "--smooth must be one of .* got 'median'"),
+                          ({"alpha": 0.0}, r"--smooth-alpha must be in \(0, 1\], got 0.0"),
+                          ({"window": 0}, "--smooth-window must be >= 1 frame, got 0")):
+        with pytest.raises(InputError, match=words):
             SmoothingOptions(**kwargs)
 
 
@@ -499,6 +501,7 @@ def test_latest_matches_runtime_on_the_same_frame(served, footage):
 
 def test_events_carry_each_scored_frame(served, footage):
     events = read_events(_auth(served.url + "/api/events"), 6)
+    assert len(events) == 6, events  # a stream that ends early is a failure, not a pass
     frames = [e["frame"] for e in events]
     assert frames == sorted(set(frames)), frames
     for event in events:

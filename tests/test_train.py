@@ -111,7 +111,7 @@ def test_class_weights_balance_rare_levels():
     w = class_weights(np.array([0, 0, 0, 1]), 2, "balanced")
     assert w[1] == pytest.approx(3 * w[0])
     assert class_weights(np.array([0, 1]), 2, "none") is None
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="--class-weight must be .* got 'median'"):
         class_weights(np.array([0, 1]), 2, "median")
 
 
