@@ -304,3 +304,22 @@ def test_data_command_reports_where_the_crops_are(tmp_path: Path) -> None:
                           timeout=120, check=False)
     assert done.returncode == 2 and "EDGE_SMW_SMILES_DIR" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_data_command_names_the_crops_it_found_and_where_from(share: Path,
+                                                              tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "EDGE_SMW_CACHE": str(tmp_path / "empty-cache"),
+           "EDGE_SMW_SMILES_DIR": str(share)}
+    done = subprocess.run([sys.executable, "-m", "edge_smw.cli.main", "data", "smiles",
+                           "--no-download"], capture_output=True, text=True, env=env,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip()
+    assert line.startswith(str(share)) and "(EDGE_SMW_SMILES_DIR;" in line
+    for level in SMILES_LEVELS:
+        count = len(list((share / level).glob("*.jpg")))
+        assert f"{level} {count}" in line
