@@ -7,6 +7,7 @@ CUDA); this runner checks which provider the session really got and reports a fa
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,14 @@ GPU_HINT = (
 class OnnxRuntimeRunner(Runner):
     """An ONNX model in an ``onnxruntime.InferenceSession`` on one execution provider."""
 
-    TENSORRT_OPTIONS = ("trt_fp16", "trt_int8", "trt_cache_dir", "trt_workspace_bytes")
-
     @classmethod
     def options_not_taken(cls, provider: str) -> tuple[str, ...]:
-        """Keyword options that do nothing on ``provider``: the TensorRT provider's, elsewhere."""
-        return () if provider == "tensorrt" else cls.TENSORRT_OPTIONS
+        """Keyword options that do nothing on ``provider``: the TensorRT provider's (named
+        ``trt_*`` in ``__init__``), elsewhere."""
+        if provider == "tensorrt":
+            return ()
+        return tuple(n for n in inspect.signature(cls.__init__).parameters
+                     if n.startswith("trt_"))
 
     def __init__(
         self,
