@@ -160,6 +160,23 @@ def test_quick_bench_times_the_training_feature_pass(quick: dict[str, Any]) -> N
     assert "## Training feature pass" in (quick["out"] / "bench.md").read_text()
 
 
+def test_feature_pass_row_times_each_file_once(smiles_run: Path, smiles_test_items) -> None:
+    """The features row reads every file of the data (not only the parity sample) and times
+    each once: edge-smw's pass computes a file's features once however often it is listed,
+    so a repeated file must not count as a crop (it made a 3.5x pass read 11.8x)."""
+    from edge_smw.bench.data import load_items
+    from edge_smw.bench.features import measure_feature_pass
+    from edge_smw.train.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(smiles_run)
+    items = list(smiles_test_items[:12])
+    data = load_items(items, checkpoint.contract, detect=False, source="test", limit=4)
+    assert len(data) < len(items) and data.files == [str(i.path) for i in items]
+    section = measure_feature_pass(checkpoint, data.files[:8] * 4, crops=32, rounds=2)
+    assert [r.crops for r in section.rows] == [8, 8]
+    assert "held 8 files, fewer than the 32 asked for" in (section.note or "")
+
+
 def test_quick_bench_latency_rows_are_sane(quick: dict[str, Any]) -> None:
     rows = quick["report"]["latency"]
     ok = [r for r in rows if r["status"] == "ok"]

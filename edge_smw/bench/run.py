@@ -621,7 +621,7 @@ class Bench:
         from edge_smw.bench.features import measure_feature_pass
 
         assert self.data is not None
-        return measure_feature_pass(self.ref.checkpoint, self.data.paths,
+        return measure_feature_pass(self.ref.checkpoint, self.data.files,
                                     crops=self.suite.features_crops, threads=self.threads)
 
     # -- everything ------------------------------------------------------------------------
