@@ -158,7 +158,7 @@ def test_bad_training_options_are_refused_before_any_work() -> None:
         (TrainOptions(finetune=FinetuneConfig(lr=0.0)), "--finetune-lr must be > 0"),
         (TrainOptions(finetune=FinetuneConfig(average_epochs=-1)), "--finetune-average must be"),
         (TrainOptions(finetune=FinetuneConfig(average_epochs=float("nan"))), "--finetune-av"),
-        (TrainOptions(loss="hinge"), "--loss 'hinge'"),
+        (TrainOptions(loss="hinge"), "--loss 'hinge': choose one of"),
     ]:
         with pytest.raises(InputError, match=expected):
             validate_options(options)

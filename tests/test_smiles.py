@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -291,32 +294,24 @@ def test_resolver_order_env_then_share_then_cache(share: Path, tmp_path: Path,
     assert folder == installed and "user cache" in source
 
 
-def test_data_command_reports_where_the_crops_are(tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "EDGE_SMW_SMILES_DIR"}
-    env["EDGE_SMW_CACHE"] = str(tmp_path / "empty-cache")
-    env["EDGE_SMW_SMILES_DIR"] = str(tmp_path / "missing")
-    done = subprocess.run([sys.executable, "-m", "edge_smw.cli.main", "data", "smiles",
+def _data_smiles(cache: Path, smiles_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`edge-smw data smiles --no-download` in a fresh process, with this cache and
+    $EDGE_SMW_SMILES_DIR."""
+    env = {**os.environ, "EDGE_SMW_CACHE": str(cache), "EDGE_SMW_SMILES_DIR": str(smiles_dir)}
+    return subprocess.run([sys.executable, "-m", "edge_smw.cli.main", "data", "smiles",
                            "--no-download"], capture_output=True, text=True, env=env,
                           timeout=120, check=False)
+
+
+def test_data_command_reports_where_the_crops_are(tmp_path: Path) -> None:
+    done = _data_smiles(tmp_path / "empty-cache", tmp_path / "missing")
     assert done.returncode == 2 and "EDGE_SMW_SMILES_DIR" in done.stderr
     assert "Traceback" not in done.stderr
 
 
 def test_data_command_names_the_crops_it_found_and_where_from(share: Path,
                                                               tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "EDGE_SMW_CACHE": str(tmp_path / "empty-cache"),
-           "EDGE_SMW_SMILES_DIR": str(share)}
-    done = subprocess.run([sys.executable, "-m", "edge_smw.cli.main", "data", "smiles",
-                           "--no-download"], capture_output=True, text=True, env=env,
-                          timeout=120, check=False)
+    done = _data_smiles(tmp_path / "empty-cache", share)
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip()
     assert line.startswith(str(share)) and "(EDGE_SMW_SMILES_DIR;" in line

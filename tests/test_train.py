@@ -190,8 +190,6 @@ def test_auto_loss_picks_by_validation_accuracy_then_mae_then_the_posters():
     assert pick_loss(losses((0.88, 0.2), (0.88, 0.2))) == "ce"  # a tie keeps the poster's
     with pytest.raises(InputError, match="--no-compare"):
         validate_options(TrainOptions(loss="auto", compare_losses=False))
-    with pytest.raises(InputError, match="choose one of"):
-        validate_options(TrainOptions(loss="hinge"))
 
 
 def test_features_constant_in_training_cannot_blow_up_the_head():
