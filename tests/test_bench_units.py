@@ -610,3 +610,86 @@ def test_features_section_round_trips_and_its_suite_loads() -> None:
     repo = Path(__file__).resolve().parents[1]
     suite = load_suite(repo / "benchmarks" / "suites" / "features.toml")
     assert suite.features_crops == 512 and suite.detection_frames == 0 and suite.robust_n == 0
+
+
+class _FaceOnFirstCalls:
+    """A detector that finds a face on its first ``calls`` frames only."""
+
+    name = "fake"
+
+    def __init__(self, calls: int) -> None:
+        self.left = calls
+
+    def detect(self, image: np.ndarray, max_faces: int = 1) -> list[Any]:
+        from types import SimpleNamespace
+
+        self.left -= 1
+        return [SimpleNamespace(box=(0, 0, 8, 8), eyes=None)] if self.left >= 0 else []
+
+
+def test_pipelined_end_to_end_counts_faces_on_measured_frames_only() -> None:
+    """The warm-up frame fills the pipeline; a face found there is not a measured frame's
+    (it made every pipelined row read 103.3% faces found, and could hide misses)."""
+    from types import SimpleNamespace
+
+    from edge_smw.bench import endtoend
+
+    runtime = SimpleNamespace(
+        detector=_FaceOnFirstCalls(2), max_faces=1,
+        contract=SimpleNamespace(crop_face=lambda image, box, eyes: image[:8, :8]),
+        score_batch=lambda crops: [object() for _ in crops])
+    jpeg = endtoend.encode_frame(np.zeros((48, 64, 3), np.uint8))
+    chunk = endtoend.pipelined(runtime, jpeg, frames=4, warmup=2)
+    assert chunk.frames == 4 and chunk.found == 0
+    runtime.detector = _FaceOnFirstCalls(3)
+    assert endtoend.pipelined(runtime, jpeg, frames=4, warmup=2).found == 1
+
+
+def test_end_to_end_frame_is_chosen_on_what_the_rows_decode() -> None:
+    """A detector must find the face in the JPEG-decoded frame the rows time, not only in the
+    frame before encoding."""
+    from edge_smw.bench import endtoend
+
+    crops = [np.full((32, 32, 3), 40 * i, np.uint8) for i in range(1, 4)]
+
+    class OnlyExactFrames:
+        name = "exact"
+
+        def detect(self, image: np.ndarray, max_faces: int = 1) -> list[int]:
+            exact = any(np.array_equal(image, endtoend.make_frame(c, seed=i))
+                        for i, c in enumerate(crops))
+            return [1] if exact else []
+
+    class Always:
+        name = "always"
+
+        def detect(self, image: np.ndarray, max_faces: int = 1) -> list[int]:
+            return [1]
+
+    assert endtoend.pick_frame(crops, [OnlyExactFrames()])[1] == -1  # JPEG changed the frame
+    assert endtoend.pick_frame(crops, [Always()])[1] == 0
+
+
+def test_bench_crops_come_from_every_level(tmp_path: Path) -> None:
+    """The crops pasted into the end-to-end frame and the detection set, and timed at crop
+    scope, are a seeded shuffle of the data, not its first files (the data is ordered by
+    level: the first 400 were all one level)."""
+    import cv2
+
+    from edge_smw.bench.data import BenchData
+    from edge_smw.bench.run import Bench
+
+    paths, labels = [], []
+    for level in (0, 1):
+        for i in range(10):
+            path = tmp_path / f"{level}-{i}.png"
+            cv2.imwrite(str(path), np.full((16, 16, 3), 200 * level, np.uint8))
+            paths.append(str(path))
+            labels.append(level)
+    bench = object.__new__(Bench)  # only the data crops_bgr reads
+    bench.contract = None
+    bench.data = BenchData(np.zeros((20, 4, 4, 3), np.uint8), np.array(labels), paths,
+                           ("a", "b"), "test", detect=False)
+    crops = bench.crops_bgr(6)
+    assert len(crops) == 6 and {int(c[0, 0, 0]) for c in crops} == {0, 200}
+    assert [c.tolist() for c in crops] == [c.tolist() for c in bench.crops_bgr(6)]  # seeded

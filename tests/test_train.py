@@ -210,6 +210,37 @@ def test_features_constant_in_training_cannot_blow_up_the_head():
     np.testing.assert_allclose(predict_proba(head, probe), before, atol=0.05)
 
 
+def test_uncached_feature_pass_leaves_the_crop_cache_alone(smiles_dir, tmp_path, monkeypatch):
+    """``cache=False`` (the bench's timed pass) detects every face itself: it neither reads nor
+    writes detected crops, or it would time a PNG read against torch's full decode and
+    detection."""
+    from edge_smw.data.datasets import LabelledImage
+    from edge_smw.errors import DataError
+    from edge_smw.train.backbones import get_backbone
+    from edge_smw.train.features import compute_features
+
+    monkeypatch.setenv("EDGE_SMW_CACHE", str(tmp_path))
+    items = [LabelledImage(p, 0) for p in sorted((smiles_dir / "smiling").glob("*.jpg"))[:2]]
+    contract = get_backbone("efficientnet_lite0").contract(SMILES_LEVELS)
+
+    class MeanPass:  # stands in for FeaturePass
+        spec, fingerprint, suffix = get_backbone("efficientnet_lite0"), "test", "-mean"
+
+        def __call__(self, x):
+            return x.mean(axis=(1, 2, 3))[:, None].astype(np.float32)
+
+    def crop_cache() -> list:
+        return [p for p in (tmp_path / "crops").rglob("*") if p.is_file()]
+
+    for cache in (False, True):
+        try:  # a 64 px crop may hold no face the detector finds: both cases are cached
+            compute_features(items, contract, MeanPass(), detect=True, cache=cache,
+                             progress=False)
+        except DataError:
+            pass
+        assert bool(crop_cache()) == cache
+
+
 def test_feature_cache_computes_only_the_missing_views(smiles_dir, tmp_path, monkeypatch):
     """Adding --flip to a cached run computes the mirrors only, and timings say so."""
     from edge_smw.data.datasets import LabelledImage

@@ -25,7 +25,8 @@ from edge_smw.export.crops import split_items
 @dataclass
 class BenchData:
     """uint8 NHWC model pixels with their true levels; ``files``: every image file of the
-    source, not only the sample read into ``pixels`` (the feature-pass row reads its own)."""
+    source, not only the sample read into ``pixels`` (the feature-pass row reads its own);
+    ``detect``: whether faces were found in them (photos) or they are crops already."""
 
     pixels: np.ndarray
     labels: np.ndarray
@@ -34,6 +35,7 @@ class BenchData:
     source: str
     skipped: SkipReport = field(default_factory=SkipReport)
     files: list[str] = field(default_factory=list)
+    detect: bool = False
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -83,7 +85,8 @@ def load_items(items: list[LabelledImage], contract: PreprocessContract, *, dete
         raise DataError(f"{source}: none of {len(keep)} images could be used (first: "
                         f"{missing[0]}: {missing[1]}); {advice}")
     return BenchData(np.stack(pixels), np.array(kept_labels, dtype=np.int64), paths,
-                     contract.levels, source, report, [str(item.path) for item in items])
+                     contract.levels, source, report, [str(item.path) for item in items],
+                     detect)
 
 
 def load_bench_data(spec: str | None, contract: PreprocessContract, *,

@@ -304,9 +304,14 @@ class ModeTiming(Record):
     _read: ClassVar[dict[str, Callable[[Any], Any]]] = {"stages": _dict_of(StageTiming)}
 
 
+FACES_MISSED = "faces missed"  # an end-to-end row's status when its detector missed frames
+
+
 @dataclass
 class EndToEndRow(Record):
-    """One (model, detector, threads, spinning, mode): JPEG frame in, scores out."""
+    """One (model, detector, threads, spinning, mode): JPEG frame in, scores out; status
+    ``FACES_MISSED`` when the detector missed the face on some measured frames (those skip
+    scoring, so the row times less work than a frame with a face costs)."""
 
     model: str
     backend: str

@@ -111,7 +111,9 @@ def run_robustness(pixel_model: Any, torch_judge: Judge, judges: list[Judge],
                     if judge.precision == "fp32" and judge is not torch_judge else None))
     # Black-box, straight on each exported model's outputs (int8 first; fp32 for reference).
     bb_targets = [j for j in judges if j.runtime is not None and j.precision in ("int8", "fp32")]
-    bb_idx = np.arange(min(suite.blackbox_n, len(sample)))
+    # the levels in the sample's proportions, as the PGD rows the masking check compares with
+    bb_idx = (stratified_sample(crop_labels, suite.blackbox_n) if suite.blackbox_n
+              else np.arange(0))
     if suite.blackbox_n and suite.blackbox_budgets and len(bb_idx):
         x, y = crops[bb_idx], crop_labels[bb_idx]
         for judge in bb_targets:

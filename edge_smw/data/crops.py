@@ -61,23 +61,35 @@ def load_crop(
         pixels = cv2.imread(str(cached), cv2.IMREAD_UNCHANGED) if cached.is_file() else None
         if pixels is not None and pixels.shape == (contract.input_size, contract.input_size, 3):
             return pixels
+    faceless = len(report.no_face)
+    image = read_face(path, contract, detect=detect, report=report)
+    if image is None:
+        if cached is not None and len(report.no_face) > faceless:  # remember: no face here
+            _quietly(lambda: write_text(cached.with_suffix(".noface"), _NO_FACE))
+        return None
+    pixels = contract.to_model_pixels(image)
+    if cached is not None:
+        _quietly(lambda: _write_png(cached, pixels))
+    return pixels
+
+
+def read_face(path: str | Path, contract: PreprocessContract, *, detect: bool,
+              report: SkipReport) -> np.ndarray | None:
+    """The face as the contract crops it from a photo (BGR, its own size; the whole image
+    with ``detect=False``), or None (and a line in ``report``): ``load_crop`` before the
+    resize to model pixels."""
     try:
         image = read_image(path)
     except ImageReadError as exc:
         report.unreadable.append((str(path), exc.reason))
         return None
-    if detect:
-        face = largest_face(image, contract)
-        if face is None:
-            report.no_face.append(str(path))
-            if cached is not None:
-                _quietly(lambda: write_text(cached.with_suffix(".noface"), _NO_FACE))
-            return None
-        image = contract.crop_face(image, face.box, face.eyes)
-    pixels = contract.to_model_pixels(image)
-    if cached is not None:
-        _quietly(lambda: _write_png(cached, pixels))
-    return pixels
+    if not detect:
+        return image
+    face = largest_face(image, contract)
+    if face is None:
+        report.no_face.append(str(path))
+        return None
+    return contract.crop_face(image, face.box, face.eyes)
 
 
 def _crop_cache_file(path: str | Path, contract: PreprocessContract) -> Path | None:

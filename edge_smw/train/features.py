@@ -144,7 +144,8 @@ def compute_features(
     features), ``decode`` (reading, cropping, resizing: in a background thread, overlapped
     with the network), ``network`` (the backbone), ``wall`` (all of it), how many crops
     (mirrors included) went through the network (``computed``) and how many items were
-    wholly ``cached``.
+    wholly ``cached``. ``cache`` False reads and writes neither these features nor the
+    detected crops (the bench times the whole pass).
     """
     started = time.perf_counter()
     folder = cache_folder(feature_pass, contract, detect)
@@ -174,7 +175,7 @@ def compute_features(
     decode = [0.0]
     passed = time.perf_counter()
     bar = tqdm(total=len(todo), desc=desc, unit="crop", disable=not progress or not todo)
-    for batch in _prefetch(todo, items, contract, detect, report, batch_size, decode):
+    for batch in _prefetch(todo, items, contract, detect, report, batch_size, decode, cache):
         for v in variants:  # only the views not cached yet (a new --flip adds the mirrors)
             rows_v = [(d, p) for d, p in batch if (d, v) not in results]
             if not rows_v:
@@ -220,9 +221,11 @@ def _prefetch(
     report: SkipReport,
     batch_size: int,
     seconds: list[float],
+    cache: bool = True,
 ) -> Iterator[list[tuple[str, np.ndarray]]]:
     """Decode and crop the next batch in a background thread while the current one runs;
-    ``seconds[0]`` accumulates the time spent decoding."""
+    ``seconds[0]`` accumulates the time spent decoding; ``cache``: read and write detected
+    crops in the crop cache (``data.crops.load_crop``)."""
     lock = threading.Lock()
 
     def prepare(chunk: list[tuple[int, str]]) -> list[tuple[str, np.ndarray]]:
@@ -230,7 +233,7 @@ def _prefetch(
         local = SkipReport()
         out = []
         for i, digest in chunk:
-            crop = load_crop(items[i].path, contract, detect=detect, report=local)
+            crop = load_crop(items[i].path, contract, detect=detect, report=local, cache=cache)
             if crop is not None:
                 out.append((digest, crop))
         with lock:
