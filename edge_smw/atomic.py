@@ -7,6 +7,7 @@ content goes to a temporary name in the same folder and is renamed over the targ
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -91,6 +92,10 @@ def check_writable_file(target: str | os.PathLike[str], option: str = "this outp
     return target
 
 
+# a disk or quota that is full: the user's to fix, so one line, not a traceback
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it over ``target``."""
@@ -102,9 +107,12 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            raise InputError(f"cannot write {target}: {exc.strerror}; free some space or "
+                             f"write elsewhere ({target.name} was left as it was)") from exc
         raise
 
 

@@ -6,6 +6,9 @@ import hashlib
 import os
 from pathlib import Path
 
+CACHE_ADVICE = ("set EDGE_SMW_CACHE to a writable folder (edge-smw's cache of backbones, "
+                "features and crops)")
+
 
 def cache_root() -> Path:
     """``$EDGE_SMW_CACHE`` or ``~/.cache/edge-smw``."""

@@ -212,3 +212,36 @@ def test_evaluate_says_loudly_when_csv_rows_point_to_missing_files(
     line = _one_line_error(capsys)
     assert f"no usable images among {len(rows)}" in line
     assert str(lists / rows[0].split(",")[0]) in line and "relative to its folder" in line
+
+
+def test_bad_values_and_outs_are_one_line_before_the_slow_work(smiles_run, smiles_onnx,
+                                                               small_labelled_folder, tmp_path,
+                                                               monkeypatch, capsys):
+    """Values and outputs each command used to check only after its slow part (parity,
+    calibration, timing, an attack) or never: one line naming the flag, nothing written."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine")
+    photos = small_labelled_folder
+    export_dir = smiles_onnx.parent
+    cases = [
+        (["bench", export_dir, "--threads", "100000"], "--threads=100000 is more than"),
+        (["bench", export_dir, "--detector", "foo"], "unknown face detector 'foo'"),
+        (["bench", export_dir, "--detector", tmp_path / "nope.onnx"], "file not found"),
+        (["export", smiles_run, "--out", tmp_path / "e", "--calib-data", photos],
+         "add --int8, or leave --calib-data out"),
+        (["export", smiles_run, "--out", tmp_path / "e", "--int8", "--workspace-mb", "-1"],
+         "--workspace-mb -1: give at least 16 MB"),
+        (["export", smiles_run, "--out", tmp_path / "e", "--int8", "--dla-core", "-5"],
+         "--dla-core -5"),
+        (["compare", smiles_run, "--out", tmp_path], "give a file path for --out"),
+        (["fool", smiles_run, photos, "--target", "smiling", "--out", a_file],
+         "choose a writable --out folder"),
+        (["explain", smiles_run, photos, "--out", a_file], "choose a writable --out folder"),
+        (["quant-report", export_dir, "--out", a_file], "choose a writable --out folder"),
+        (["score", smiles_onnx, photos, "--threads", "0"], "--threads must be a whole number"),
+        (["score", smiles_onnx, photos, "--max-faces", "0"], "--max-faces must be"),
+    ]
+    for argv, words in cases:
+        assert main([str(a) for a in argv]) == 2, argv
+        assert words in _one_line_error(capsys), argv
+    assert a_file.read_text() == "mine" and not (tmp_path / "e").exists()

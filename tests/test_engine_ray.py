@@ -424,6 +424,10 @@ def test_cli_engine_mistakes_are_one_line_exit_2(smiles_onnx: Path, album: Path,
          "--cpus-per-actor"),
         (["rank", smiles_onnx, "s3://bucket/album/", "--engine", "ray"], "is not a folder"),
         (["train", "--data", album, "--out", tmp_path, "--batch-size", "8"], "add --engine ray"),
+        (["score", smiles_onnx, album, "--engine", "ray", "--out", tmp_path / "r",
+          "--cpus-per-actor", "nan"], "--cpus-per-actor must be a number > 0"),
+        (["score", smiles_onnx, album, "--engine", "ray", "--out", tmp_path / "r",
+          "--gpus-per-actor", "inf"], "--gpus-per-actor must be a number >= 0"),
     ]:
         code, _, err = _cli(capsys, *argv)
         assert code == 2, (argv, err)

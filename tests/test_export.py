@@ -411,7 +411,7 @@ def test_too_small_calibration_sets(smiles_run: Path, smiles_dir: Path, tmp_path
     few.mkdir()
     for path in sorted((smiles_dir / "smiling").iterdir())[:10]:
         shutil.copy(path, few / path.name)
-    with pytest.raises(InputError, match="only 10 usable face crops"):
+    with pytest.raises(InputError, match="few: 10 photos, fewer than the 64 face crops"):
         export_model(smiles_run, tmp_path / "o2", ExportSettings(int8=True, calib_data=few,
                                                                  **FAST), progress=False)
     assert not (tmp_path / "o2").exists()
@@ -437,6 +437,31 @@ def test_interrupted_export_leaves_nothing(smiles_run: Path, tmp_path: Path,
         export_model(smiles_run, kept, ExportSettings(int8=True, calib_size=64, **FAST),
                      progress=False)
     assert [p.name for p in kept.iterdir()] == ["notes.txt"]
+
+
+def test_terminated_export_cleans_up_like_ctrl_c(smiles_run: Path, tmp_path: Path) -> None:
+    """SIGTERM (``kill``, ``timeout``) unwinds like Ctrl-C: the staging folder goes, one line
+    says so, exit 143 (it used to leave ``.export-*/model.onnx`` behind for good)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    proc = subprocess.Popen([sys.executable, "-m", "edge_smw.cli.main", "export",
+                             str(smiles_run), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".export-*/*")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the export never started writing"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM); no partial files were kept" in err and "Traceback" not in err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 
 def test_reexport_leaves_only_its_own_models(smiles_run: Path, tmp_path: Path,

@@ -269,3 +269,38 @@ def test_feature_cache_computes_only_the_missing_views(smiles_dir, tmp_path, mon
     again = compute_features(items, contract, CountingPass(), detect=False, flip=True,
                              progress=False)
     assert seen == [3, 3] and again.timings["cached"] == 3
+
+
+def _blank_photos(folder, per_level: int):
+    import cv2
+
+    for level in SMILES_LEVELS:
+        (folder / level).mkdir(parents=True)
+        for i in range(per_level):
+            cv2.imwrite(str(folder / level / f"{i}.jpg"), np.full((96, 96, 3), 30 * i, np.uint8))
+    return folder
+
+
+def test_failed_train_keeps_the_earlier_run_and_names_too_small_data(tmp_path):
+    """A run that fails (no face in any photo, found only in the feature pass) writes nothing:
+    the folder's earlier split.json, which its checkpoint was trained on, survives; data too
+    small to split is refused up front, naming the levels."""
+    from edge_smw.data.datasets import load_dataset
+    from edge_smw.data.sources import DataSource
+    from edge_smw.errors import DataError
+    from edge_smw.train.pipeline import TrainOptions, train_run
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "split.json").write_text("the earlier run's split")
+    options = TrainOptions(compare_losses=False, progress=False)
+    faceless = load_dataset(_blank_photos(tmp_path / "blank", 3), levels=SMILES_LEVELS)
+    with pytest.raises(DataError, match="no usable images"):
+        train_run(DataSource(faceless, False, "blank"), out, options)
+    assert [p.name for p in out.iterdir()] == ["split.json"]
+    assert (out / "split.json").read_text() == "the earlier run's split"
+    tiny = load_dataset(_blank_photos(tmp_path / "tiny", 1), levels=SMILES_LEVELS)
+    with pytest.raises(DataError, match=r"too few images to split .* not_smiling 1, smiling 1"
+                                        r"\); give every level at least 3"):
+        train_run(DataSource(tiny, False, "tiny"), tmp_path / "new", options)
+    assert not (tmp_path / "new").exists()

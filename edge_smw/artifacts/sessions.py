@@ -49,7 +49,8 @@ def check_threads(threads: object, what: str = "threads") -> int | None:
     if threads is None:
         return None
     if isinstance(threads, bool) or not isinstance(threads, Integral) or threads < 1:
-        raise InputError(f"{what} must be a whole number >= 1 (or None), got {threads!r}")
+        raise InputError(f"{what} must be a whole number >= 1 (or unset: one per usable "
+                         f"core), got {threads!r}")
     cap = max_threads()
     if threads > cap:
         raise InputError(

@@ -16,7 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from edge_smw.artifacts.sessions import SessionSettings, load_session, usable_cores
+from edge_smw.artifacts.sessions import (
+    SessionSettings,
+    check_threads,
+    load_session,
+    usable_cores,
+)
 from edge_smw.atomic import check_writable_file
 from edge_smw.bench import latency as lat
 from edge_smw.bench.config import GateSet, Suite, load_gates, load_suite
@@ -98,13 +103,19 @@ class BenchOptions:
             raise InputError("--golden takes a mode and a file: --golden save|check FILE")
         if self.golden_mode is not None and self.golden_mode not in GOLDEN_MODES:
             raise InputError(f"--golden mode must be save or check, got {self.golden_mode!r}")
-        if self.threads is not None and self.threads < 1:
-            raise InputError(f"--threads must be >= 1, got {self.threads}")
+        check_threads(self.threads, "--threads")  # and no more than this machine can use
         if self.gates is not None and not Path(self.gates).exists():
             raise InputError(f"--gates {self.gates}: file not found; give a gates TOML or "
                              "leave --gates out for the packaged gates")
         if self.golden_mode == "save" and self.golden_file is not None:
             check_writable_file(self.golden_file, "--golden save")  # before the bench's work
+        from edge_smw.detect import resolve_spec
+        from edge_smw.detect.registry import is_file_name
+
+        for name in self.detectors or []:  # now, not at the end-to-end section
+            if is_file_name(resolve_spec(name).name) and not Path(name).is_file():
+                raise InputError(f"--detector {name}: file not found; give a face-detector "
+                                 ".onnx file, or haar / blazeface-short")
 
 
 @dataclass

@@ -51,8 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the export against such a file without torch")
     p.add_argument("--gates", help="gates TOML (default: the packaged benchmarks/gates.toml)")
     p.add_argument("--threads", type=int,
-                   help="intra-op threads for onnxruntime and torch (default: the suite's, "
-                        "0 = every usable core)")
+                   help="intra-op threads for onnxruntime and torch (default: the suite's; "
+                        "a suite's 0: one per usable core)")
     p.add_argument("--out", help="folder for bench.json, bench.md and plots "
                                  "(default: EXPORT_DIR/bench)")
     p.add_argument("--detector",

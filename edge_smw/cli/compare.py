@@ -24,9 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edge_smw.atomic import write_text
+    from edge_smw.atomic import check_writable_file, write_text
     from edge_smw.train.compare import compare, markdown
 
+    if args.out:
+        check_writable_file(args.out, "--out")  # before the timing, not after
     result = compare(args.runs, args.exports, latency_runs=args.latency_runs)
     text = markdown(result)
     if args.out:

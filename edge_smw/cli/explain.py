@@ -49,8 +49,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.model or not args.images:
         raise InputError("give a MODEL and at least one image or folder "
                          "(or --check-synthetic); see `edge-smw explain --help`")
+    from edge_smw.atomic import check_writable_folder
     from edge_smw.explain.api import explain_images
 
+    check_writable_folder(args.out, "choose a writable --out folder")  # before the work
     report = explain_images(args.model, args.images, out=args.out, method=args.method,
                             level=args.level, detect=args.detect, backend=args.backend,
                             detector=args.detector)
@@ -68,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from edge_smw.atomic import check_writable_folder
     from edge_smw.errors import InputError
     from edge_smw.explain.check import synthetic_check
 
@@ -77,6 +80,7 @@ def _check(args: argparse.Namespace) -> int:
     if args.sample < 1:
         raise InputError(f"--sample must be at least 1, got {args.sample}")
     methods = (args.method,) if args.method else ("saliency", "gradcam", "cam")
+    check_writable_folder(args.out, "choose a writable --out folder")
     report = synthetic_check(args.out, run_dir=args.model, methods=methods, sample=args.sample,
                              progress=not args.json)
     if args.json:

@@ -30,8 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edge_smw.atomic import check_writable_folder
     from edge_smw.attacks.fool import fool_images
 
+    check_writable_folder(args.out, "choose a writable --out folder")  # before the attack
     report = fool_images(args.checkpoint, args.images, target=args.target, out=args.out,
                          eps=args.eps, steps=args.steps, step_size=args.step_size,
                          detect=args.detect, detector=args.detector)

@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 from edge_smw import __version__
 from edge_smw.errors import EdgeSmwError
@@ -88,8 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    previous = _terminate_like_ctrl_c()
     try:
         return int(args._run(args) or 0)
+    except Terminated:
+        print(f"edge-smw {args.command}: terminated (SIGTERM); no partial files were kept",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
     except EdgeSmwError as exc:
         print(f"edge-smw {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -104,6 +112,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"edge-smw {args.command}: interrupted; no partial files were kept", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a service manager): unwinds like Ctrl-C, so every
+    clean-up that runs on Ctrl-C (staging folders, temporary files) runs on it too."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _terminate_like_ctrl_c() -> Any:
+    """Handle SIGTERM as ``Terminated`` while a command runs (the servers install their own
+    handler over it); returns the handler to restore, None off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 if __name__ == "__main__":  # pragma: no cover

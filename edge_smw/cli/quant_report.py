@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from edge_smw.atomic import check_writable_folder
     from edge_smw.errors import InputError
     from edge_smw.export.sensitivity import report_for_export
     from edge_smw.tables import text_table as table
@@ -32,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--crops {args.crops}: give at least 1")
     if args.top < 1:
         raise InputError(f"--top must be >= 1, got {args.top}")
+    if args.out:
+        check_writable_folder(args.out, "choose a writable --out folder")  # before measuring
     written = report_for_export(args.export_dir, out=args.out, limit=args.crops,
                                 progress=not args.quiet)
     for flavour, files in written.items():

@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     check_capture_settings(min_frames=args.capture_frames, cooldown_s=args.cooldown,
                            max_count=args.max_captures, min_free_mb=args.min_free_mb)
     check_threads(args.threads, "--threads")
+    if args.max_faces < 1:
+        raise InputError(f"--max-faces must be a whole number >= 1, got {args.max_faces}")
     token = load_token(args.token, args.token_file)
     # Fail on a bad --camera before loading the model.
     parse_source(args.camera, width=args.width, height=args.height, fps=args.fps, loop=args.loop)

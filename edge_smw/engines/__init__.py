@@ -58,9 +58,12 @@ class RayOptions:
             raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.actors is not None and self.actors < 1:
             raise InputError(f"--actors must be >= 1, got {self.actors}")
-        if self.cpus_per_actor <= 0:
-            raise InputError(f"--cpus-per-actor must be > 0, got {self.cpus_per_actor}")
-        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
-            raise InputError(f"--gpus-per-actor must be >= 0, got {self.gpus_per_actor}")
+        inf = float("inf")  # the comparisons below also refuse NaN
+        if not 0 < self.cpus_per_actor < inf:
+            raise InputError(f"--cpus-per-actor must be a number > 0, got "
+                             f"{self.cpus_per_actor}")
+        if self.gpus_per_actor is not None and not 0 <= self.gpus_per_actor < inf:
+            raise InputError(f"--gpus-per-actor must be a number >= 0, got "
+                             f"{self.gpus_per_actor}")
         if self.part_photos < 1:
             raise InputError(f"part_photos must be >= 1, got {self.part_photos}")

@@ -38,7 +38,13 @@ from edge_smw.cpu import cpu_features
 from edge_smw.errors import GateFailure, InputError
 from edge_smw.export import int8, layout
 from edge_smw.export import quantize as Q
-from edge_smw.export.crops import CropSet, calibration_crops, folder_items, validation_crops
+from edge_smw.export.crops import (
+    MIN_CALIBRATION,
+    CropSet,
+    calibration_crops,
+    folder_items,
+    validation_crops,
+)
 from edge_smw.export.onnx import export_fp32, model_info, save_model, set_metadata
 from edge_smw.export.parity import FP32_MAX_ABS_DIFF, runtime_probabilities, torch_probabilities
 from edge_smw.export.results import ExportSummary, Gate, Int8Result, ModelEntry, Parity
@@ -116,8 +122,12 @@ def export_model(source: str | Path, out: str | Path, settings: ExportSettings |
     started = time.perf_counter()
     settings = settings or ExportSettings()
     checkpoint = load_checkpoint(source)
-    if settings.int8 and settings.calib_data is not None:
-        folder_items(settings.calib_data, checkpoint.contract.levels)  # now, not after parity
+    if settings.int8 and settings.calib_data is not None:  # now, not after parity
+        found = folder_items(settings.calib_data, checkpoint.contract.levels)
+        if len(found) < MIN_CALIBRATION:
+            raise InputError(f"--calib-data {settings.calib_data}: {len(found)} photos, fewer "
+                             f"than the {MIN_CALIBRATION} face crops INT8 calibration needs; "
+                             "add face photos")
     if settings.engine:
         from edge_smw.export.tensorrt import import_tensorrt
 

@@ -245,9 +245,14 @@ class ExportSettings:
             raise InputError(f"latency runs {self.latency_runs}: must be >= 1")
         if self.val_limit is not None and self.val_limit < 1:
             raise InputError(f"--val-limit {self.val_limit}: give at least 1 crop")
-        if not 1 <= self.batch_min <= self.batch_opt <= self.batch_max:
-            raise InputError(f"engine batches: need 1 <= batch_min <= batch_opt <= batch_max, got "
-                             f"{self.batch_min}, {self.batch_opt}, {self.batch_max}")
+        if self.calib_data is not None and not self.int8:
+            raise InputError(f"--calib-data {self.calib_data} calibrates INT8 models: add --int8, "
+                             "or leave --calib-data out")
+        from edge_smw.export.tensorrt import EngineSettings
+
+        # the engine's own checks (batches, workspace, DLA core), now: not after calibration
+        EngineSettings("int8", self.batch_min, self.batch_opt, self.batch_max,
+                       self.workspace_mb, self.dla_core).check()
 
     def _check_calibration(self) -> None:
         """The calibration values, here rather than where they are used: a bad one must fail

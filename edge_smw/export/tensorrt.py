@@ -89,6 +89,9 @@ def gpu_info(device: int = 0) -> GpuInfo:
     )
 
 
+MIN_WORKSPACE_MB = 16  # below this the builder finds no tactic for the first layers
+
+
 @dataclass
 class EngineSettings:
     precision: str  # "fp16" or "int8"
@@ -103,10 +106,14 @@ class EngineSettings:
         if self.precision not in ("fp16", "int8"):
             raise InputError(f"engine precision {self.precision!r}: choose fp16 or int8")
         if not 1 <= self.batch_min <= self.batch_opt <= self.batch_max:
-            raise InputError(f"engine batch range {self.batch_min}..{self.batch_opt}.."
-                             f"{self.batch_max}: need 1 <= min <= opt <= max")
-        if self.workspace_mb < 16:
-            raise InputError(f"workspace {self.workspace_mb} MB: give at least 16 MB")
+            raise InputError(f"engine batches: need 1 <= batch_min <= batch_opt <= batch_max, "
+                             f"got {self.batch_min}, {self.batch_opt}, {self.batch_max}")
+        if self.workspace_mb < MIN_WORKSPACE_MB:
+            raise InputError(f"--workspace-mb {self.workspace_mb}: give at least "
+                             f"{MIN_WORKSPACE_MB} MB")
+        if self.dla_core < -1:
+            raise InputError(f"--dla-core {self.dla_core}: give a DLA core number >= 0, or -1 "
+                             "for none")
 
 
 def engine_cache_dir() -> Path:

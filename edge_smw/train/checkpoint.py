@@ -160,7 +160,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if given.is_file() and is_exported_model(given):  # another kind of model, not corrupt
         raise ModelError(
             f"{given} is an exported model, not a training checkpoint: this command needs the "
-            f"torch model (gradients), i.e. the run folder made by `edge-smw train` (or its "
+            f"torch model, i.e. the run folder made by `edge-smw train` (or its "
             f"{CHECKPOINT_NAME}) that it was exported from"
         )
     if not path.is_file():

@@ -23,8 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from edge_smw.artifacts.sessions import SessionSettings, load_session
-from edge_smw.atomic import atomic_path
-from edge_smw.cache import cache_root, file_sha256
+from edge_smw.atomic import atomic_path, check_writable_folder
+from edge_smw.cache import CACHE_ADVICE, cache_root, file_sha256
 from edge_smw.contract import PreprocessContract
 from edge_smw.data.crops import SkipReport, load_crop
 from edge_smw.data.datasets import LabelledImage
@@ -103,6 +103,7 @@ class FeaturePass:
         self.network = (EntryFeatures(self.module, head, start) if start
                         else HeadInputs(self.module, head))
         if not self.onnx_path.is_file():
+            check_writable_folder(self.onnx_path.parent, CACHE_ADVICE)
             export_feature_backbone(self.network, spec.input_size, self.onnx_path)
         self._session = load_session(self.onnx_path, SessionSettings(threads=threads))
 

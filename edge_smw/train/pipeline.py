@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from edge_smw.data.datasets import LabelledImage, SplitManifest, make_split
 from edge_smw.data.sources import DataSource
 from edge_smw.detect import resolve_spec
 from edge_smw.engines import ENGINE_INPROCESS, ENGINE_RAY, ENGINES, RayOptions
-from edge_smw.errors import InputError
+from edge_smw.errors import DataError, InputError
 from edge_smw.evaluate import compute_metrics, poster_table, write_report
 from edge_smw.train.backbones import DEFAULT_BACKBONE, build_feature_maps, get_backbone
 from edge_smw.train.checkpoint import Checkpoint, current_versions
@@ -140,8 +141,8 @@ def validate_options(options: TrainOptions) -> HeadKind:
                          "interrupted download or copy; download or copy the weights again")
     if options.finetune_last < 0:
         raise InputError(f"--finetune-last must be >= 0, got {options.finetune_last}")
-    if options.finetune.lr <= 0:
-        raise InputError(f"--finetune-lr must be > 0, got {options.finetune.lr}")
+    if not 0 < options.finetune.lr < float("inf"):  # NaN fails this too
+        raise InputError(f"--finetune-lr must be a number > 0, got {options.finetune.lr}")
     if not 0 <= options.finetune.average_epochs < float("inf"):
         raise InputError(f"--finetune-average must be a number >= 0 (0: no averaging), "
                          f"got {options.finetune.average_epochs}")
@@ -158,14 +159,13 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
     kind = validate_options(options)
     seed_everything(options.seed)
     out = check_writable_folder(out, "choose a writable --out folder")
-    out.mkdir(parents=True, exist_ok=True)
-    run = RunDir(out)
+    run = RunDir(out)  # written only once the run has succeeded: a failed one keeps the old
     with clock("data"):
         dataset = source.dataset
         if options.max_per_level:
             dataset.items = _subsample(dataset.items, options.max_per_level, options.seed)
         manifest = make_split(dataset, seed=options.seed)
-        manifest.save(run.split)
+        _check_split(manifest, source.name)
     detect = options.detect and not source.precropped
     spec = get_backbone(options.backbone)
     contract = spec.contract(dataset.levels, crop_margin=options.crop_margin,
@@ -188,7 +188,6 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
             )
             skipped.unreadable += feats[split].skipped.unreadable
             skipped.no_face += feats[split].skipped.no_face
-    write_json(run.skipped_json, skipped.to_dict())
     if skipped.count:
         log.warning("skipped %s (listed in %s)", skipped.summary(), run.skipped_json)
 
@@ -258,12 +257,27 @@ def train_run(source: DataSource, out: str | Path, options: TrainOptions) -> Tra
             metrics={"test": _brief(chosen["test"]), "val": _brief(chosen["val"])},
             config=config, versions=current_versions(),
         )
+        out.mkdir(parents=True, exist_ok=True)
+        manifest.save(run.split)
+        write_json(run.skipped_json, skipped.to_dict())
         ckpt_path = checkpoint.save(run.checkpoint)
         summary = _write_train_report(out, source, manifest, options, by_loss, skipped,
                                       contract, _timings(clock, feats, started))
     seconds = _timings(clock, feats, started)  # now with the report's own time
     write_json(run.train_json, {**summary, "seconds": seconds})
     return TrainResult(out, ckpt_path, chosen["test"], by_loss, seconds, loss=options.loss)
+
+
+def _check_split(manifest: SplitManifest, data: str) -> None:
+    """Every split needs images: name the levels too small to give each one (at least 3)."""
+    empty = [split for split in ("train", "val", "test") if not manifest.items(split)]
+    if empty:
+        counts = Counter(manifest.levels[e["level"]] for e in manifest.entries)
+        small = ", ".join(f"{level} {counts.get(level, 0)}" for level in manifest.levels
+                          if counts.get(level, 0) < 3)
+        raise DataError(f"{data}: too few images to split into train, val and test (no "
+                        f"{' or '.join(empty)} images; images per level: {small}); give every "
+                        f"level at least 3 images")
 
 
 def pick_loss(by_loss: dict[str, dict[str, Any]]) -> str:

@@ -263,3 +263,26 @@ def test_label_kill_9_then_restart_sweeps_only_our_leftovers(smiles_dir, tmp_pat
     assert all(p.exists() for p in foreign)
     assert not lock.exists()
     assert csv_path.read_text().splitlines() == ["path,score", "crop000.jpg,a"]
+
+
+def test_full_disk_is_one_line_and_keeps_the_old_output(smiles_run, tmp_path, capsys):
+    """Every writer goes through atomic_path: a disk that fills up mid-write is one line
+    (exit 2) naming the file, and the file it would have replaced is left as it was."""
+    from edge_smw.atomic import write_json
+    from edge_smw.cli.main import main
+    from edge_smw.errors import InputError
+
+    with tmpfs(tmp_path / "disk", size="1m") as disk:
+        report = disk.path / "compare.md"
+        report.write_text("the earlier report")
+        write_json(disk.path / "old.json", {"old": 1})
+        filler = disk.fill()
+        with pytest.raises(InputError, match=r"old\.json: No space left on device; free some"):
+            write_json(disk.path / "old.json", {"new": "x" * 100_000})
+        assert json.loads((disk.path / "old.json").read_text()) == {"old": 1}
+        code = main(["compare", str(smiles_run), "--out", str(report)])
+        err = capsys.readouterr().err
+        assert code == 2 and "No space left" in err and "Traceback" not in err, err
+        assert err.count("\n") == 1 and str(report) in err
+        assert report.read_text() == "the earlier report" and temp_files(disk.path) == []
+        filler.unlink()
