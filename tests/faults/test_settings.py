@@ -78,7 +78,7 @@ SERVE_SETTINGS = [
     (["--max-upload-mb", "1e9"], "--max-upload-mb"),
     (["--max-upload-mb", "0"], "--max-upload-mb"),
     (["--stream-max-side", "1"], "--stream-max-side"),
-    (["--max-faces", "0"], "max_faces"),
+    (["--max-faces", "0"], "--max-faces must be"),
     (["--smooth-alpha", "5"], "--smooth-alpha"),
     (["--smooth-window", "0"], "--smooth-window"),
     (["--threshold", "3"], "--threshold needs --captures"),
@@ -115,7 +115,7 @@ def test_absurd_score_and_label_settings_are_one_line_errors(smiles_onnx, tmp_pa
     for argv, words in ((["score", str(smiles_onnx), str(image), "--threads", "100000"],
                          "usable core"),
                         (["score", str(smiles_onnx), str(image), "--max-faces", "-1"],
-                         "max_faces"),
+                         "--max-faces must be"),
                         (["label", str(tmp_path), "--port", "99999"], "--port")):
         rc = main(argv)
         err = capsys.readouterr().err.strip()
