@@ -40,12 +40,11 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
 
 def open_runtime(args: argparse.Namespace, max_faces: int = 5):  # noqa: ANN201 - lazy import
     from edge_smw.artifacts.sessions import check_threads
-    from edge_smw.errors import InputError
     from edge_smw.runtime import Runtime
+    from edge_smw.runtime.runtime import check_max_faces
 
-    check_threads(args.threads, "--threads")  # named by its flag, not the Runtime's argument
-    if max_faces < 1:
-        raise InputError(f"--max-faces must be a whole number >= 1, got {max_faces}")
+    check_threads(args.threads, "--threads")  # named by their flags, not Runtime's arguments
+    check_max_faces(max_faces, "--max-faces")
     return Runtime(args.model, backend=args.backend, device=args.device, threads=args.threads,
                    detect_faces=args.detect, max_faces=max_faces, detector=args.detector,
                    allow_detector_mismatch=args.allow_detector_mismatch)

@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     from edge_smw.artifacts.sessions import check_threads
     from edge_smw.errors import InputError
+    from edge_smw.runtime.runtime import check_max_faces
     from edge_smw.serve.app import load_token, run_service
     from edge_smw.serve.capture import CaptureOptions, check_capture_settings
     from edge_smw.serve.scoring import SmoothingOptions
@@ -113,8 +114,7 @@ def run(args: argparse.Namespace) -> int:
     check_capture_settings(min_frames=args.capture_frames, cooldown_s=args.cooldown,
                            max_count=args.max_captures, min_free_mb=args.min_free_mb)
     check_threads(args.threads, "--threads")
-    if args.max_faces < 1:
-        raise InputError(f"--max-faces must be a whole number >= 1, got {args.max_faces}")
+    check_max_faces(args.max_faces, "--max-faces")
     token = load_token(args.token, args.token_file)
     # Fail on a bad --camera before loading the model.
     parse_source(args.camera, width=args.width, height=args.height, fps=args.fps, loop=args.loop)

@@ -95,6 +95,14 @@ _CHOICES_LOGGED: set[tuple[str, ...]] = set()
 _CPU_WARNED: set[str] = set()
 
 
+def check_max_faces(max_faces: object, what: str = "max_faces") -> int:
+    """``max_faces`` as an int, or ``InputError`` naming it as ``what`` (a CLI passes its
+    flag)."""
+    if not isinstance(max_faces, Integral) or max_faces < 1:
+        raise InputError(f"{what} must be a whole number >= 1, got {max_faces!r}")
+    return int(max_faces)
+
+
 def _log_choice_once(chosen: str, reasons: list[str]) -> None:
     """``auto``'s choice, and why faster backends were passed over, once per process and at
     DEBUG (-v): a CPU machine has no GPU provider every time a Runtime opens, which is no
@@ -171,8 +179,7 @@ class Runtime:
         if not isinstance(backend, str):
             raise InputError(f"backend must be a name such as 'auto', got {backend!r}")
         threads = check_threads(threads)
-        if not isinstance(max_faces, Integral) or max_faces < 1:
-            raise InputError(f"max_faces must be a whole number >= 1, got {max_faces!r}")
+        check_max_faces(max_faces)
         if not isinstance(device, Integral) or device < 0:
             raise InputError(f"device must be a GPU index >= 0, got {device!r}")
         if not isinstance(model_path, (str, os.PathLike)):
